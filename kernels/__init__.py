@@ -1,0 +1,1 @@
+"""medjax_kernels: Pallas kernels for medjax (installed from `kernels/`)."""

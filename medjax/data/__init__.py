@@ -1,0 +1,1 @@
+"""Datasets, input pipelines and medical image I/O."""

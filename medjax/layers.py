@@ -1,0 +1,216 @@
+"""Convolution and upsampling building blocks shared by every model.
+
+The models never call `flax.linen.Conv` directly: they go through `ConvND` and
+`UpConv`, so that one switch (`kernels="auto"|"xla"|"pallas"`) picks the
+implementation of every convolution in a network.
+
+* ``"xla"``: the fastest pure-XLA formulation for the platform.
+* ``"pallas"``: the fused Pallas kernels of `medjax_kernels` (3D only; on CPU
+  they run in interpret mode, which is for correctness checks, not speed).
+* ``"auto"``: Pallas when the function is lowered for GPU/TPU, XLA on CPU.
+
+Parameters are laid out as in `flax.linen.Conv` (`kernel` of shape
+`(*window, C_in, C_out)`, `bias` of shape `(C_out,)`), so parameter counts and
+checkpoints do not depend on the implementation.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence, Union
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+IMPLEMENTATIONS = ("auto", "xla", "pallas")
+
+Activation = Optional[Union[str, Callable[[jax.Array], jax.Array]]]
+
+
+def check_implementation(kernels: str) -> str:
+  if kernels not in IMPLEMENTATIONS:
+    raise ValueError(
+        f"kernels={kernels!r}: expected one of {', '.join(IMPLEMENTATIONS)}")
+  return kernels
+
+
+def _as_tuple(value: Union[int, Sequence[int]], n: int) -> tuple[int, ...]:
+  if isinstance(value, int):
+    return (value,) * n
+  value = tuple(value)
+  if len(value) != n:
+    raise ValueError(f"expected {n} values, got {value}")
+  return value
+
+
+def apply_activation(x: jax.Array, activation: Activation,
+                     prelu_slope: Optional[jax.Array] = None) -> jax.Array:
+  """Applies a named activation ("relu", "leaky_relu", "prelu") or a callable."""
+  if activation is None:
+    return x
+  if callable(activation):
+    return activation(x)
+  if activation == "relu":
+    return jax.nn.relu(x)
+  if activation == "leaky_relu":
+    return jax.nn.leaky_relu(x, 0.01)
+  if activation == "prelu":
+    return jnp.where(x >= 0, x, prelu_slope.astype(x.dtype) * x)
+  raise ValueError(f"activation={activation!r}: expected relu, leaky_relu or prelu")
+
+
+def conv_xla(x: jax.Array, kernel: jax.Array, *, strides: Sequence[int],
+             padding: str) -> jax.Array:
+  """Channels-last N-d convolution with `lax.conv_general_dilated`."""
+  nd = kernel.ndim - 2
+  spatial = "DHW"[-nd:] if nd <= 3 else None
+  dn = (f"N{spatial}C", f"{spatial}IO", f"N{spatial}C")
+  return jax.lax.conv_general_dilated(
+      x, kernel.astype(x.dtype), window_strides=tuple(strides),
+      padding=padding, dimension_numbers=dn)
+
+
+def conv(x: jax.Array, kernel: jax.Array, bias: Optional[jax.Array] = None, *,
+         strides: Sequence[int], padding: str, activation: Activation = None,
+         residual: Optional[jax.Array] = None,
+         prelu_slope: Optional[jax.Array] = None,
+         kernels: str = "auto") -> jax.Array:
+  """`activation(conv(x, kernel) + bias + residual)` with the chosen implementation.
+
+  Args:
+    x: `(N, *S, C_in)`.
+    kernel: `(*window, C_in, C_out)`.
+    bias: `(C_out,)` or None.
+    strides: one per spatial dim.
+    padding: "SAME" or "VALID".
+    residual: optional `(N, *S_out, C_out)` added before the activation.
+    kernels: "auto", "xla" or "pallas".
+  Returns:
+    `(N, *S_out, C_out)`.
+  """
+  check_implementation(kernels)
+  y = conv_xla(x, kernel, strides=strides, padding=padding)
+  if bias is not None:
+    y = y + bias.astype(y.dtype)
+  if residual is not None:
+    y = y + residual.astype(y.dtype)
+  return apply_activation(y, activation, prelu_slope)
+
+
+class ConvND(nn.Module):
+  """N-d convolution (+bias, +residual, +activation) routed through `conv`.
+
+  Attributes:
+    features: output channels.
+    kernel_size: window size, an int (same for every dim) or a tuple.
+    strides: stride, an int or a tuple.
+    padding: "SAME" or "VALID".
+    spatial_dims: 2 or 3 (1 also works).
+    activation: None, "relu", "leaky_relu", "prelu" (one learned slope per
+      channel, initialised at 0.25 as in He et al. 2015) or a callable.
+  """
+  features: int
+  kernel_size: Union[int, Sequence[int]] = 3
+  strides: Union[int, Sequence[int]] = 1
+  padding: str = "SAME"
+  spatial_dims: int = 3
+  use_bias: bool = True
+  activation: Activation = None
+  kernels: str = "auto"
+  dtype: Optional[jnp.dtype] = None
+  kernel_init: Callable = nn.initializers.lecun_normal()
+
+  @nn.compact
+  def __call__(self, x: jax.Array, residual: Optional[jax.Array] = None) -> jax.Array:
+    nd = self.spatial_dims
+    window = _as_tuple(self.kernel_size, nd)
+    strides = _as_tuple(self.strides, nd)
+    kernel = self.param("kernel", self.kernel_init, window + (x.shape[-1], self.features))
+    bias = (self.param("bias", nn.initializers.zeros, (self.features,))
+            if self.use_bias else None)
+    slope = (self.param("prelu_slope", nn.initializers.constant(0.25), (self.features,))
+             if self.activation == "prelu" else None)
+    if self.dtype is not None:
+      x = x.astype(self.dtype)
+    return conv(x, kernel, bias, strides=strides, padding=self.padding.upper(),
+                activation=self.activation, residual=residual, prelu_slope=slope,
+                kernels=self.kernels)
+
+
+def upconv2x(x: jax.Array, kernel: jax.Array, bias: Optional[jax.Array] = None) -> jax.Array:
+  """Transposed convolution with a 2x..x2 window and stride 2, as one matmul.
+
+  With window == stride the output blocks do not overlap, so every input voxel
+  writes its own 2^d block: `y[n, 2i+a, 2j+b, 2k+c, o] = sum_ci x[n,i,j,k,ci] *
+  kernel[a,b,c,ci,o]`. That is one `(N*S, C_in) @ (C_in, 2^d*C_out)` matmul and
+  a depth-to-space reshape, exactly equal to `lax.conv_transpose(x, kernel,
+  (2,)*d, "VALID")` (flax `ConvTranspose` layout), and its gradient is again
+  two matmuls instead of XLA's slow transposed-convolution gradient.
+
+  Args:
+    x: `(N, *S, C_in)`; kernel: `(2,)*d + (C_in, C_out)`; bias `(C_out,)`.
+  Returns:
+    `(N, *(2*S), C_out)`.
+  """
+  nd = x.ndim - 2
+  if kernel.shape[:nd] != (2,) * nd:
+    raise ValueError(f"upconv2x needs a 2x..x2 window, got kernel {kernel.shape}")
+  cin, cout = kernel.shape[-2:]
+  # (C_in, 2, .., 2, C_out) -> (C_in, 2^d * C_out)
+  w = jnp.moveaxis(kernel, nd, 0).reshape(cin, -1).astype(x.dtype)
+  y = jnp.dot(x.reshape(-1, cin), w, preferred_element_type=jnp.float32).astype(x.dtype)
+  n, spatial = x.shape[0], x.shape[1:-1]
+  y = y.reshape((n,) + spatial + (2,) * nd + (cout,))
+  # interleave: (N, S1, S2, S3, 2, 2, 2, C) -> (N, S1, 2, S2, 2, S3, 2, C)
+  perm = [0]
+  for i in range(nd):
+    perm += [1 + i, 1 + nd + i]
+  perm.append(1 + 2 * nd)
+  y = y.transpose(perm).reshape((n,) + tuple(2 * s for s in spatial) + (cout,))
+  if bias is not None:
+    y = y + bias.astype(y.dtype)
+  return y
+
+
+class UpConv(nn.Module):
+  """2x upsampling by a stride-2 2x..x2 transposed convolution (see `upconv2x`)."""
+  features: int
+  spatial_dims: int = 3
+  use_bias: bool = True
+  kernels: str = "auto"
+  kernel_init: Callable = nn.initializers.lecun_normal()
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    nd = self.spatial_dims
+    kernel = self.param("kernel", self.kernel_init, (2,) * nd + (x.shape[-1], self.features))
+    bias = (self.param("bias", nn.initializers.zeros, (self.features,))
+            if self.use_bias else None)
+    check_implementation(self.kernels)
+    return upconv2x(x, kernel, bias)
+
+
+def max_pool(x: jax.Array, spatial_dims: int, window: int = 2) -> jax.Array:
+  """Non-overlapping max pooling by `window` in every spatial dim."""
+  w = (window,) * spatial_dims
+  return nn.max_pool(x, w, strides=w, padding="VALID")
+
+
+def center_crop(x: jax.Array, spatial_shape: Sequence[int]) -> jax.Array:
+  """Crops the spatial dims of `(N, *S, C)` to `spatial_shape` around the centre."""
+  starts = [(s - t) // 2 for s, t in zip(x.shape[1:-1], spatial_shape)]
+  if any(s < 0 for s in starts):
+    raise ValueError(f"cannot crop {x.shape[1:-1]} to larger {tuple(spatial_shape)}")
+  slices = tuple(slice(a, a + t) for a, t in zip(starts, spatial_shape))
+  return x[(slice(None),) + slices + (slice(None),)]
+
+
+def normalization(norm: Optional[str], axis_name: Optional[str] = None,
+                  name: Optional[str] = None) -> Optional[nn.Module]:
+  """None, "batch" (statistics synchronised over `axis_name`) or "instance"."""
+  if norm is None or norm == "none":
+    return None
+  if norm == "batch":
+    return nn.BatchNorm(momentum=0.9, axis_name=axis_name, name=name)
+  if norm == "instance":
+    return nn.GroupNorm(num_groups=None, group_size=1, name=name)
+  raise ValueError(f"norm={norm!r}: expected None, 'batch' or 'instance'")

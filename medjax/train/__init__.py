@@ -1,0 +1,1 @@
+"""Training: state, SPMD step, loop, checkpoints, logging, reports."""

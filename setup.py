@@ -1,0 +1,59 @@
+"""medjax: deep learning for medical images in JAX/Flax, with Pallas kernels.
+
+Versions are pinned so that a fresh install is the one the test suite ran on
+(CPU, Python 3.11). `pip install -e ".[test]"` adds the test tools; the `gpu`
+extra pulls the CUDA build of jaxlib.
+"""
+from setuptools import setup
+
+INSTALL_REQUIRES = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "tensorflow-datasets==4.9.10",  # builders + tfds.data_source; TensorFlow itself is not needed
+    "array-record==0.8.6",
+    "grain==0.2.18",
+    "absl-py==2.5.1",
+    "ml-collections==1.1.0",
+    "etils==1.15.0",
+    "numpy==2.4.6",
+    "scipy==1.17.1",
+    "tqdm==4.70.1",
+    "matplotlib==3.11.2",
+    "tensorboardX==2.6.5",  # TensorBoard event files without TensorFlow
+    "protobuf==7.36.2",
+    "nibabel==5.4.2",  # NIfTI
+    "pydicom==3.0.2",  # DICOM series
+    "pynrrd==1.1.3",  # NRRD
+]
+
+setup(
+    name="medjax",
+    version="0.1.0",
+    description="JAX/Flax deep learning for medical images: models, losses, metrics, Pallas kernels.",
+    python_requires=">=3.11",
+    packages=[
+        "medjax",
+        "medjax.models",
+        "medjax.data",
+        "medjax.train",
+        "medjax_kernels",
+        "medjax_kernels.conv3d",
+        "medjax_kernels.soft_dice",
+        "experiments",
+        "experiments.configs",
+    ],
+    # `kernels/` installs as `medjax_kernels`: PyPI has an unrelated `kernels`.
+    package_dir={
+        "medjax_kernels": "kernels",
+        "medjax_kernels.conv3d": "kernels/conv3d",
+        "medjax_kernels.soft_dice": "kernels/soft_dice",
+    },
+    install_requires=INSTALL_REQUIRES,
+    extras_require={
+        "test": ["pytest==9.0.3", "pytest-xdist==3.8.0"],
+        "gpu": ["jax[cuda12]==0.10.2"],
+    },
+)
