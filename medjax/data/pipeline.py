@@ -1,0 +1,209 @@
+"""grain input pipelines: resumable, multi-host patch batches and eval cases.
+
+Every batch is a pure function of `(seed, step, global sample index)`: sample
+`g` of step `s` is drawn with `np.random.default_rng([seed, s, g])`, and
+process `p` of `P` produces the samples `g` in `[p * B, (p + 1) * B)` with
+`B = global_batch_size // P`. Hence
+
+* a run resumed at `start_step=s` sees exactly the batches an uninterrupted
+  run sees from step `s` on (no iterator state to checkpoint: the step is
+  enough);
+* the processes of a multi-host run read disjoint shares of each global
+  batch, and the global batch does not depend on the number of processes.
+
+The pipeline is `grain.MapDataset.range(start_step, num_steps).map(batch_fn)`
+turned into an `IterDataset` with a small prefetch buffer; `num_steps` is the
+total length of the run (the last step is `num_steps - 1`). The datasets are
+small, so all cases are loaded, normalised and indexed once, in memory.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import grain
+import numpy as np
+
+from medjax.data import patches, transforms
+from medjax.errors import InputError
+
+Normalize = Callable[[np.ndarray], np.ndarray]
+
+
+def _case_id(example: dict[str, Any], index: int) -> str:
+  case = example.get("case", f"case_{index}")
+  return case.decode() if isinstance(case, bytes) else str(case)
+
+
+def _local_batch_size(global_batch_size: int, process_index: int, process_count: int) -> int:
+  if process_count < 1 or not 0 <= process_index < process_count:
+    raise InputError(f"process_index={process_index}: expected 0 <= index < process_count={process_count}")
+  if global_batch_size < 1 or global_batch_size % process_count:
+    raise InputError(f"global_batch_size={global_batch_size}: expected a positive multiple of "
+                     f"process_count={process_count}")
+  return global_batch_size // process_count
+
+
+def num_foreground_samples(global_batch_size: int, foreground_fraction: float) -> int:
+  """Foreground-forced samples per global batch: rounded, at least 1 if the fraction is > 0."""
+  if not 0.0 <= foreground_fraction <= 1.0:
+    raise InputError(f"foreground_fraction={foreground_fraction}: expected a value in [0, 1]")
+  if foreground_fraction == 0:
+    return 0
+  return min(global_batch_size, max(1, int(np.floor(global_batch_size * foreground_fraction + 0.5))))
+
+
+def _iterate(batch_fn: Callable[[int], dict[str, np.ndarray]], start_step: int, num_steps: int,
+             worker_count: int) -> Iterator[dict[str, np.ndarray]]:
+  if start_step < 0:
+    raise InputError(f"start_step={start_step}: expected >= 0")
+  dataset = grain.MapDataset.range(start_step, max(num_steps, start_step)).map(batch_fn)
+  options = grain.ReadOptions(num_threads=max(1, worker_count), prefetch_buffer_size=2)
+  return iter(dataset.to_iter_dataset(options))
+
+
+def load_cases(source: Sequence[dict[str, Any]], patch_size: Sequence[int], *,
+               normalize: Normalize = transforms.normalize_ct,
+               foreground_classes: Optional[Sequence[int]] = None,
+               num_classes: Optional[int] = None) -> list[patches.PreparedCase]:
+  """Reads, checks, normalises, pads and indexes every case of `source` once."""
+  cases = []
+  for index in range(len(source)):
+    example = source[index]
+    name = _case_id(example, index)
+    image = transforms.check_image(example["image"], name)
+    label = np.asarray(example["label"])
+    if image.shape != label.shape:
+      raise InputError(f"{name}: image shape {image.shape} != label shape {label.shape}")
+    if num_classes is not None:
+      transforms.check_labels(label, num_classes, name)
+    cases.append(patches.prepare_case(normalize(image), label, patch_size, foreground_classes))
+  if not cases:
+    raise InputError("training source is empty: expected at least one case")
+  return cases
+
+
+def train_batches(source: Sequence[dict[str, Any]], *, patch_size: Sequence[int],
+                  global_batch_size: int, foreground_fraction: float = 0.33,
+                  flip_axes: Sequence[int] = (0, 1, 2), seed: int, start_step: int = 0,
+                  num_steps: int, process_index: int = 0, process_count: int = 1,
+                  normalize: Normalize = transforms.normalize_ct,
+                  foreground_classes: Optional[Sequence[int]] = None,
+                  num_classes: Optional[int] = None,
+                  worker_count: int = 0) -> Iterator[dict[str, np.ndarray]]:
+  """Segmentation training batches of random patches, steps `start_step..num_steps-1`.
+
+  Cases are drawn uniformly; in each global batch the last
+  `num_foreground_samples(global_batch_size, foreground_fraction)` samples
+  are centred on a foreground voxel (nnU-Net's foreground oversampling,
+  Isensee et al. 2021, default 0.33), the others are uniform. Each patch is
+  flipped along each of `flip_axes` with probability 1/2.
+
+  Args:
+    source: random-access cases with `image` `(*spatial)` and `label`.
+    normalize: applied once to every full image (default: clip to
+      [-200, 300] HU, z-score with the image's own statistics).
+    num_classes: when given, labels are checked to lie in [0, num_classes).
+    worker_count: threads used by grain to prepare batches ahead.
+
+  Yields:
+    `{"image": float32 (B, *patch_size, 1), "label": int32 (B, *patch_size)}`
+    with `B = global_batch_size // process_count`, a pure function of
+    `(seed, step, process_index)`.
+  """
+  local = _local_batch_size(global_batch_size, process_index, process_count)
+  patch_size = tuple(int(p) for p in patch_size)
+  forced = num_foreground_samples(global_batch_size, foreground_fraction)
+  cases = load_cases(source, patch_size, normalize=normalize,
+                     foreground_classes=foreground_classes, num_classes=num_classes)
+  for axis in flip_axes:
+    if not -len(patch_size) <= axis < len(patch_size):
+      raise InputError(f"flip_axes={tuple(flip_axes)}: axis {axis} out of range for "
+                       f"{len(patch_size)}D patches")
+
+  def batch_fn(step: int) -> dict[str, np.ndarray]:
+    images, labels = [], []
+    for g in range(process_index * local, (process_index + 1) * local):
+      rng = np.random.default_rng([seed, step, g])
+      case = cases[int(rng.integers(len(cases)))]
+      image, label = patches.sample_patch(
+          rng, case.image, case.label, patch_size,
+          force_foreground=g >= global_batch_size - forced,
+          foreground_classes=foreground_classes, locations=case.locations)
+      image, label = transforms.random_flip(rng, image, label, flip_axes)
+      images.append(image)
+      labels.append(label)
+    return {"image": np.stack(images)[..., None].astype(np.float32),
+            "label": np.stack(labels).astype(np.int32)}
+
+  return _iterate(batch_fn, start_step, num_steps, worker_count)
+
+
+def eval_cases(source: Sequence[dict[str, Any]], *,
+               normalize: Normalize = transforms.normalize_ct) -> Iterator[dict[str, Any]]:
+  """Whole evaluation cases, one at a time.
+
+  Yields:
+    `{"image": float32 (*spatial, 1) normalised, "label": int32 (*spatial),
+    "spacing": float32 (ndim,), "case": str}`.
+  """
+  for index in range(len(source)):
+    example = source[index]
+    name = _case_id(example, index)
+    image = transforms.check_image(example["image"], name)
+    label = np.asarray(example["label"]).astype(np.int32)
+    spacing = np.asarray(example.get("spacing", np.ones(label.ndim)), np.float32)
+    yield {"image": normalize(image)[..., None].astype(np.float32), "label": label,
+           "spacing": spacing, "case": name}
+
+
+def classification_batches(source: Sequence[dict[str, Any]], *, global_batch_size: int,
+                           seed: int, start_step: int = 0, num_steps: int,
+                           process_index: int = 0, process_count: int = 1,
+                           label_key: str = "lesion",
+                           normalize: Normalize = transforms.normalize_ct,
+                           flip_axes: Sequence[int] = (),
+                           worker_count: int = 0) -> Iterator[dict[str, np.ndarray]]:
+  """Image-level classification batches (e.g. lesion present) over shuffled epochs.
+
+  Global sample position `t = step * global_batch_size + g` reads image
+  `perm_e[t % N]` with `perm_e = default_rng([seed, e]).permutation(N)` and
+  epoch `e = t // N`: every image is seen once per epoch, and the batch is a
+  pure function of `(seed, step, process_index)`.
+
+  Yields:
+    `{"image": float32 (B, H, W, 1), "label": int32 (B,)}`.
+  """
+  local = _local_batch_size(global_batch_size, process_index, process_count)
+  images, targets = [], []
+  for index in range(len(source)):
+    example = source[index]
+    name = _case_id(example, index)
+    if label_key not in example:
+      raise InputError(f"{name}: no {label_key!r} feature; expected an image-level label")
+    images.append(normalize(transforms.check_image(example["image"], name)))
+    targets.append(int(example[label_key]))
+  if not images:
+    raise InputError("classification source is empty: expected at least one image")
+  count = len(images)
+
+  @functools.lru_cache(maxsize=4)
+  def permutation(epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(count)
+
+  def batch_fn(step: int) -> dict[str, np.ndarray]:
+    batch_images, batch_labels = [], []
+    for g in range(process_index * local, (process_index + 1) * local):
+      position = step * global_batch_size + g
+      epoch = position // count
+      index = int(permutation(epoch)[position % count])
+      image = images[index]
+      if flip_axes:
+        image, _ = transforms.random_flip(np.random.default_rng([seed, step, g]), image,
+                                          np.zeros(image.shape, np.uint8), flip_axes)
+      batch_images.append(image)
+      batch_labels.append(targets[index])
+    return {"image": np.stack(batch_images)[..., None].astype(np.float32),
+            "label": np.asarray(batch_labels, np.int32)}
+
+  return _iterate(batch_fn, start_step, num_steps, worker_count)
