@@ -1,1 +1,2 @@
 """medjax_kernels: Pallas kernels for medjax (installed from `kernels/`)."""
+from .soft_dice import soft_dice_stats  # noqa: F401
