@@ -138,6 +138,9 @@ def test_resumed_iterator_equals_tail_of_uninterrupted(cases):
   for a, b in zip(full[2:], resumed):
     np.testing.assert_array_equal(a["image"], b["image"])
     np.testing.assert_array_equal(a["label"], b["label"])
+  threaded = _batches(cases, worker_count=2)
+  for a, b in zip(full, threaded):
+    np.testing.assert_array_equal(a["image"], b["image"])
   other_seed = _batches(cases, seed=4)
   assert not np.array_equal(full[0]["image"], other_seed[0]["image"])
 

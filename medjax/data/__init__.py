@@ -1,1 +1,27 @@
-"""Datasets, input pipelines and medical image I/O."""
+"""Datasets, input pipelines and medical image I/O.
+
+Modules (each with one job):
+
+* `synthetic`: deterministic synthetic CT (organ + small hypodense tumours).
+* `synthetic_organs`: TFDS builder `synthetic_organs/{3d,2d}` (array_record).
+* `datasets`: `load_source(name, split, data_dir)`, prepares once under a lock.
+* `transforms`: `normalize_ct`, `random_flip`, `check_image`, `check_labels`.
+* `patches`: nnU-Net foreground-oversampled patch sampling.
+* `pipeline`: resumable, multi-host grain pipelines (`train_batches`,
+  `eval_cases`, `classification_batches`).
+* `io`: `read_image` (NIfTI, NRRD, MetaImage, DICOM folder), `write_nifti`.
+
+Submodules are imported on first attribute access, so `import medjax.data`
+stays cheap (TFDS and grain load only when used).
+"""
+import importlib
+from typing import Any
+
+_SUBMODULES = ("datasets", "io", "patches", "pipeline", "synthetic", "synthetic_organs",
+               "transforms")
+
+
+def __getattr__(name: str) -> Any:
+  if name in _SUBMODULES:
+    return importlib.import_module(f"{__name__}.{name}")
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

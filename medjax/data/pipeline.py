@@ -44,6 +44,11 @@ def _local_batch_size(global_batch_size: int, process_index: int, process_count:
   return global_batch_size // process_count
 
 
+def _check_seed(seed: int) -> None:
+  if int(seed) != seed or seed < 0:
+    raise InputError(f"seed={seed}: expected a non-negative integer")
+
+
 def num_foreground_samples(global_batch_size: int, foreground_fraction: float) -> int:
   """Foreground-forced samples per global batch: rounded, at least 1 if the fraction is > 0."""
   if not 0.0 <= foreground_fraction <= 1.0:
@@ -112,6 +117,7 @@ def train_batches(source: Sequence[dict[str, Any]], *, patch_size: Sequence[int]
     `(seed, step, process_index)`.
   """
   local = _local_batch_size(global_batch_size, process_index, process_count)
+  _check_seed(seed)
   patch_size = tuple(int(p) for p in patch_size)
   forced = num_foreground_samples(global_batch_size, foreground_fraction)
   cases = load_cases(source, patch_size, normalize=normalize,
@@ -175,6 +181,7 @@ def classification_batches(source: Sequence[dict[str, Any]], *, global_batch_siz
     `{"image": float32 (B, H, W, 1), "label": int32 (B,)}`.
   """
   local = _local_batch_size(global_batch_size, process_index, process_count)
+  _check_seed(seed)
   images, targets = [], []
   for index in range(len(source)):
     example = source[index]

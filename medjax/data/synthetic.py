@@ -11,6 +11,8 @@ The generator stands in for a liver-tumour CT dataset (e.g. LiTS, Bilic et al.
 * 1-3 tumours per volume, slightly irregular ellipsoids strictly inside the
   organ (never touching its border), hypodense by 25-45 HU, covering together
   0.3-1.5 % of all voxels (enforced by rescaling their radii);
+  (the drawn contrast; partial volume after the blur lowers the measured
+  median contrast of the smallest lesions by a few HU);
 * imaging effects: Gaussian blur (sigma ~0.7 voxel in-plane), a smooth bias
   field of a few tens of HU, and slightly correlated noise of standard
   deviation ~20 HU -- the lesion/organ contrast is of the order of the noise.
