@@ -273,7 +273,9 @@ def dice_statistics(logits: Array, labels: Array, *, squared: bool = False,
     raise ValueError(f"activation={activation!r}: expected softmax, sigmoid or None")
   logits, labels = jnp.asarray(logits), jnp.asarray(labels)
   _check_shapes(logits, labels)
-  if implementation != "xla":
+  # The kernel covers softmax and sigmoid; probabilities given as such
+  # (activation=None) need no fused softmax and take the jnp path.
+  if implementation != "xla" and activation is not None:
     try:
       kernel = _kernel_soft_dice_stats()
     except (ImportError, AttributeError) as e:
