@@ -58,6 +58,8 @@ def _read_nifti(path: str) -> Volume:
   try:
     image = nib.load(path)
     array = np.asanyarray(image.dataobj)
+    if array.dtype == np.float64 and image.get_data_dtype() != np.float64:
+      array = array.astype(np.float32)  # scl_slope/inter applied: float32 is exact enough
     zooms = image.header.get_zooms()
     affine = np.asarray(image.affine, np.float64)
   except Exception as error:  # nibabel raises many types for bad files
@@ -297,6 +299,11 @@ def _short(error: BaseException) -> str:
 
 def read_image(path: PathLike) -> Volume:
   """Reads a NIfTI (.nii/.nii.gz), NRRD (.nrrd), MetaImage (.mha/.mhd) file or DICOM folder.
+
+  A DICOM folder must hold one series of single-frame slices; they are
+  sorted by ImagePositionPatient projected on the slice normal and rescaled
+  with RescaleSlope/RescaleIntercept (HU for CT). A path to one `.dcm` file
+  reads the series of its folder.
 
   Returns:
     `Volume(array (D, H, W), spacing per array axis in mm, affine 4x4
