@@ -75,3 +75,18 @@ def test_bad_names_and_splits_are_input_errors(tmp_path):
     datasets.load_source("not_a_dataset/3d", "train", str(tmp_path))
   with pytest.raises(InputError, match="trian"):
     datasets.load_source("synthetic_organs", "trian", str(tmp_path), config=TINY_3D)
+
+
+def test_config_field_overrides_make_a_separate_variant(tmp_path):
+  kwargs = dict(shape=[16, 24, 24], split_sizes={"train": 2, "validation": 1, "test": 1})
+  source = datasets.load_source("synthetic_organs/3d", "train", str(tmp_path), **kwargs)
+  assert len(source) == 2 and source[0]["image"].shape == (16, 24, 24)
+  same = datasets.load_source("synthetic_organs/3d", "train", str(tmp_path), shape=(16, 24, 24),
+                              split_sizes=(("train", 2), ("validation", 1), ("test", 1)))
+  np.testing.assert_array_equal(source[0]["image"], same[0]["image"])
+  variants = [p.name for p in (tmp_path / "synthetic_organs").iterdir() if not p.name.startswith(".")]
+  assert len(variants) == 1 and variants[0].startswith("3d_")
+  with pytest.raises(InputError, match=r"^dataset 'synthetic_organs/3d': unknown config fields \['shap'\]"):
+    datasets.load_source("synthetic_organs/3d", "train", str(tmp_path), shap=(1, 2, 3))
+  with pytest.raises(InputError, match="ndim=3"):
+    datasets.load_source("synthetic_organs/3d", "train", str(tmp_path), shape=(1, 2))

@@ -22,7 +22,9 @@ forwarded as `tfds.download.DownloadConfig(manual_dir=...)`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
+import hashlib
 import os
 from typing import Any, Iterator, Optional, Sequence
 
@@ -43,10 +45,52 @@ def _file_lock(path: str) -> Iterator[None]:
       fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def get_builder(name: str, data_dir: str, **builder_kwargs: Any) -> tfds.core.DatasetBuilder:
-  """The TFDS builder `name` ("dataset" or "dataset/config") rooted at `data_dir`."""
+def _config_with_overrides(name: str, overrides: dict[str, Any]) -> tuple[str, Any]:
+  """("dataset", derived config) for config-field overrides such as `shape=`.
+
+  Lets a config file or flag shrink a dataset (`dataset_kwargs.shape`,
+  `dataset_kwargs.split_sizes`, ...) without building config objects: the
+  derived config is named `<config>_<digest of the overrides>`, so each
+  variant is prepared into its own folder.
+  """
+  dataset, _, config_name = name.partition("/")
+  cls = tfds.builder_cls(dataset)
+  configs = {c.name: c for c in getattr(cls, "BUILDER_CONFIGS", [])}
+  base = configs.get(config_name or getattr(cls, "DEFAULT_CONFIG_NAME", None) or "")
+  if base is None or not dataclasses.is_dataclass(base):
+    raise InputError(f"dataset {name!r}: does not take config overrides {sorted(overrides)}")
+  fields = {f.name for f in dataclasses.fields(base)}
+  unknown = sorted(set(overrides) - fields)
+  if unknown:
+    raise InputError(f"dataset {name!r}: unknown config fields {unknown}; expected some of "
+                     f"{sorted(fields - {'name', 'version', 'release_notes', 'supported_versions', 'description', 'tags'})}")
   try:
+    config = dataclasses.replace(base, **overrides)
+  except (TypeError, ValueError) as error:
+    raise InputError(f"dataset {name!r}: bad config overrides ({error})") from None
+  # Digest of the normalised fields: [16, 24, 24] and (16, 24, 24) are one variant.
+  values = repr(sorted((k, getattr(config, k)) for k in overrides))
+  digest = hashlib.sha1(values.encode()).hexdigest()[:8]
+  return dataset, dataclasses.replace(config, name=f"{base.name}_{digest}")
+
+
+def get_builder(name: str, data_dir: str, **builder_kwargs: Any) -> tfds.core.DatasetBuilder:
+  """The TFDS builder `name` ("dataset" or "dataset/config") rooted at `data_dir`.
+
+  `builder_kwargs` go to the builder (e.g. `config=`); keyword arguments
+  that are not builder arguments are taken as overrides of the config's
+  fields (e.g. `shape=(16, 24, 24)` for `synthetic_organs/3d`).
+  """
+  data_dir = os.path.expanduser(data_dir)
+  builder_args = {"config", "version", "file_format"}
+  overrides = {k: v for k, v in builder_kwargs.items() if k not in builder_args}
+  try:
+    if overrides:
+      builder_kwargs = {k: v for k, v in builder_kwargs.items() if k in builder_args}
+      name, builder_kwargs["config"] = _config_with_overrides(name, overrides)
     return tfds.builder(name, data_dir=data_dir, **builder_kwargs)
+  except InputError:
+    raise
   except (tfds.core.registered.DatasetNotFoundError, ValueError) as error:
     first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     raise InputError(f"dataset {name!r}: not a known TFDS dataset/config ({first_line})") from None
@@ -59,6 +103,7 @@ def prepare(name: str, data_dir: str, *, manual_dir: Optional[str] = None,
   Idempotent and safe to call from concurrent processes (file lock, see the
   module docstring).
   """
+  data_dir = os.path.expanduser(data_dir)
   os.makedirs(data_dir, exist_ok=True)
   builder = get_builder(name, data_dir, **builder_kwargs)
   if builder.is_prepared():
@@ -82,7 +127,9 @@ def load_source(name: str, split: str, data_dir: str, *, manual_dir: Optional[st
     data_dir: where prepared datasets live.
     manual_dir: local folder with the raw files of a real dataset.
     **builder_kwargs: forwarded to the builder, e.g. ``config=`` a
-      `SyntheticOrgansConfig` for a custom (tiny) variant.
+      `SyntheticOrgansConfig` for a custom (tiny) variant; other keywords
+      override fields of the named config, e.g. ``shape=(16, 24, 24),
+      split_sizes={"train": 3, "validation": 1, "test": 2}``.
 
   Returns:
     A sequence: `len(src)` and `src[i]` -> dict of numpy arrays.

@@ -43,6 +43,19 @@ class SyntheticOrgansConfig(tfds.core.BuilderConfig):
   split_sizes: tuple[tuple[str, int], ...] = (("train", 24), ("validation", 4), ("test", 8))
   seed: int = 0  # added to every case seed: another seed gives another dataset
 
+  def __post_init__(self):
+    # Accept what config files and flags produce (lists, dicts).
+    self.shape = tuple(int(n) for n in self.shape)
+    self.spacing = tuple(float(v) for v in self.spacing)
+    sizes = self.split_sizes.items() if isinstance(self.split_sizes, dict) else self.split_sizes
+    self.split_sizes = tuple((str(k), int(v)) for k, v in sizes)
+    if len(self.shape) != self.ndim or len(self.spacing) != self.ndim:
+      raise ValueError(f"config {self.name}: shape {self.shape} and spacing {self.spacing} "
+                       f"must have ndim={self.ndim} entries")
+    unknown = [k for k, _ in self.split_sizes if k not in SEED_OFFSETS]
+    if unknown:
+      raise ValueError(f"config {self.name}: unknown splits {unknown}; expected {list(SEED_OFFSETS)}")
+
 
 class SyntheticOrgans(tfds.core.GeneratorBasedBuilder):
   """Synthetic CT with a deformed organ and small hypodense tumours."""
