@@ -181,9 +181,9 @@ def _rasterise(rng, coords, depth, inner, spacing, specs, scale):
       half = int(np.ceil(1.3 * r / s)) + 1
       box.append(slice(max(c - half, 0), min(c + half + 1, depth.shape[axis])))
     box = tuple(box)
-    local = [np.asarray(g)[tuple(b if g.shape[a] > 1 else slice(None) for a, b in enumerate(box))]
-             for g, in zip(coords)]
-    centre = [float(np.asarray(g).reshape(-1)[i]) for g, i in zip(coords, centre_index)]
+    local = [g[tuple(b if g.shape[a] > 1 else slice(None) for a, b in enumerate(box))]
+             for g in coords]
+    centre = [float(g.reshape(-1)[i]) for g, i in zip(coords, centre_index)]
     shape_rng = np.random.default_rng(int(seed))
     wobble = 1 + 0.18 * _smooth_field(shape_rng, local, (1.5 * radii.min(), 3.0 * radii.max()), 4)
     blob = _ellipsoid_level(local, centre, radii) * wobble < 1
