@@ -103,7 +103,7 @@ def test_generalized_dice_absent_class_uses_max_weight():
   value = losses.generalized_dice(logits, labels, smooth_nr=0, smooth_dr=0)
   # I = [1.2, 0.6, 0], P = [1.4, 1.1, 0.5], T = [2, 1, 0], w = [1/4, 1, 1].
   close(value, 1 - 2 * (1.2 / 4 + 0.6) / (3.4 / 4 + 2.1 + 0.5))
-  grad = jax.grad(losses.generalized_dice)(logits, labels)
+  grad = jax.jit(jax.grad(losses.generalized_dice))(logits, labels)
   assert np.all(np.isfinite(grad))
 
 
@@ -341,3 +341,13 @@ def test_wce_default_weights_inverse_frequency():
   logits = jnp.zeros((1, 4, 3))
   # uniform logits: every voxel's CE is log 3, whatever the weights.
   close(losses.get_loss("wce")(logits, labels), math.log(3))
+
+
+def test_missing_kernel_falls_back_for_auto_only(monkeypatch):
+  def missing():
+    raise ImportError("no medjax_kernels.soft_dice_stats")
+  monkeypatch.setattr(losses, "_kernel_soft_dice_stats", missing)
+  close(losses.soft_dice(LOGITS2, L2, implementation="auto"),
+        losses.soft_dice(LOGITS2, L2, implementation="xla"))
+  with pytest.raises(ImportError, match="implementation='pallas'"):
+    losses.soft_dice(LOGITS2, L2, implementation="pallas")
