@@ -1,0 +1,51 @@
+r"""Train and evaluate one experiment.
+
+  python -m experiments.main --config=experiments/configs/unet3d_synthetic.py \
+      --workdir=runs/unet3d [--config.loss.name=ce ...]
+
+Multi-host: pass --coordinator_address=HOST:PORT --num_processes=N
+--process_id=I (or set MEDJAX_COORDINATOR_ADDRESS / MEDJAX_NUM_PROCESSES /
+MEDJAX_PROCESS_ID). Re-running the same command resumes the run.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and reports.")
+flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (multi-host).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
+flags.DEFINE_integer("process_id", None, "Index of this process (multi-host).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  from medjax import parallel  # pylint: disable=import-outside-toplevel
+  from medjax.errors import InputError  # pylint: disable=import-outside-toplevel
+  from medjax.train import loop  # pylint: disable=import-outside-toplevel
+  try:
+    parallel.init_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    config = FLAGS.config
+    config.unlock()
+    config.data_dir = os.path.expanduser(config.data_dir)
+    config.lock()
+    loop.train_and_evaluate(config, FLAGS.workdir)
+  except (InputError, loop.NonFiniteLossError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+def run():
+  from experiments import cli  # pylint: disable=import-outside-toplevel
+  cli.run_main(main)
+
+
+if __name__ == "__main__":
+  run()

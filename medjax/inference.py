@@ -1,0 +1,105 @@
+"""Sliding-window inference over whole volumes, with test-time mirroring.
+
+A network trained on patches predicts a large volume window by window; the
+overlapping window predictions are averaged with a constant or a Gaussian
+importance weight (nnU-Net, Isensee et al. 2021: sigma = 1/8 of the window,
+which down-weights the less reliable window borders).
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Callable, Sequence
+
+import numpy as np
+import scipy.ndimage
+
+PredictFn = Callable[[np.ndarray], np.ndarray]
+
+
+def window_starts(size: int, roi: int, overlap: float) -> list[int]:
+  """Start offsets of windows of length `roi` covering `size` with the given overlap."""
+  if size <= roi:
+    return [0]
+  step = max(int(roi * (1.0 - overlap)), 1)
+  n = int(np.ceil((size - roi) / step)) + 1
+  return [int(round(x)) for x in np.linspace(0, size - roi, n)]
+
+
+def importance_map(roi_size: Sequence[int], mode: str, sigma_scale: float = 0.125) -> np.ndarray:
+  """Per-voxel weight of a window: ones ("constant") or a Gaussian bump ("gaussian")."""
+  if mode == "constant":
+    return np.ones(roi_size, np.float32)
+  if mode != "gaussian":
+    raise ValueError(f"mode={mode!r}: expected 'gaussian' or 'constant'")
+  impulse = np.zeros(roi_size, np.float32)
+  impulse[tuple(s // 2 for s in roi_size)] = 1.0
+  g = scipy.ndimage.gaussian_filter(impulse, [s * sigma_scale for s in roi_size], mode="constant")
+  g = g / g.max()
+  return np.maximum(g, g[g > 0].min()).astype(np.float32)  # no zero weights at the borders
+
+
+def _mirrored(predict_fn: PredictFn, x: np.ndarray, mirror_axes: Sequence[int]) -> np.ndarray:
+  """Mean prediction over every combination of flips of `mirror_axes` (spatial axes)."""
+  out = None
+  combos = [c for r in range(len(mirror_axes) + 1) for c in itertools.combinations(mirror_axes, r)]
+  for axes in combos:
+    ax = tuple(a + 1 for a in axes)
+    y = np.asarray(predict_fn(np.flip(x, ax) if ax else x))
+    y = np.flip(y, ax) if ax else y
+    out = y if out is None else out + y
+  return out / len(combos)
+
+
+def sliding_window(predict_fn: PredictFn, volume: np.ndarray, roi_size: Sequence[int], *,
+                   overlap: float = 0.5, mode: str = "gaussian", batch_size: int = 4,
+                   mirror_axes: Sequence[int] = ()) -> np.ndarray:
+  """Predicts a whole image window by window and blends the windows.
+
+  Args:
+    predict_fn: maps windows `(B, *roi_size, C)` to `(B, *roi_size, K)`
+      (e.g. softmax probabilities). It is always called with exactly
+      `batch_size` windows (the last batch is padded), so a jitted function
+      compiles once.
+    volume: `(N, *S, C)`; a spatial dim smaller than the window is padded
+      with the volume's minimum and cropped back.
+    roi_size: window size, one per spatial dim.
+    overlap: fraction of a window shared with its neighbour, in [0, 1).
+    mode: "gaussian" or "constant" blending weights.
+    mirror_axes: spatial axes (0-based) to flip for test-time augmentation.
+  Returns:
+    `(N, *S, K)` float32 blended predictions.
+  """
+  if not 0.0 <= overlap < 1.0:
+    raise ValueError(f"overlap={overlap}: expected a value in [0, 1)")
+  volume = np.asarray(volume)
+  spatial = volume.shape[1:-1]
+  roi_size = tuple(int(r) for r in roi_size)
+  if len(roi_size) != len(spatial):
+    raise ValueError(f"roi_size {roi_size} does not match the spatial dims {spatial}")
+  pads = [(0, max(r - s, 0)) for r, s in zip(roi_size, spatial)]
+  if any(p[1] for p in pads):
+    volume = np.pad(volume, [(0, 0)] + pads + [(0, 0)], constant_values=volume.min())
+  padded = volume.shape[1:-1]
+  weight = importance_map(roi_size, mode)
+  starts = list(itertools.product(*[window_starts(s, r, overlap) for s, r in zip(padded, roi_size)]))
+  outputs = []
+  for image in volume:
+    acc = count = None
+    for b in range(0, len(starts), batch_size):
+      chunk = starts[b:b + batch_size]
+      windows = np.stack([image[tuple(slice(s, s + r) for s, r in zip(st, roi_size))]
+                          for st in chunk])
+      if len(chunk) < batch_size:
+        windows = np.concatenate(
+            [windows, np.repeat(windows[-1:], batch_size - len(chunk), axis=0)])
+      preds = _mirrored(predict_fn, windows, mirror_axes)[:len(chunk)]
+      if acc is None:
+        acc = np.zeros(padded + (preds.shape[-1],), np.float32)
+        count = np.zeros(padded + (1,), np.float32)
+      for st, p in zip(chunk, preds):
+        sl = tuple(slice(s, s + r) for s, r in zip(st, roi_size))
+        acc[sl] += p * weight[..., None]
+        count[sl] += weight[..., None]
+    out = acc / count
+    outputs.append(out[tuple(slice(0, s) for s in spatial)])
+  return np.stack(outputs)

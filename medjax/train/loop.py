@@ -1,0 +1,160 @@
+"""`train_and_evaluate(config, workdir)`: the whole run, resumable.
+
+Order of work: check the config (and the workdir's earlier run), build the
+data, model and optimizer, restore the latest checkpoint if there is one,
+train with one jitted SPMD step over all devices, save checkpoints every
+`checkpoint_every` steps and on SIGTERM, then evaluate on the test split with
+sliding-window inference and write `eval.json` and the PNG report.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from tqdm import tqdm
+
+from medjax import losses, parallel
+from medjax.data import datasets, pipeline
+from medjax.errors import InputError
+from medjax.train import config_check, evaluate, report
+from medjax.train.checkpoint import Checkpointer, StopRequest
+from medjax.train.model_factory import build_model
+from medjax.train.optim import make_optimizer
+from medjax.train.state import TrainState
+from medjax.train.step import make_train_step
+from medjax.train.writer import MetricWriter, read_metrics
+
+
+class NonFiniteLossError(RuntimeError):
+  """The loss became NaN/inf; the last good checkpoint is kept."""
+
+
+def build_loss(config: ml_collections.ConfigDict):
+  kwargs = {k: v for k, v in config.loss.to_dict().items() if k != "name"}
+  if config.loss.name in ("dice", "gdl", "dice_ce"):
+    kwargs.setdefault("implementation", config.kernels)
+  return losses.get_loss(config.loss.name, **kwargs)
+
+
+def init_state(config: ml_collections.ConfigDict, model, tx) -> TrainState:
+  """Parameters initialised on the host from `config.seed` (identical on every process)."""
+  shape = (1,) + tuple(config.patch_size) + (config.in_channels,)
+  with jax.default_device(jax.local_devices(backend="cpu")[0]):
+    variables = jax.jit(lambda k: model.init(k, jnp.zeros(shape, jnp.float32), train=False))(
+        jax.random.key(config.seed))
+    variables = jax.device_get(variables)
+    state = TrainState.create(params=variables["params"],
+                              batch_stats=variables.get("batch_stats", {}), tx=tx)
+    return jax.device_get(state)
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  path = os.path.join(workdir, "config.json")
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write(config.to_json(indent=2))
+  os.replace(tmp, path)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains until `config.num_steps` (resuming from the workdir) and returns
+  `{"state": host TrainState, "stopped": bool}`."""
+  is_writer = jax.process_index() == 0
+  dp = parallel.DataParallel(config.parallel)
+  if config.global_batch_size % dp.num_devices:
+    raise InputError(f"config.global_batch_size={config.global_batch_size}: expected a multiple "
+                     f"of the number of devices ({dp.num_devices})")
+  model = build_model(config, training=True)
+  tx, schedule = make_optimizer(config.optimizer, config.num_steps)
+  state = init_state(config, model, tx)
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), every=config.checkpoint_every)
+  start = ckpt.latest_step() or 0
+  if start:
+    state = ckpt.restore(state)
+    logging.info("resumed from %s at step %d", workdir, start)
+  if start >= config.num_steps:
+    ckpt.close()
+    return {"state": state, "stopped": False}
+
+  source = datasets.load_source(config.dataset, "train", config.data_dir,
+                                **config.get("dataset_kwargs", {}).to_dict()
+                                if config.get("dataset_kwargs") else {})
+  batches = pipeline.train_batches(
+      source, patch_size=tuple(config.patch_size), global_batch_size=config.global_batch_size,
+      foreground_fraction=config.foreground_fraction, flip_axes=tuple(config.flip_axes),
+      seed=config.seed, start_step=start, num_steps=config.num_steps,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      worker_count=config.get("data_workers", 0))
+
+  step_fn = dp.spmd(make_train_step(model, build_loss(config), seed=config.seed),
+                    batch_argnums=(1,), donate_argnums=(0,))
+  dstate = dp.replicate(state)
+  writer = MetricWriter(workdir) if is_writer else None
+  stopped = False
+  t_log, n_log = time.perf_counter(), 0
+  bar = tqdm(total=config.num_steps, initial=start, disable=not is_writer or not config.progress_bar,
+             dynamic_ncols=True, desc="train")
+  try:
+    with StopRequest() as stop:
+      for step, batch in zip(range(start + 1, config.num_steps + 1), batches):
+        dstate, metrics = step_fn(dstate, dp.shard_batch(batch))
+        metrics = jax.tree.map(lambda x: np.asarray(x).reshape(-1)[0], metrics)
+        if not metrics["finite"]:
+          raise NonFiniteLossError(
+              f"non-finite loss ({metrics['loss']}) at step {step}: training stopped; the last "
+              f"good checkpoint (step {ckpt.latest_step()}) is kept in {workdir}/checkpoints "
+              f"(try a lower optimizer.learning_rate or optimizer.grad_clip_norm)")
+        n_log += 1
+        bar.update(1)
+        if step % config.log_every == 0 or step == config.num_steps:
+          now = time.perf_counter()
+          rate = n_log / (now - t_log)
+          t_log, n_log = now, 0
+          bar.set_postfix(loss=f"{metrics['loss']:.4f}", steps_per_s=f"{rate:.2f}")
+          if writer:
+            writer.write(step, {"loss": metrics["loss"], "grad_norm": metrics["grad_norm"],
+                                "learning_rate": float(schedule(step - 1)), "steps_per_sec": rate})
+        if ckpt.should_save(step) or step == config.num_steps or stop.requested:
+          ckpt.save(step, dp.unreplicate(dstate), force=True)
+        if stop.requested:
+          stopped = True
+          logging.warning("SIGTERM: saved step %d; re-run the same command to resume", step)
+          break
+  finally:
+    bar.close()
+    ckpt.close()
+    if writer:
+      writer.close()
+  return {"state": dp.unreplicate(dstate), "stopped": stopped}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (or resumes) and evaluates; returns the eval dict (also in `eval.json`)."""
+  config_check.validate(config)
+  os.makedirs(workdir, exist_ok=True)
+  config_check.check_workdir(config, workdir)
+  if jax.process_index() == 0:
+    write_config(config, workdir)
+  result = train(config, workdir)
+  if result["stopped"]:
+    return {}
+  state = result["state"]
+  eval_model = build_model(config, training=False)
+  results = evaluate.evaluate(config, eval_model, state.variables(), workdir=workdir)
+  if jax.process_index() == 0:
+    path = os.path.join(workdir, "eval.json")
+    with open(path + ".tmp", "w") as f:
+      json.dump(results, f, indent=2)
+    os.replace(path + ".tmp", path)
+    rows = read_metrics(workdir)
+    if rows:
+      report.plot_learning_curves(rows, os.path.join(report.report_dir(workdir), "learning_curves.png"))
+    summary = {k: v for k, v in results.items() if k != "per_case"}
+    logging.info("eval: %s", summary)
+  return results

@@ -1,0 +1,45 @@
+"""Builds the model named by `config.model.name` (a module of `medjax.models`)."""
+from __future__ import annotations
+
+import flax.linen as nn
+import ml_collections
+
+from medjax import models
+from medjax.errors import InputError
+
+# config.model.name -> class name in medjax.models
+MODEL_CLASSES = {
+    "unet": "UNet",
+    "vnet": "VNet",
+    "fcn": "FCN",
+    "mlp": "MLP",
+    "convnet": "ConvNet",
+    "resnet": "ResNet",
+    "soft_tree": "SoftDecisionTree",
+}
+
+
+def build_model(config: ml_collections.ConfigDict, *, training: bool = True) -> nn.Module:
+  """`medjax.models.<Class>(**config.model minus name, num_classes, kernels[, bn_axis_name])`.
+
+  With `training=True` BatchNorm statistics are synchronised over the mesh axis 'data'.
+  """
+  cfg = config.model.to_dict()
+  name = cfg.pop("name")
+  if name not in MODEL_CLASSES or not hasattr(models, MODEL_CLASSES[name]):
+    available = sorted(k for k, v in MODEL_CLASSES.items() if hasattr(models, v))
+    raise InputError(f"model.name={name!r}: expected one of {', '.join(available)}")
+  cls = getattr(models, MODEL_CLASSES[name])
+  fields = getattr(cls, "__dataclass_fields__", {})
+  cfg["num_classes"] = config.num_classes
+  if "kernels" in fields:
+    cfg["kernels"] = config.kernels
+  if "bn_axis_name" in fields:
+    cfg["bn_axis_name"] = "data" if training else None
+  for key, value in cfg.items():
+    if key not in fields:
+      raise InputError(f"model.{key}: not a field of medjax.models.{cls.__name__} "
+                       f"(fields: {', '.join(sorted(f for f in fields if f not in ('parent', 'name')))})")
+    if isinstance(value, list):
+      cfg[key] = tuple(value)
+  return cls(**cfg)

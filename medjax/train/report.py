@@ -1,0 +1,66 @@
+"""PNG reports: learning curves, and slices with ground truth and prediction outlined."""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
+import numpy as np  # pylint: disable=wrong-import-position
+
+
+def plot_learning_curves(rows: Sequence[dict], path: str) -> None:
+  """Loss (log scale) and learning rate against the step."""
+  steps = [r["step"] for r in rows]
+  fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+  loss = [r.get("loss") for r in rows]
+  axes[0].plot(steps, [np.nan if v is None else v for v in loss], lw=1)
+  axes[0].set(xlabel="step", ylabel="training loss", yscale="log", title="loss")
+  axes[0].grid(alpha=0.3)
+  axes[1].plot(steps, [r.get("learning_rate", np.nan) for r in rows], lw=1, color="C1")
+  axes[1].set(xlabel="step", ylabel="learning rate", title="schedule")
+  axes[1].grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def focus_slice(label: np.ndarray, class_id: int) -> int:
+  """Index along axis 0 with the most voxels of `class_id` (the middle slice if none)."""
+  counts = (label == class_id).reshape(label.shape[0], -1).sum(axis=1)
+  return int(np.argmax(counts)) if counts.max() > 0 else label.shape[0] // 2
+
+
+def plot_case(image: np.ndarray, label: np.ndarray, pred: np.ndarray, path: str, *,
+              title: str, class_names: Sequence[str], focus_class: int) -> None:
+  """One axial slice through `focus_class`: the image with ground truth (solid)
+  and prediction (dashed) contours of every foreground class."""
+  z = focus_slice(label, focus_class)
+  fig, axes = plt.subplots(1, 3, figsize=(12, 4.3))
+  img = image[z]
+  lo, hi = np.percentile(img, [1, 99])
+  colours = ["C1", "C3", "C2", "C4", "C5"]
+  for ax, (name, maps) in zip(axes, [("image", ()), ("ground truth", (label,)),
+                                     ("truth (solid) / prediction (dashed)", (label, pred))]):
+    ax.imshow(img, cmap="gray", vmin=lo, vmax=hi)
+    for style, m in zip(("solid", "dashed"), maps):
+      for c in range(1, len(class_names)):
+        if (m[z] == c).any():
+          ax.contour(m[z] == c, levels=[0.5], colors=colours[(c - 1) % len(colours)],
+                     linestyles=style, linewidths=1.2)
+    ax.set_title(name, fontsize=9)
+    ax.axis("off")
+  handles = [plt.Line2D([], [], color=colours[(c - 1) % len(colours)], label=class_names[c])
+             for c in range(1, len(class_names))]
+  fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9)
+  fig.suptitle(f"{title} (slice {z})", fontsize=10)
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+
+
+def report_dir(workdir: str) -> str:
+  path = os.path.join(workdir, "report")
+  os.makedirs(path, exist_ok=True)
+  return path

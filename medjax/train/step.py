@@ -1,0 +1,93 @@
+"""The per-device SPMD training step, written once for shard_map and pmap.
+
+Each device computes the loss and gradients on its share of the global batch;
+gradients, loss and BatchNorm statistics are averaged over the mesh axis
+'data' (BatchNorm layers also synchronise their batch statistics over 'data'
+in the forward pass). A step whose loss or gradients are not finite leaves
+the state unchanged and reports `finite=False`, so the last good parameters
+survive and the loop can stop cleanly.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from medjax import parallel
+from medjax.train.state import TrainState
+
+LossFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def downsample_labels(labels: jax.Array, shape: Sequence[int]) -> jax.Array:
+  """Nearest-neighbour label map at a coarser `shape` (deep-supervision targets)."""
+  factors = [s // t for s, t in zip(labels.shape[1:], shape)]
+  index = (slice(None),) + tuple(slice(f // 2, None, f) for f in factors)
+  return labels[index]
+
+
+def supervised_loss(loss_fn: LossFn, outputs, labels: jax.Array) -> jax.Array:
+  """Loss of the logits, plus deep-supervision heads weighted 1/2^i (nnU-Net).
+
+  `outputs` is the logits, or `(logits, [aux logits at coarser levels, finest first])`.
+  """
+  if not isinstance(outputs, tuple):
+    return loss_fn(outputs, labels)
+  logits, aux = outputs
+  weights = [1.0] + [0.5 ** (i + 1) for i in range(len(aux))]
+  total = loss_fn(logits, labels) * weights[0]
+  for w, a in zip(weights[1:], aux):
+    total = total + w * loss_fn(a, downsample_labels(labels, a.shape[1:-1]))
+  return total / sum(weights)
+
+
+def make_train_step(model: nn.Module, loss_fn: LossFn, *, seed: int
+                    ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+  """Returns the per-device `step(state, batch) -> (state, metrics)`.
+
+  `batch` holds this device's `image (B, *S, C)` and `label (B, *S)`; the
+  returned metrics (`loss`, `grad_norm`, `finite`) are already averaged
+  over devices.
+  """
+  base_key = jax.random.key(seed)
+
+  def step(state: TrainState, batch: dict):
+    rng = jax.random.fold_in(jax.random.fold_in(base_key, state.step), parallel.device_index())
+
+    def compute_loss(params):
+      variables = {"params": params}
+      mutable = []
+      if state.batch_stats:
+        variables["batch_stats"] = state.batch_stats
+        mutable = ["batch_stats"]
+      outputs, updates = model.apply(variables, batch["image"], train=True,
+                                     rngs={"dropout": rng}, mutable=mutable)
+      loss = supervised_loss(loss_fn, outputs, batch["label"])
+      return loss, updates.get("batch_stats", state.batch_stats)
+
+    (loss, batch_stats), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
+    grads, loss, batch_stats = parallel.global_mean((grads, loss, batch_stats))
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    new_state = state.apply_gradients(grads, batch_stats)
+    state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+    return state, {"loss": loss, "grad_norm": grad_norm, "finite": finite}
+
+  return step
+
+
+def make_predict_fn(model: nn.Module) -> Callable[[dict, jax.Array], jax.Array]:
+  """`predict(variables, x) -> softmax probabilities (B, *S, K)`, jitted, eval mode."""
+
+  @jax.jit
+  def predict(variables, x):
+    out = model.apply(variables, x, train=False)
+    return jax.nn.softmax(out.astype(jnp.float32), axis=-1)
+
+  return predict
+
+
+__all__ = ["make_train_step", "make_predict_fn", "supervised_loss", "downsample_labels"]
