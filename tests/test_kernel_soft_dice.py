@@ -110,6 +110,22 @@ def test_tpu_kernel_interpret_matches_reference(shape, k, dtype, squared, activa
                            absent=absent)
 
 
+def test_tpu_kernel_masks_the_partial_last_block():
+  # The last of 3 blocks of 16 rows has 5 rows past the array. On a TPU they hold stale
+  # VMEM; the interpreter fills them with zeros here (labels 0 would count as class 0)
+  # and with NaN by default (probabilities must be masked, not multiplied by 0).
+  from jax.experimental.pallas import tpu as pltpu
+  from medjax_kernels.soft_dice import pallas_tpu
+  logits, labels, _ = _inputs((1, 67, 81), 3, jnp.float32, 7)
+  expected = jax.jit(reference.soft_dice_stats)(logits, labels)
+  for fill in ("zero", "nan"):
+    out = pallas_tpu.soft_dice_stats_fwd(
+        logits, labels, config=TpuConfig(block_rows=16),
+        interpret=pltpu.InterpretParams(uninitialized_memory=fill))
+    for a, b in zip(out, expected):
+      _close(a, b, 1e-5)
+
+
 def test_reference_backward_formula_is_the_autodiff_gradient():
   logits, labels, cts = _inputs((2, 5, 6, 7), 4, jnp.float32, 3)
   for squared in (False, True):

@@ -16,6 +16,11 @@ What runs where:
 With `implementation="auto"` the choice is made by `jax.lax.platform_dependent`, i.e.
 by the platform the function is *lowered for*, not the process's default backend: a
 function exported for "cuda" from a CPU machine carries the Triton kernel.
+
+Limits: export for one accelerator platform per `jax.export` call (Pallas lowers a
+kernel for a single platform, so `platforms=("cpu", "cuda")` fails); `"pallas"` without
+`interpret=True` cannot be lowered for CPU (JAX reports that `platform_index` has no
+CPU rule); flat offsets are int32, so one call handles < 2³¹ logits.
 """
 from __future__ import annotations
 

@@ -54,7 +54,9 @@ def _chunk(x_ref, lab_ref, r0, *, j, num_voxels: int, num_classes: int, block_ro
     row = jax.lax.broadcasted_iota(jnp.int32, (_SUB, _LANES), 0)
     lane = jax.lax.broadcasted_iota(jnp.int32, (_SUB, _LANES), 1)
     ok = (j * block_rows + r0 + row) * _LANES + lane < num_voxels
+    # A partial last block reads unspecified VMEM: mask the labels as well as p.
     ps = [jnp.where(ok, p, 0.0) for p in ps]
+    lab = jnp.where(ok, lab, -1)
   ts = [jnp.where(lab == k, 1.0, 0.0) for k in range(num_classes)]
   return ps, ts
 
