@@ -25,12 +25,12 @@ MOSAIC_CALL = "tpu_custom_call"
 RTOL = {jnp.float32: 1e-5, jnp.bfloat16: 2e-2}
 
 
-def _inputs(shape, k, dtype, seed, absent=()):
+def _inputs(shape, k, dtype, seed, absent=(), label_dtype=jnp.int32):
   # numpy, not jax.random: eager jax ops each compile, which costs seconds per test.
   rng = np.random.default_rng(seed)
   logits = jnp.asarray(3.0 * rng.standard_normal((*shape, k)), jnp.float32).astype(dtype)
   present = np.array([c for c in range(k) if c not in absent])
-  labels = jnp.asarray(rng.choice(present, size=shape), jnp.int32)
+  labels = jnp.asarray(rng.choice(present, size=shape), label_dtype)
   cts = tuple(jnp.asarray(rng.standard_normal((shape[0], k)), jnp.float32) for _ in range(3))
   return logits, labels, cts
 
@@ -53,8 +53,8 @@ def _value_and_vjp(fn, logits, cts):
 
 
 def _check_against_reference(shape, k, dtype, squared, activation, implementation,
-                             config=None, absent=(), seed=0):
-  logits, labels, cts = _inputs(shape, k, dtype, seed, absent)
+                             config=None, absent=(), seed=0, label_dtype=jnp.int32):
+  logits, labels, cts = _inputs(shape, k, dtype, seed, absent, label_dtype)
   kw = dict(squared=squared, activation=activation)
   out, dx = _value_and_vjp(
       lambda x: medjax_kernels.soft_dice_stats(
@@ -79,14 +79,16 @@ GPU_CASES = [
     ((2, 7, 9, 11), 5, jnp.float32, True, "sigmoid", (2,)),
     ((1, 67, 81), 3, jnp.float32, True, "softmax", ()),  # 2D, 5427 voxels: tail block
     ((1, 67, 81), 3, jnp.bfloat16, False, "softmax", ()),
-    ((3, 50), 2, jnp.float32, False, "sigmoid", ()),  # 1D
+    ((3, 50), 2, jnp.float32, False, "sigmoid", ()),  # 1D, uint8 labels (see below)
     ((2, 6, 6, 6), 4, jnp.bfloat16, True, "softmax", (1, 3)),  # two empty classes
 ]
 
 
 @pytest.mark.parametrize("shape,k,dtype,squared,activation,absent", GPU_CASES)
 def test_gpu_kernel_interpret_matches_reference(shape, k, dtype, squared, activation, absent):
-  _check_against_reference(shape, k, dtype, squared, activation, "pallas", absent=absent)
+  label_dtype = jnp.uint8 if len(shape) == 2 else jnp.int32
+  _check_against_reference(shape, k, dtype, squared, activation, "pallas", absent=absent,
+                           label_dtype=label_dtype, seed=len(shape) * k)
 
 
 def test_gpu_kernel_interpret_small_blocks_many_programs():
@@ -169,7 +171,7 @@ def _exported_text(fn, platforms, *args):
 @pytest.mark.parametrize("platform,custom_call", [("cuda", TRITON_CALL), ("tpu", MOSAIC_CALL)])
 @pytest.mark.parametrize("implementation", ["pallas", "auto"])
 def test_lowers_for_accelerator(platform, custom_call, implementation):
-  logits, labels, _ = _inputs((2, 7, 9, 11), 5, jnp.bfloat16, 0)
+  logits, labels, _ = _inputs((2, 7, 9, 11), 5, jnp.bfloat16, 0, label_dtype=jnp.uint8)
   fwd = _exported_text(
       lambda x: medjax_kernels.soft_dice_stats(x, labels, implementation=implementation),
       [platform], logits)
