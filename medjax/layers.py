@@ -137,61 +137,69 @@ class ConvND(nn.Module):
 
 
 def upconv2x(x: jax.Array, kernel: jax.Array, bias: Optional[jax.Array] = None) -> jax.Array:
-  """Transposed convolution with a 2x..x2 window and stride 2, as one matmul.
+  """Transposed convolution whose window equals its stride (2x..x2 for U-Net), as one matmul.
 
   With window == stride the output blocks do not overlap, so every input voxel
-  writes its own 2^d block: `y[n, 2i+a, 2j+b, 2k+c, o] = sum_ci x[n,i,j,k,ci] *
-  kernel[a,b,c,ci,o]`. That is one `(N*S, C_in) @ (C_in, 2^d*C_out)` matmul and
-  a depth-to-space reshape, exactly equal to `lax.conv_transpose(x, kernel,
-  (2,)*d, "VALID")` (flax `ConvTranspose` layout), and its gradient is again
-  two matmuls instead of XLA's slow transposed-convolution gradient.
+  writes its own block: `y[n, f0*i+a, f1*j+b, f2*k+c, o] = sum_ci x[n,i,j,k,ci] *
+  kernel[a,b,c,ci,o]` with `(f0, f1, f2) = kernel.shape[:3]` (e.g. 2x2x2, or
+  1x2x2 for the in-plane-only levels of anisotropic volumes). That is one
+  `(N*S, C_in) @ (C_in, f0*f1*f2*C_out)` matmul and a depth-to-space reshape,
+  exactly equal to `lax.conv_transpose(x, kernel, window, "VALID")` (flax
+  `ConvTranspose` layout), and its gradient is again two matmuls instead of
+  XLA's slow transposed-convolution gradient.
 
   Args:
-    x: `(N, *S, C_in)`; kernel: `(2,)*d + (C_in, C_out)`; bias `(C_out,)`.
+    x: `(N, *S, C_in)`; kernel: `window + (C_in, C_out)`; bias `(C_out,)`.
   Returns:
-    `(N, *(2*S), C_out)`.
+    `(N, *(window*S), C_out)`.
   """
   nd = x.ndim - 2
-  if kernel.shape[:nd] != (2,) * nd:
-    raise ValueError(f"upconv2x needs a 2x..x2 window, got kernel {kernel.shape}")
+  factors = tuple(kernel.shape[:nd])
   cin, cout = kernel.shape[-2:]
-  # (C_in, 2, .., 2, C_out) -> (C_in, 2^d * C_out)
+  # (C_in, f0, .., fd, C_out) -> (C_in, prod(f) * C_out)
   w = jnp.moveaxis(kernel, nd, 0).reshape(cin, -1).astype(x.dtype)
   y = jnp.dot(x.reshape(-1, cin), w, preferred_element_type=jnp.float32).astype(x.dtype)
   n, spatial = x.shape[0], x.shape[1:-1]
-  y = y.reshape((n,) + spatial + (2,) * nd + (cout,))
-  # interleave: (N, S1, S2, S3, 2, 2, 2, C) -> (N, S1, 2, S2, 2, S3, 2, C)
+  y = y.reshape((n,) + spatial + factors + (cout,))
+  # interleave: (N, S1, S2, S3, f1, f2, f3, C) -> (N, S1, f1, S2, f2, S3, f3, C)
   perm = [0]
   for i in range(nd):
     perm += [1 + i, 1 + nd + i]
   perm.append(1 + 2 * nd)
-  y = y.transpose(perm).reshape((n,) + tuple(2 * s for s in spatial) + (cout,))
+  y = y.transpose(perm).reshape((n,) + tuple(f * s for f, s in zip(factors, spatial)) + (cout,))
   if bias is not None:
     y = y + bias.astype(y.dtype)
   return y
 
 
 class UpConv(nn.Module):
-  """2x upsampling by a stride-2 2x..x2 transposed convolution (see `upconv2x`)."""
+  """Upsampling by a transposed convolution with window == stride (see `upconv2x`).
+
+  Attributes:
+    features: output channels.
+    factors: upsampling factor per spatial dim (default 2 in every dim).
+  """
   features: int
   spatial_dims: int = 3
   use_bias: bool = True
   kernels: str = "auto"
   kernel_init: Callable = nn.initializers.lecun_normal()
+  factors: Optional[Sequence[int]] = None
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     nd = self.spatial_dims
-    kernel = self.param("kernel", self.kernel_init, (2,) * nd + (x.shape[-1], self.features))
+    factors = _as_tuple(2 if self.factors is None else self.factors, nd)
+    kernel = self.param("kernel", self.kernel_init, factors + (x.shape[-1], self.features))
     bias = (self.param("bias", nn.initializers.zeros, (self.features,))
             if self.use_bias else None)
     check_implementation(self.kernels)
     return upconv2x(x, kernel, bias)
 
 
-def max_pool(x: jax.Array, spatial_dims: int, window: int = 2) -> jax.Array:
-  """Non-overlapping max pooling by `window` in every spatial dim."""
-  w = (window,) * spatial_dims
+def max_pool(x: jax.Array, spatial_dims: int, window: Union[int, Sequence[int]] = 2) -> jax.Array:
+  """Non-overlapping max pooling by `window` (an int or one per spatial dim)."""
+  w = _as_tuple(window, spatial_dims)
   return nn.max_pool(x, w, strides=w, padding="VALID")
 
 
