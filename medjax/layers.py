@@ -141,7 +141,7 @@ def upconv2x(x: jax.Array, kernel: jax.Array, bias: Optional[jax.Array] = None) 
 
   With window == stride the output blocks do not overlap, so every input voxel
   writes its own block: `y[n, f0*i+a, f1*j+b, f2*k+c, o] = sum_ci x[n,i,j,k,ci] *
-  kernel[a,b,c,ci,o]` with `(f0, f1, f2) = kernel.shape[:3]` (e.g. 2x2x2, or
+  kernel[f0-1-a, f1-1-b, f2-1-c, ci, o]` (the window flipped, as lax applies it) with `(f0, f1, f2) = kernel.shape[:3]` (e.g. 2x2x2, or
   1x2x2 for the in-plane-only levels of anisotropic volumes). That is one
   `(N*S, C_in) @ (C_in, f0*f1*f2*C_out)` matmul and a depth-to-space reshape,
   exactly equal to `lax.conv_transpose(x, kernel, window, "VALID")` (flax
@@ -156,6 +156,8 @@ def upconv2x(x: jax.Array, kernel: jax.Array, bias: Optional[jax.Array] = None) 
   nd = x.ndim - 2
   factors = tuple(kernel.shape[:nd])
   cin, cout = kernel.shape[-2:]
+  # lax.conv_transpose (transpose_kernel=False), hence flax, applies the window flipped
+  kernel = kernel[(slice(None, None, -1),) * nd]
   # (C_in, f0, .., fd, C_out) -> (C_in, prod(f) * C_out)
   w = jnp.moveaxis(kernel, nd, 0).reshape(cin, -1).astype(x.dtype)
   y = jnp.dot(x.reshape(-1, cin), w, preferred_element_type=jnp.float32).astype(x.dtype)
