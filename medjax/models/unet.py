@@ -8,7 +8,7 @@ paper; `UNet.cicek()` the 3D U-Net of Cicek 2016.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import flax.linen as nn
 import jax
@@ -21,6 +21,7 @@ class ConvBlock(nn.Module):
   """Two (conv -> norm -> activation) units, then optional dropout."""
   features: int
   spatial_dims: int = 3
+  kernel_size: Union[int, Sequence[int]] = 3
   padding: str = "same"
   norm: Optional[str] = None
   dropout: float = 0.0
@@ -31,7 +32,7 @@ class ConvBlock(nn.Module):
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     for i in range(2):
       fuse = self.norm is None  # without a norm, bias+ReLU fuse into the conv
-      x = layers.ConvND(self.features, 3, padding=self.padding.upper(),
+      x = layers.ConvND(self.features, self.kernel_size, padding=self.padding.upper(),
                         spatial_dims=self.spatial_dims, use_bias=fuse,
                         activation="relu" if fuse else None,
                         kernels=self.kernels, name=f"conv{i}")(x)
@@ -58,6 +59,10 @@ class UNet(nn.Module):
     kernels: "auto" | "xla" | "pallas" convolution implementation.
     deep_supervision: with `train=True`, also return 1x1-conv heads of the
       lower decoder levels (a list, finest first) for auxiliary losses.
+    kernel_sizes: conv window per level (default 3 everywhere); e.g. (1, 3, 3)
+      for the top levels of anisotropic volumes, as nnU-Net plans them (see
+      `anisotropic_plan`).
+    pool_sizes: pooling (and up-conv) factor per down step (default 2).
   """
   spatial_dims: int = 3
   features: Sequence[int] = (16, 32, 64, 128)
@@ -68,6 +73,8 @@ class UNet(nn.Module):
   kernels: str = "auto"
   deep_supervision: bool = False
   bn_axis_name: Optional[str] = None
+  kernel_sizes: Optional[Sequence[Union[int, Sequence[int]]]] = None
+  pool_sizes: Optional[Sequence[Union[int, Sequence[int]]]] = None
 
   @classmethod
   def original(cls, **overrides) -> "UNet":
@@ -92,24 +99,32 @@ class UNet(nn.Module):
     if x.ndim != nd + 2:
       raise ValueError(f"UNet(spatial_dims={nd}) expects (N, *S, C) inputs with {nd} "
                        f"spatial dims, got shape {x.shape}")
-    block = lambda f, name: ConvBlock(
-        f, spatial_dims=nd, padding=self.padding, norm=self.norm, dropout=self.dropout,
+    levels = len(self.features)
+    kernel_sizes = self.kernel_sizes or (3,) * levels
+    pool_sizes = self.pool_sizes or (2,) * (levels - 1)
+    if len(kernel_sizes) != levels or len(pool_sizes) != levels - 1:
+      raise ValueError(f"UNet: {levels} levels need {levels} kernel_sizes and {levels - 1} "
+                       f"pool_sizes, got {kernel_sizes} and {pool_sizes}")
+    block = lambda level, name: ConvBlock(
+        self.features[level], spatial_dims=nd, kernel_size=kernel_sizes[level],
+        padding=self.padding, norm=self.norm, dropout=self.dropout,
         kernels=self.kernels, bn_axis_name=self.bn_axis_name, name=name)
     skips = []
-    for level, f in enumerate(self.features[:-1]):
-      x = block(f, f"down{level}")(x, train=train)
+    for level in range(levels - 1):
+      x = block(level, f"down{level}")(x, train=train)
       skips.append(x)
-      x = layers.max_pool(x, nd)
-    x = block(self.features[-1], "bottleneck")(x, train=train)
+      x = layers.max_pool(x, nd, pool_sizes[level])
+    x = block(levels - 1, "bottleneck")(x, train=train)
     aux = []
     for level in reversed(range(len(self.features) - 1)):
       f = self.features[level]
-      x = layers.UpConv(f, spatial_dims=nd, kernels=self.kernels, name=f"upconv{level}")(x)
+      x = layers.UpConv(f, spatial_dims=nd, kernels=self.kernels, factors=pool_sizes[level],
+                        name=f"upconv{level}")(x)
       skip = skips[level]
       if self.padding == "valid":
         skip = layers.center_crop(skip, x.shape[1:-1])
       x = jnp.concatenate([skip, x.astype(skip.dtype)], axis=-1)
-      x = block(f, f"up{level}")(x, train=train)
+      x = block(level, f"up{level}")(x, train=train)
       if self.deep_supervision and train and level > 0:
         aux.append(layers.ConvND(self.num_classes, 1, spatial_dims=nd, kernels=self.kernels,
                                  name=f"aux_head{level}")(x))
@@ -118,3 +133,29 @@ class UNet(nn.Module):
     if self.deep_supervision and train:
       return logits, aux[::-1]
     return logits
+
+
+def anisotropic_plan(spacing: Sequence[float], num_levels: int
+                     ) -> tuple[tuple[tuple[int, ...], ...], tuple[tuple[int, ...], ...]]:
+  """Kernel and pool sizes per level for anisotropic voxels, after nnU-Net.
+
+  Isensee et al. 2021: an axis whose spacing is more than twice the finest one
+  gets a window of 1 and is not pooled, until pooling the other axes has made
+  the voxels close to isotropic. E.g. spacing (2.5, 0.8, 0.8) with 4 levels
+  gives kernels ((1,3,3), (3,3,3), (3,3,3), (3,3,3)) and pools ((1,2,2),
+  (2,2,2), (2,2,2)).
+
+  Returns:
+    `(kernel_sizes, pool_sizes)` with `num_levels` and `num_levels - 1` entries.
+  """
+  spacing = [float(s) for s in spacing]
+  kernels, pools = [], []
+  for level in range(num_levels):
+    finest = min(spacing)
+    coarse = [s > 2.0 * finest for s in spacing]
+    kernels.append(tuple(1 if c else 3 for c in coarse))
+    if level < num_levels - 1:
+      pool = tuple(1 if c else 2 for c in coarse)
+      pools.append(pool)
+      spacing = [s * p for s, p in zip(spacing, pool)]
+  return tuple(kernels), tuple(pools)
