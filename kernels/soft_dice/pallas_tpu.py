@@ -6,7 +6,8 @@ class-major (N, K, R, 128), R = ceil(V / 128) rows of 128 voxels (one transpose 
 fused with the zero-padding of V to a multiple of 128). Labels become (N, R, 128) int32,
 a free reshape when V % 128 == 0 and labels are int32 already.
 
-Grid (N, ceil(R / block_rows)). Each step holds a (K, block_rows, 128) logits block in
+Forward grid (N, splits, blocks per split), backward grid (blocks, N); see the kernels
+for why (both TensorCores of megacore chips busy at batch 1). Each step holds a (K, block_rows, 128) logits block in
 VMEM and walks it 16 rows at a time; softmax over classes is then elementwise across K
 separate (16, 128) slabs (max/exp/sum on the VPU/EUP, no cross-lane work). Voxels past V
 (padding or a partial last block) are masked by their global index.
@@ -67,37 +68,48 @@ def _fold(a):
 
 
 def _fwd_kernel(x_ref, lab_ref, inter_ref, psum_ref, tsum_ref, *, squared: bool,
-                num_classes: int, block_rows: int, **chunk_kw):
-  j = pl.program_id(1)
+                num_classes: int, block_rows: int, num_voxels: int, blocks_per_split: int,
+                **chunk_kw):
+  # Grid (N, splits, blocks_per_split): the voxel blocks of a case are cut into
+  # `splits` parallel ranges so that both TensorCores of a megacore chip (v4, v5p) get
+  # work even with batch 1; blocks past the end are clamped in the index map and masked.
+  jj = pl.program_id(2)
+  j = pl.program_id(1) * blocks_per_split + jj
 
-  @pl.when(j == 0)
+  @pl.when(jj == 0)
   def _init():
     inter_ref[...] = jnp.zeros_like(inter_ref)
     psum_ref[...] = jnp.zeros_like(psum_ref)
     tsum_ref[...] = jnp.zeros_like(tsum_ref)
 
-  def body(c, carry):
-    r0 = pl.multiple_of(c * _SUB, _SUB)
-    ps, ts = _chunk(x_ref, lab_ref, r0, j=j, num_classes=num_classes,
-                    block_rows=block_rows, mask=True, **chunk_kw)
-    acc_i, acc_p, acc_t = carry
-    acc_i = tuple(a + _fold(p * t) for a, p, t in zip(acc_i, ps, ts))
-    acc_p = tuple(a + _fold(p * p if squared else p) for a, p in zip(acc_p, ps))
-    acc_t = tuple(a + _fold(t) for a, t in zip(acc_t, ts))
-    return acc_i, acc_p, acc_t
+  def run(mask: bool):
+    def body(c, carry):
+      r0 = pl.multiple_of(c * _SUB, _SUB)
+      ps, ts = _chunk(x_ref, lab_ref, r0, j=j, num_classes=num_classes,
+                      block_rows=block_rows, num_voxels=num_voxels, mask=mask, **chunk_kw)
+      acc_i, acc_p, acc_t = carry
+      acc_i = tuple(a + _fold(p * t) for a, p, t in zip(acc_i, ps, ts))
+      acc_p = tuple(a + _fold(p * p if squared else p) for a, p in zip(acc_p, ps))
+      acc_t = tuple(a + _fold(t) for a, t in zip(acc_t, ts))
+      return acc_i, acc_p, acc_t
 
-  zero = tuple(jnp.zeros((8, _LANES), jnp.float32) for _ in range(num_classes))
-  acc_i, acc_p, acc_t = jax.lax.fori_loop(0, block_rows // _SUB, body, (zero, zero, zero))
-  for k in range(num_classes):
-    inter_ref[k] += acc_i[k]
-    psum_ref[k] += acc_p[k]
-    tsum_ref[k] += acc_t[k]
+    zero = tuple(jnp.zeros((8, _LANES), jnp.float32) for _ in range(num_classes))
+    acc_i, acc_p, acc_t = jax.lax.fori_loop(0, block_rows // _SUB, body, (zero, zero, zero))
+    for k in range(num_classes):
+      inter_ref[k] += acc_i[k]
+      psum_ref[k] += acc_p[k]
+      tsum_ref[k] += acc_t[k]
+
+  # Only a block reaching past the last voxel pays for the mask.
+  inside = (j + 1) * (block_rows * _LANES) <= num_voxels
+  pl.when(inside)(lambda: run(mask=False))
+  pl.when(jnp.logical_not(inside))(lambda: run(mask=True))
 
 
 def _bwd_kernel(g_ref, x_ref, lab_ref, dx_ref, *, squared: bool, activation: str,
                 num_classes: int, block_rows: int, **chunk_kw):
-  n = pl.program_id(0)
-  j = pl.program_id(1)
+  j = pl.program_id(0)
+  n = pl.program_id(1)
   gis = [g_ref[0, n * num_classes + k] for k in range(num_classes)]
   gps = [g_ref[1, n * num_classes + k] for k in range(num_classes)]
 
@@ -134,12 +146,6 @@ def _to_class_major(logits: jax.Array, labels: jax.Array):
   return x, lab.reshape(n, rows, _LANES), v
 
 
-def _specs(k: int, block_rows: int):
-  x_spec = pl.BlockSpec((None, k, block_rows, _LANES), lambda i, j: (i, 0, j, 0))
-  lab_spec = pl.BlockSpec((None, block_rows, _LANES), lambda i, j: (i, j, 0))
-  return x_spec, lab_spec
-
-
 @functools.partial(jax.jit, static_argnames=("squared", "activation", "config", "interpret"))
 def soft_dice_stats_fwd(logits: jax.Array, labels: jax.Array, *, squared: bool = False,
                         activation: str = "softmax", config: cfg.TpuConfig | None = None,
@@ -162,23 +168,34 @@ def soft_dice_stats_fwd(logits: jax.Array, labels: jax.Array, *, squared: bool =
   x, lab, v = _to_class_major(logits, labels)
   if config is None:
     config = cfg.default_tpu_config(v, k, logits.dtype)
-  grid = (n, pl.cdiv(x.shape[2], config.block_rows))
-  x_spec, lab_spec = _specs(k, config.block_rows)
-  out_spec = pl.BlockSpec((None, k, 8, _LANES), lambda i, j: (i, 0, 0, 0))
-  part = jax.ShapeDtypeStruct((n, k, 8, _LANES), jnp.float32)
+  num_blocks = pl.cdiv(x.shape[2], config.block_rows)
+  splits = 2 if num_blocks >= 2 else 1
+  per_split = pl.cdiv(num_blocks, splits)
+
+  def block(s, jj):
+    return jnp.minimum(s * per_split + jj, num_blocks - 1)
+
+  x_spec = pl.BlockSpec((None, k, config.block_rows, _LANES),
+                        lambda i, s, jj: (i, 0, block(s, jj), 0))
+  lab_spec = pl.BlockSpec((None, config.block_rows, _LANES),
+                          lambda i, s, jj: (i, block(s, jj), 0))
+  out_spec = pl.BlockSpec((None, None, k, 8, _LANES), lambda i, s, jj: (i, s, 0, 0, 0))
+  part = jax.ShapeDtypeStruct((n, splits, k, 8, _LANES), jnp.float32)
   kernel = functools.partial(_fwd_kernel, squared=squared, activation=activation,
-                             num_voxels=v, num_classes=k, block_rows=config.block_rows)
+                             num_voxels=v, num_classes=k, block_rows=config.block_rows,
+                             blocks_per_split=per_split)
   parts = pl.pallas_call(
       kernel,
-      grid=grid,
+      grid=(n, splits, per_split),
       in_specs=[x_spec, lab_spec],
       out_specs=[out_spec] * 3,
       out_shape=[part] * 3,
-      compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary")),
+      compiler_params=pltpu.CompilerParams(
+          dimension_semantics=("parallel", "parallel", "arbitrary")),
       interpret=interpret,
       name="soft_dice_stats_fwd",
   )(x, lab)
-  return tuple(jnp.sum(q, axis=(2, 3)) for q in parts)
+  return tuple(jnp.sum(q, axis=(1, 3, 4)) for q in parts)
 
 
 @functools.partial(jax.jit, static_argnames=("squared", "activation", "config", "interpret"))
@@ -198,8 +215,11 @@ def soft_dice_stats_bwd(logits: jax.Array, labels: jax.Array, g_intersection: ja
   x, lab, v = _to_class_major(logits, labels)
   if config is None:
     config = cfg.default_tpu_config(v, k, logits.dtype)
-  grid = (n, pl.cdiv(x.shape[2], config.block_rows))
-  x_spec, lab_spec = _specs(k, config.block_rows)
+  # Voxel blocks first: megacore chips split the leading parallel axis, and a batch
+  # of 1-2 volumes would leave a core idle.
+  grid = (pl.cdiv(x.shape[2], config.block_rows), n)
+  x_spec = pl.BlockSpec((None, k, config.block_rows, _LANES), lambda j, i: (i, 0, j, 0))
+  lab_spec = pl.BlockSpec((None, config.block_rows, _LANES), lambda j, i: (i, j, 0))
   g = jnp.stack([g_intersection.reshape(-1), g_pred_sum.reshape(-1)]).astype(jnp.float32)
   kernel = functools.partial(_bwd_kernel, squared=squared, activation=activation,
                              num_voxels=v, num_classes=k, block_rows=config.block_rows)
