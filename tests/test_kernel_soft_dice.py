@@ -81,6 +81,7 @@ GPU_CASES = [
     ((1, 67, 81), 3, jnp.bfloat16, False, "softmax", ()),
     ((3, 50), 2, jnp.float32, False, "sigmoid", ()),  # 1D, uint8 labels (see below)
     ((2, 6, 6, 6), 4, jnp.bfloat16, True, "softmax", (1, 3)),  # two empty classes
+    ((2, 9, 10), 1, jnp.float32, True, "sigmoid", ()),  # one sigmoid channel, padded to 2
 ]
 
 
