@@ -10,7 +10,6 @@ Both are checked for outputs and for gradients w.r.t. logits (jax.vjp, random
 cotangents on all three outputs). `jax.export` lowering for "cuda" / "tpu" is what
 makes a kernel that cannot compile for an accelerator fail CI without one.
 """
-import re
 
 import jax
 import jax.numpy as jnp
@@ -185,7 +184,7 @@ def test_lowers_for_accelerator(platform, custom_call, implementation):
 
 
 def test_auto_on_cpu_is_the_reference_without_custom_calls():
-  logits, labels, cts = _inputs((2, 7, 9, 11), 5, jnp.float32, 4)
+  logits, labels, _ = _inputs((2, 7, 9, 11), 5, jnp.float32, 4)
   text = jax.jit(lambda x: medjax_kernels.soft_dice_stats(x, labels)).lower(logits).as_text()
   assert "custom_call" not in text
   loss = _loss("auto", labels)
