@@ -52,7 +52,6 @@ def extract(model: nn.Module, variables: Any, images, *, layer: str,
   def capture(mdl: nn.Module, method_name: str) -> bool:
     return method_name == "__call__" and tuple(mdl.path) == path
 
-  @jax.jit
   def run(x):
     _, state = model.apply(variables, x, train=False, capture_intermediates=capture,
                            mutable=["intermediates"])
@@ -66,13 +65,13 @@ def extract(model: nn.Module, variables: Any, images, *, layer: str,
   images = jnp.asarray(images)
   n = images.shape[0]
   step = n if not batch_size else batch_size
-  chunks = []
-  for i in range(0, n, step):
-    out = run(images[i:i + step])
-    if out is None:
-      raise ValueError(f"extract: no submodule at layer={layer!r} in {type(model).__name__} "
-                       "(give the '/'-separated module names, e.g. 'stage3')")
-    chunks.append(out)
+  # Trace once without compiling to check that the layer exists.
+  if jax.eval_shape(run, jax.ShapeDtypeStruct((min(step, n),) + images.shape[1:],
+                                              images.dtype)) is None:
+    raise ValueError(f"extract: no submodule at layer={layer!r} in {type(model).__name__} "
+                     "(give the '/'-separated module names, e.g. 'stage3')")
+  run = jax.jit(run)
+  chunks = [run(images[i:i + step]) for i in range(0, n, step)]
   return jnp.concatenate(chunks, axis=0)
 
 
