@@ -35,7 +35,6 @@ from typing import Optional, Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from medjax import layers
 

@@ -177,8 +177,6 @@ class ResNet(nn.Module):
   kernels: str = "auto"
   bn_axis_name: Optional[str] = None
 
-  STAGES = ("stem", "stage1", "stage2", "stage3", "stage4")
-
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False, return_features: bool = False):
     """Returns logits `(N, K)`; with `return_features=True`, `(logits, feats)` where
