@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
@@ -30,6 +30,8 @@ def main(argv):
   from medjax import parallel  # pylint: disable=import-outside-toplevel
   from medjax.errors import InputError  # pylint: disable=import-outside-toplevel
   from medjax.train import loop  # pylint: disable=import-outside-toplevel
+  if not FLAGS["verbosity"].present:  # orbax logs every save at INFO
+    logging.set_verbosity(logging.WARNING)
   try:
     parallel.init_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     config = FLAGS.config

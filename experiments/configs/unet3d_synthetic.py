@@ -11,8 +11,12 @@ Ablations are one flag, e.g. `--config.loss.name=ce`, `--config.model.norm=batch
 """
 import ml_collections
 
+from medjax.models.unet import anisotropic_plan
 
-def get_config() -> ml_collections.ConfigDict:
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+  """The default run; `variant="smoke"` (`--config=...py:smoke`) is a seconds-long
+  run on a tiny dataset and model, for tests and for trying the pipeline."""
   c = ml_collections.ConfigDict()
   c.seed = 0
   # Data: TFDS builder generated locally into data_dir (nothing is downloaded).
@@ -22,7 +26,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.num_classes = 3
   c.class_names = ("background", "organ", "tumour")
   c.in_channels = 1
-  c.patch_size = (32, 64, 64)
+  c.spacing = (2.5, 0.8, 0.8)  # the dataset's voxel spacing (mm), (D, H, W)
+  c.patch_size = (16, 48, 48)
   c.global_batch_size = 2
   c.foreground_fraction = 0.33  # nnU-Net's oversample_foreground_percent
   c.flip_axes = (1, 2)
@@ -32,6 +37,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.name = "unet"
   c.model.spatial_dims = 3
   c.model.features = (8, 16, 32, 64)
+  # nnU-Net planning for anisotropic voxels: 1x3x3 convs and in-plane pooling
+  # at the top level, where the slices are 3x thicker than the pixels.
+  c.model.kernel_sizes, c.model.pool_sizes = anisotropic_plan(c.spacing, len(c.model.features))
   c.model.norm = ml_collections.FieldReference(None, field_type=str)
   c.model.dropout = 0.0
 
@@ -48,7 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.optimizer.nesterov = True
   c.optimizer.weight_decay = 1e-4
 
-  c.num_steps = 600
+  c.num_steps = 500
   c.log_every = 10
   c.checkpoint_every = 100
   c.progress_bar = True
@@ -58,8 +66,24 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.overlap = 0.25
   c.eval.mode = "constant"
-  c.eval.batch_size = 2
+  c.eval.batch_size = 4
   c.eval.mirror_axes = ()
   c.eval.surface_metrics = True
   c.eval.report_cases = 3
+
+  if variant == "smoke":
+    c.dataset_kwargs.shape = (16, 32, 32)
+    c.dataset_kwargs.split_sizes = {"train": 3, "validation": 1, "test": 2}
+    c.patch_size = (8, 16, 16)
+    c.global_batch_size = 4
+    c.model.features = (4, 8)
+    c.model.kernel_sizes, c.model.pool_sizes = anisotropic_plan(c.spacing, 2)
+    c.num_steps = 6
+    c.log_every = 1
+    c.checkpoint_every = 2
+    c.progress_bar = False
+    c.eval.batch_size = 2
+    c.eval.report_cases = 1
+  elif variant:
+    raise ValueError(f"unknown config variant {variant!r}: expected '' or 'smoke'")
   return c

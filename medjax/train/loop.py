@@ -71,13 +71,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise InputError(f"config.global_batch_size={config.global_batch_size}: expected a multiple "
                      f"of the number of devices ({dp.num_devices})")
   model = build_model(config, training=True)
+  loss_fn = build_loss(config)
   tx, schedule = make_optimizer(config.optimizer, config.num_steps)
   state = init_state(config, model, tx)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), every=config.checkpoint_every)
   start = ckpt.latest_step() or 0
   if start:
     state = ckpt.restore(state)
-    logging.info("resumed from %s at step %d", workdir, start)
+    print(f"resumed {workdir} at step {start}", flush=True)
   if start >= config.num_steps:
     ckpt.close()
     return {"state": state, "stopped": False}
@@ -92,7 +93,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       process_index=jax.process_index(), process_count=jax.process_count(),
       worker_count=config.get("data_workers", 0))
 
-  step_fn = dp.spmd(make_train_step(model, build_loss(config), seed=config.seed),
+  step_fn = dp.spmd(make_train_step(model, loss_fn, seed=config.seed),
                     batch_argnums=(1,), donate_argnums=(0,))
   dstate = dp.replicate(state)
   writer = MetricWriter(workdir) if is_writer else None
@@ -155,6 +156,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     rows = read_metrics(workdir)
     if rows:
       report.plot_learning_curves(rows, os.path.join(report.report_dir(workdir), "learning_curves.png"))
-    summary = {k: v for k, v in results.items() if k != "per_case"}
-    logging.info("eval: %s", summary)
+    summary = {k: round(v, 4) for k, v in results.items()
+               if k != "per_case" and isinstance(v, float) and k.split("/")[0] in ("dice", "hd95")}
+    print(f"eval ({len(results['per_case'])} test cases): {summary} -> {path}", flush=True)
   return results
