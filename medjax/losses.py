@@ -284,8 +284,11 @@ def dice_statistics(logits: Array, labels: Array, *, squared: bool = False,
             "implementation='pallas' needs medjax_kernels.soft_dice_stats, "
             f"which is not available: {e}") from e
     else:
+      # Pallas on a CPU-only process runs the kernel in the interpreter: a
+      # correctness check (e.g. --config.kernels=pallas on a laptop), not speed.
+      interpret = implementation == "pallas" and jax.default_backend() == "cpu"
       return kernel(logits, labels, squared=squared, activation=activation,
-                    implementation=implementation)
+                    implementation=implementation, interpret=interpret)
   return _dice_statistics_xla(logits, labels, squared=squared,
                               activation=activation)
 
