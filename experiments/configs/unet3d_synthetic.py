@@ -19,12 +19,14 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   run on a tiny dataset and model, for tests and for trying the pipeline."""
   c = ml_collections.ConfigDict()
   c.seed = 0
+  c.task = "segmentation"  # "segmentation" | "classification"
   # Data: TFDS builder generated locally into data_dir (nothing is downloaded).
   c.dataset = "synthetic_organs/3d"
   c.data_dir = "~/.cache/medjax/datasets"
   c.dataset_kwargs = ml_collections.ConfigDict()
   c.num_classes = 3
   c.class_names = ("background", "organ", "tumour")
+  c.label_map = ()  # e.g. (0, 1, 1): organ incl. tumour; (0, 0, 1): tumour only
   c.in_channels = 1
   c.spacing = (2.5, 0.8, 0.8)  # the dataset's voxel spacing (mm), (D, H, W)
   c.patch_size = (16, 48, 48)
@@ -45,6 +47,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
   c.loss = ml_collections.ConfigDict()
   c.loss.name = "dice_ce"
+  # nnU-Net's Dice+CE: Dice statistics summed over the batch ("batch dice") and
+  # without the background class. Per-patch Dice would score a patch without a
+  # tumour 0 for any false-positive voxel, which pushes the rare class to vanish.
+  c.loss.batch = True
+  c.loss.include_background = False
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adam"
@@ -56,7 +63,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.optimizer.nesterov = True
   c.optimizer.weight_decay = 1e-4
 
-  c.num_steps = 500
+  c.num_steps = 600
   c.log_every = 10
   c.checkpoint_every = 100
   c.progress_bar = True

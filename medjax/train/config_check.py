@@ -11,7 +11,7 @@ from medjax.errors import InputError
 
 # Fields that fix the shapes of the state: a workdir holding a run that
 # differs in any of these cannot be resumed with the new config.
-STATE_FIELDS = ("dataset", "num_classes", "model", "optimizer.name", "seed")
+STATE_FIELDS = ("task", "dataset", "num_classes", "label_map", "model", "optimizer.name", "seed")
 
 
 def _get(config_dict: dict, dotted: str):
@@ -26,6 +26,11 @@ def _get(config_dict: dict, dotted: str):
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises InputError naming the first impossible field."""
   parallel.check_parallel(config.parallel)
+  if config.task not in ("segmentation", "classification"):
+    raise InputError(f"config.task={config.task!r}: expected 'segmentation' or 'classification'")
+  if config.get("label_map") and max(config.label_map) >= config.num_classes:
+    raise InputError(f"config.label_map={tuple(config.label_map)} maps to a class id >= "
+                     f"config.num_classes={config.num_classes}")
   try:
     layers.check_implementation(config.kernels)
   except ValueError as e:
@@ -41,7 +46,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if len(config.class_names) != config.num_classes:
     raise InputError(f"config.class_names has {len(config.class_names)} names but "
                      f"config.num_classes={config.num_classes}")
-  if len(config.patch_size) != config.model.get("spatial_dims", 3):
+  if config.task == "segmentation" and len(config.patch_size) != config.model.get("spatial_dims", 3):
     raise InputError(f"config.patch_size={tuple(config.patch_size)}: expected "
                      f"{config.model.get('spatial_dims', 3)} sizes (model.spatial_dims)")
 

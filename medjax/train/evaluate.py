@@ -11,14 +11,14 @@ import numpy as np
 from absl import logging
 
 from medjax import inference, metrics
-from medjax.data import datasets, pipeline
+from medjax.data import pipeline
 from medjax.train import report
 from medjax.train.step import make_predict_fn
 
 
-def evaluate(config: ml_collections.ConfigDict, model: nn.Module, variables: dict, *,
-             workdir: Optional[str] = None, split: str = "test") -> dict:
-  """Segments every case of `split` and scores it per class.
+def evaluate(config: ml_collections.ConfigDict, model: nn.Module, variables: dict, source, *,
+             workdir: Optional[str] = None) -> dict:
+  """Segments every case of `source` (e.g. the test split) and scores it per class.
 
   Returns a dict with `"<metric>/<class>"` keys (means over cases; inf distances
   of a missed structure are left out of the mean and counted in
@@ -27,8 +27,7 @@ def evaluate(config: ml_collections.ConfigDict, model: nn.Module, variables: dic
   the first `config.eval.report_cases` cases.
   """
   ecfg = config.eval
-  source = datasets.load_source(config.dataset, split, config.data_dir,
-                                **(config.dataset_kwargs.to_dict() if config.get("dataset_kwargs") else {}))
+  lut = np.asarray(config.label_map, np.int32) if config.get("label_map") else None
   predict = make_predict_fn(model)
   variables = jax.device_put(variables, jax.local_devices()[0])
   predict_fn = lambda x: predict(variables, x)
@@ -40,6 +39,8 @@ def evaluate(config: ml_collections.ConfigDict, model: nn.Module, variables: dic
         mode=ecfg.mode, batch_size=ecfg.batch_size, mirror_axes=tuple(ecfg.mirror_axes))[0]
     pred = probs.argmax(-1).astype(np.uint8)
     label = np.asarray(case["label"])
+    if lut is not None:
+      label = lut[label]
     scores = metrics.segmentation_metrics(pred, label, class_names, spacing=tuple(case["spacing"]),
                                           surface=ecfg.surface_metrics)
     scores = {k: float(v) for k, v in scores.items()}
@@ -67,4 +68,28 @@ def summarize(per_case: list[dict]) -> dict:
       out[f"{k}_missing"] = int((~finite).sum())
   out["per_case"] = [{k: (v if not isinstance(v, float) or np.isfinite(v) else None)
                       for k, v in c.items()} for c in per_case]
+  return out
+
+
+def evaluate_classification(config: ml_collections.ConfigDict, model: nn.Module, variables: dict,
+                            source) -> dict:
+  """Image-level classification of every image in `source`: accuracy, ROC AUC of the
+  positive class (binary tasks), expected calibration error (Guo 2017, 15 bins)."""
+  batches = pipeline.classification_batches(
+      source, global_batch_size=len(source), seed=0, start_step=0, num_steps=1)
+  batch = next(iter(batches))
+  predict = make_predict_fn(model)
+  variables = jax.device_put(variables, jax.local_devices()[0])
+  bs = config.eval.batch_size
+  probs = np.concatenate([np.asarray(predict(variables, batch["image"][i:i + bs]))
+                          for i in range(0, len(batch["image"]), bs)])
+  labels = batch["label"]
+  pred = probs.argmax(-1)
+  out = {"accuracy": float((pred == labels).mean()),
+         "ece": float(metrics.expected_calibration_error(probs, labels))}
+  if probs.shape[-1] == 2:
+    out[f"auc/{config.class_names[1]}"] = float(metrics.roc_auc(probs[:, 1], labels))
+  out["per_case"] = [{"case": str(i), "label": int(l), "pred": int(p),
+                      "prob": float(probs[i, 1] if probs.shape[-1] == 2 else probs[i, p])}
+                     for i, (l, p) in enumerate(zip(labels, pred))]
   return out

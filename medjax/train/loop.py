@@ -42,6 +42,40 @@ def build_loss(config: ml_collections.ConfigDict):
   return losses.get_loss(config.loss.name, **kwargs)
 
 
+def load_split(config: ml_collections.ConfigDict, split: str):
+  """The random-access source of `split` of `config.dataset` (prepared on first use)."""
+  kwargs = config.dataset_kwargs.to_dict() if config.get("dataset_kwargs") else {}
+  return datasets.load_source(config.dataset, split, config.data_dir, **kwargs)
+
+
+def remap_labels(batches, label_map):
+  """Applies `config.label_map` (old class id -> new class id) to every batch.
+
+  E.g. (0, 1, 1) merges the tumour into the organ (stage 1 of a cascade) and
+  (0, 0, 1) keeps only the tumour.
+  """
+  lut = np.asarray(label_map, np.int32)
+  for batch in batches:
+    yield {**batch, "label": lut[batch["label"]]}
+
+
+def train_batches(config: ml_collections.ConfigDict, start_step: int):
+  """This process's batches for steps `start_step..num_steps-1`, by `config.task`."""
+  source = load_split(config, "train")
+  common = dict(global_batch_size=config.global_batch_size, seed=config.seed,
+                start_step=start_step, num_steps=config.num_steps,
+                process_index=jax.process_index(), process_count=jax.process_count(),
+                worker_count=config.get("data_workers", 0))
+  if config.task == "classification":
+    return pipeline.classification_batches(source, flip_axes=tuple(config.flip_axes), **common)
+  batches = pipeline.train_batches(
+      source, patch_size=tuple(config.patch_size), foreground_fraction=config.foreground_fraction,
+      flip_axes=tuple(config.flip_axes), **common)
+  if config.get("label_map"):
+    batches = remap_labels(batches, config.label_map)
+  return batches
+
+
 def init_state(config: ml_collections.ConfigDict, model, tx) -> TrainState:
   """Parameters initialised on the host from `config.seed` (identical on every process)."""
   shape = (1,) + tuple(config.patch_size) + (config.in_channels,)
@@ -83,16 +117,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ckpt.close()
     return {"state": state, "stopped": False}
 
-  source = datasets.load_source(config.dataset, "train", config.data_dir,
-                                **config.get("dataset_kwargs", {}).to_dict()
-                                if config.get("dataset_kwargs") else {})
-  batches = pipeline.train_batches(
-      source, patch_size=tuple(config.patch_size), global_batch_size=config.global_batch_size,
-      foreground_fraction=config.foreground_fraction, flip_axes=tuple(config.flip_axes),
-      seed=config.seed, start_step=start, num_steps=config.num_steps,
-      process_index=jax.process_index(), process_count=jax.process_count(),
-      worker_count=config.get("data_workers", 0))
-
+  batches = train_batches(config, start)
   step_fn = dp.spmd(make_train_step(model, loss_fn, seed=config.seed),
                     batch_argnums=(1,), donate_argnums=(0,))
   dstate = dp.replicate(state)
@@ -147,7 +172,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return {}
   state = result["state"]
   eval_model = build_model(config, training=False)
-  results = evaluate.evaluate(config, eval_model, state.variables(), workdir=workdir)
+  if config.task == "classification":
+    results = evaluate.evaluate_classification(config, eval_model, state.variables(),
+                                               load_split(config, "test"))
+  else:
+    results = evaluate.evaluate(config, eval_model, state.variables(), load_split(config, "test"),
+                                workdir=workdir)
   if jax.process_index() == 0:
     path = os.path.join(workdir, "eval.json")
     with open(path + ".tmp", "w") as f:
@@ -156,7 +186,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     rows = read_metrics(workdir)
     if rows:
       report.plot_learning_curves(rows, os.path.join(report.report_dir(workdir), "learning_curves.png"))
-    summary = {k: round(v, 4) for k, v in results.items()
-               if k != "per_case" and isinstance(v, float) and k.split("/")[0] in ("dice", "hd95")}
-    print(f"eval ({len(results['per_case'])} test cases): {summary} -> {path}", flush=True)
+    summary = {k: round(v, 4) for k, v in results.items() if isinstance(v, float) and
+               k.split("/")[0] in ("dice", "hd95", "accuracy", "auc", "ece")}
+    print(f"eval ({len(results['per_case'])} test {'images' if config.task == 'classification' else 'cases'}): {summary} -> {path}", flush=True)
   return results
