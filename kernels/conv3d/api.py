@@ -1,0 +1,199 @@
+"""`conv3d`: fused 3D convolution + bias + residual + activation, with dispatch.
+
+Implementations:
+
+* ``"reference"``: `reference.conv3d` (XLA conv + bias + residual + activation).
+* ``"xla"``: the fastest pure-XLA formulation for the platform
+  (`xla.conv_fast`: on CPU a mix of im2col / shifted matmuls chosen per
+  direction; elsewhere `lax.conv_general_dilated`), then the epilogue in XLA.
+* ``"pallas_gpu"`` / ``"pallas_tpu"``: the Triton / Mosaic kernel.
+* ``"pallas"``: the kernel for the platform the function is lowered for (cuda,
+  rocm -> Triton; tpu -> Mosaic). With ``interpret=True`` it runs the Triton
+  kernel in the Pallas interpreter on any backend (slow: for correctness
+  checks, never for speed).
+* ``"auto"``: ``jax.lax.platform_dependent(cuda=Triton, rocm=Triton,
+  tpu=Mosaic, default="xla")``: follows the platform the function is
+  *lowered* for, so a function exported for cuda on a CPU host carries the
+  Triton kernel.
+
+What is Pallas and what is XLA in the Pallas implementations:
+
+* forward: Pallas, one kernel: conv (stride 1, VALID, over an input padded in
+  XLA) + bias + residual + activation; nothing intermediate written.
+  "SAME" padding and channel padding are XLA pads; stride 2 is an XLA
+  space-to-depth of the input (2x2x2 parity phases as channels) and a
+  rearranged kernel with window `ceil(k/2)`, after which the stride-1 kernel
+  runs (exact: the missing taps have zero weights).
+* backward (`jax.custom_vjp`): the activation derivative, the bias and
+  PReLU-slope gradients are XLA (for PReLU the pre-activation is recomputed by
+  the Pallas kernel without activation; ReLU/leaky ReLU read the mask off the
+  saved output); the input gradient is the *same Pallas kernel* (a stride-1
+  VALID convolution of the `k-1`-padded `dz` with the flipped, transposed
+  kernel); the weight gradient is XLA (`lax.conv_general_dilated`'s transpose
+  wrt the kernel). The XLA space-to-depth/padding ops are differentiated by
+  JAX as usual.
+
+References: V-Net (Milletari et al. 2016): 5x5x5 convs, PReLU, residual
+stages, 2x2x2 stride-2 down convs; 3D U-Net (Cicek et al. 2016): 3x3x3 conv
++ bias + ReLU.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from medjax_kernels.conv3d import pallas_gpu, pallas_tpu, reference, xla
+
+IMPLEMENTATIONS = ("auto", "xla", "reference", "pallas", "pallas_gpu", "pallas_tpu")
+_KERNELS = {"pallas_gpu": pallas_gpu.conv3d_valid, "pallas_tpu": pallas_tpu.conv3d_valid}
+
+
+def _check(x, w, b, activation, prelu_slope, residual, stride, padding, implementation):
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(f"implementation={implementation!r}: expected one of {IMPLEMENTATIONS}")
+  if x.ndim != 5 or w.ndim != 5:
+    raise ValueError(f"conv3d expects x (N,D,H,W,C_in) and w (kd,kh,kw,C_in,C_out), "
+                     f"got {x.shape} and {w.shape}")
+  if w.shape[3] != x.shape[4]:
+    raise ValueError(f"w has C_in={w.shape[3]} but x has {x.shape[4]} channels")
+  if activation not in reference.ACTIVATIONS:
+    raise ValueError(f"activation={activation!r}: expected one of {reference.ACTIVATIONS}")
+  if (activation == "prelu") != (prelu_slope is not None):
+    raise ValueError("prelu_slope is required with activation='prelu' and only then")
+  if stride not in (1, 2):
+    raise ValueError(f"stride={stride}: expected 1 or 2")
+  if padding not in ("SAME", "VALID"):
+    raise ValueError(f"padding={padding!r}: expected 'SAME' or 'VALID'")
+  if b is not None and b.shape != (w.shape[4],):
+    raise ValueError(f"b has shape {b.shape}, expected ({w.shape[4]},)")
+
+
+def _conv3d_xla(x, w, b, activation, prelu_slope, residual, stride, padding):
+  z = xla.conv_fast(x, w.astype(x.dtype), (stride,) * 3, padding).astype(jnp.float32)
+  if b is not None:
+    z = z + b.astype(jnp.float32)
+  if residual is not None:
+    z = z + residual.astype(jnp.float32)
+  return reference.activate(z, activation, prelu_slope).astype(x.dtype)
+
+
+def _space_to_depth_stride2(xp: jax.Array, w: jax.Array, out: tuple[int, ...]):
+  """Stride-2 VALID conv of `xp` -> stride-1 VALID conv of parity phases.
+
+  `y[o] = sum_t xp[2o+t] w[t] = sum_{u,p} xp[2(o+u)+p] w[2u+p]`: phase `p` of
+  the input becomes channels, the kernel becomes `w2[u, p] = w[2u+p]` (zero
+  where `2u+p >= k`), window `ceil(k/2)`.
+  """
+  n, c_in, c_out = xp.shape[0], xp.shape[-1], w.shape[-1]
+  k = w.shape[:3]
+  k2 = tuple((kk + 1) // 2 for kk in k)
+  size = tuple(2 * (o + kk - 1) for o, kk in zip(out, k2))
+  pads = [(0, 0)] + [(0, max(s - d, 0)) for s, d in zip(size, xp.shape[1:4])] + [(0, 0)]
+  xp = jnp.pad(xp, pads)[:, :size[0], :size[1], :size[2]]
+  xs = xp.reshape(n, size[0] // 2, 2, size[1] // 2, 2, size[2] // 2, 2, c_in)
+  xs = xs.transpose(0, 1, 3, 5, 2, 4, 6, 7).reshape(n, size[0] // 2, size[1] // 2,
+                                                    size[2] // 2, 8 * c_in)
+  w = jnp.pad(w, [(0, 2 * kk2 - kk) for kk, kk2 in zip(k, k2)] + [(0, 0), (0, 0)])
+  w2 = w.reshape(k2[0], 2, k2[1], 2, k2[2], 2, c_in, c_out)
+  w2 = w2.transpose(0, 2, 4, 1, 3, 5, 6, 7).reshape(k2 + (8 * c_in, c_out))
+  return xs, w2
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def _fused(xp, w, b, residual, prelu_slope, backend, activation, interpret):
+  return _KERNELS[backend](xp, w, b, residual, prelu_slope, activation=activation,
+                           interpret=interpret)
+
+
+def _fused_fwd(xp, w, b, residual, prelu_slope, backend, activation, interpret):
+  y = _fused(xp, w, b, residual, prelu_slope, backend, activation, interpret)
+  return y, (xp, w, b, residual, prelu_slope, y)
+
+
+def _fused_bwd(backend, activation, interpret, res, dy):
+  xp, w, b, residual, slope, y = res
+  kernel = functools.partial(_KERNELS[backend], interpret=interpret)
+  g = dy.astype(jnp.float32)
+  dslope = None
+  if activation == "relu":
+    g = jnp.where(y > 0, g, 0.0)
+  elif activation == "leaky_relu":
+    g = jnp.where(y >= 0, g, reference.LEAKY_RELU_SLOPE * g)
+  elif activation == "prelu":  # recompute the pre-activation (its sign needs z, not y)
+    z = kernel(xp, w, b, residual, None, activation=None).astype(jnp.float32)
+    dslope = jnp.sum(jnp.where(z < 0, g * z, 0.0), axis=(0, 1, 2, 3)).astype(slope.dtype)
+    g = jnp.where(z >= 0, g, slope.astype(jnp.float32) * g)
+  db = None if b is None else jnp.sum(g, axis=(0, 1, 2, 3)).astype(b.dtype)
+  dres = None if residual is None else g.astype(residual.dtype)
+  dz = g.astype(xp.dtype)
+  k = w.shape[:3]
+  # Input gradient: full correlation with the flipped, transposed kernel (Pallas).
+  dz_pad = jnp.pad(dz, [(0, 0)] + [(kk - 1, kk - 1) for kk in k] + [(0, 0)])
+  w_t = jnp.flip(w, (0, 1, 2)).swapaxes(3, 4).astype(xp.dtype)
+  dxp = kernel(dz_pad, w_t, None, None, None, activation=None).astype(xp.dtype)
+  # Weight gradient: XLA's transpose of the convolution wrt the kernel.
+  conv = lambda w_: lax.conv_general_dilated(
+      xp, w_.astype(xp.dtype), (1, 1, 1), "VALID",
+      dimension_numbers=("NDHWC", "DHWIO", "NDHWC"), preferred_element_type=jnp.float32)
+  dw = jax.vjp(conv, w)[1](g)[0].astype(w.dtype)
+  return dxp, dw, db, dres, dslope
+
+
+_fused.defvjp(_fused_fwd, _fused_bwd)
+
+
+def _conv3d_pallas(x, w, b, activation, prelu_slope, residual, stride, padding,
+                   backend, interpret):
+  window = w.shape[:3]
+  pads = xla.explicit_padding(x.shape[1:4], window, (stride,) * 3, padding)
+  xp = jnp.pad(x, ((0, 0),) + pads + ((0, 0),))
+  w = w.astype(x.dtype)
+  if stride == 2:
+    out = tuple((d - kk) // 2 + 1 for d, kk in zip(xp.shape[1:4], window))
+    xp, w = _space_to_depth_stride2(xp, w, out)
+  return _fused(xp, w, b, residual, prelu_slope, backend, activation, interpret)
+
+
+@functools.partial(jax.jit, static_argnames=("activation", "stride", "padding",
+                                             "implementation", "interpret"))
+def conv3d(x: jax.Array, w: jax.Array, b: Optional[jax.Array] = None, *,
+           activation: Optional[str] = None, prelu_slope: Optional[jax.Array] = None,
+           residual: Optional[jax.Array] = None, stride: int = 1, padding: str = "SAME",
+           implementation: str = "auto", interpret: bool = False) -> jax.Array:
+  """`activation(conv3d(x, w, stride, padding) + b + residual)`, fused on GPU/TPU.
+
+  Args:
+    x: `(N, D, H, W, C_in)`, float32 or bfloat16 (float32 accumulation).
+    w: `(kd, kh, kw, C_in, C_out)`; any window (the models use 1, 2, 3, 5).
+    b: `(C_out,)` or None.
+    activation: None, "relu", "leaky_relu" (slope 0.01) or "prelu".
+    prelu_slope: `(C_out,)`, with "prelu" only.
+    residual: `(N, D_out, H_out, W_out, C_out)` added before the activation.
+    stride: 1 or 2 (all spatial dims).
+    padding: "SAME" or "VALID".
+    implementation: see the module docstring.
+    interpret: run Pallas kernels in the interpreter (any backend; slow).
+  Returns:
+    `(N, D_out, H_out, W_out, C_out)` in `x.dtype`.
+  """
+  _check(x, w, b, activation, prelu_slope, residual, stride, padding, implementation)
+  args = (x, w, b, activation, prelu_slope, residual, stride, padding)
+  if implementation == "reference":
+    return reference.conv3d(x, w, b, activation=activation, prelu_slope=prelu_slope,
+                            residual=residual, stride=stride, padding=padding)
+  if implementation == "xla":
+    return _conv3d_xla(*args)
+  if implementation in _KERNELS:
+    return _conv3d_pallas(*args, implementation, interpret)
+  gpu = lambda: _conv3d_pallas(*args, "pallas_gpu", interpret)
+  tpu = lambda: _conv3d_pallas(*args, "pallas_tpu", interpret)
+  if implementation == "pallas":
+    if interpret:
+      return gpu()
+    return lax.platform_dependent(cuda=gpu, rocm=gpu, tpu=tpu)
+  return lax.platform_dependent(cuda=gpu, rocm=gpu, tpu=tpu,
+                                default=lambda: _conv3d_xla(*args))
