@@ -93,12 +93,40 @@ def conv(x: jax.Array, kernel: jax.Array, bias: Optional[jax.Array] = None, *,
     `(N, *S_out, C_out)`.
   """
   check_implementation(kernels)
+  nd = x.ndim - 2
+  if kernels != "xla" and _fusable_3d(nd, strides, padding):
+    return _conv3d_fused(x, kernel, bias, strides=strides, padding=padding,
+                         activation=activation, residual=residual,
+                         prelu_slope=prelu_slope, kernels=kernels)
+  # 2D/1D convs, mixed strides: XLA (cuDNN and the TPU emitter already fuse
+  # bias+activation into 2D convs well; the Pallas kernels are 3D only).
   y = conv_xla(x, kernel, strides=strides, padding=padding)
   if bias is not None:
     y = y + bias.astype(y.dtype)
   if residual is not None:
     y = y + residual.astype(y.dtype)
   return apply_activation(y, activation, prelu_slope)
+
+
+def _fusable_3d(nd: int, strides: Sequence[int], padding: str) -> bool:
+  """What `medjax_kernels.conv3d` covers: 3D, one stride 1 or 2, SAME/VALID."""
+  strides = tuple(strides)
+  return (nd == 3 and len(set(strides)) == 1 and strides[0] in (1, 2)
+          and padding in ("SAME", "VALID"))
+
+
+def _conv3d_fused(x, kernel, bias, *, strides, padding, activation, residual,
+                  prelu_slope, kernels):
+  """3D conv through `medjax_kernels.conv3d` ("auto": Pallas when lowered for
+  GPU/TPU, the fast XLA path on CPU; "pallas": the kernel, in the slow Pallas
+  interpreter when the default backend is CPU, for correctness checks)."""
+  from medjax_kernels.conv3d import conv3d  # late: keeps `import medjax` light
+  named = activation is None or isinstance(activation, str)
+  y = conv3d(x, kernel.astype(x.dtype), bias, activation=activation if named else None,
+             prelu_slope=prelu_slope, residual=residual, stride=int(strides[0]),
+             padding=padding, implementation=kernels,
+             interpret=kernels == "pallas" and jax.default_backend() == "cpu")
+  return y if named else apply_activation(y, activation)
 
 
 class ConvND(nn.Module):
