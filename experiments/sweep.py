@@ -44,13 +44,6 @@ from typing import Callable, Optional, Sequence
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("config", None, "Experiment config file, optionally `path.py:variant`.")
-flags.DEFINE_multi_string("sweep", [], "FIELD=V1,V2,...: config field and its values (repeatable).")
-flags.DEFINE_integer("seeds", 1, "Seeds per cell (config.seed = 0 .. seeds-1).")
-flags.DEFINE_string("workdir", None, "Sweep folder: one workdir per run, plus results.*")
-flags.DEFINE_integer("parallel_runs", 1, "Runs executed at the same time.")
-flags.DEFINE_multi_string("set", [], "FIELD=VALUE override applied to every run (repeatable).")
-flags.mark_flags_as_required(["config", "workdir"])
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -437,6 +430,17 @@ def write_results(workdir: str, grid: Sequence[Cell], *, command_line: str,
 
 # ---------------------------------------------------------------- main ---
 
+def define_flags() -> None:
+  """The command-line flags (defined by `run()`, so that importing this module defines none)."""
+  flags.DEFINE_string("config", None, "Experiment config file, optionally `path.py:variant`.")
+  flags.DEFINE_multi_string("sweep", [], "FIELD=V1,V2,...: config field and its values (repeatable).")
+  flags.DEFINE_integer("seeds", 1, "Seeds per cell (config.seed = 0 .. seeds-1).")
+  flags.DEFINE_string("workdir", None, "Sweep folder: one workdir per run, plus results.*")
+  flags.DEFINE_integer("parallel_runs", 1, "Runs executed at the same time.")
+  flags.DEFINE_multi_string("set", [], "FIELD=VALUE override applied to every run (repeatable).")
+  flags.mark_flags_as_required(["config", "workdir"])
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -468,6 +472,7 @@ def main(argv):
 
 def run():
   from experiments import cli  # pylint: disable=import-outside-toplevel
+  define_flags()
   cli.run_main(main)
 
 

@@ -1,0 +1,156 @@
+"""medjax.train.restore and experiments.predict on a real (2-step) smoke run."""
+import os
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from experiments import predict
+from experiments.configs import unet3d_synthetic
+from medjax import inference
+from medjax.data import io, synthetic, transforms
+from medjax.errors import InputError
+from medjax.train import loop, restore
+from medjax.train.step import make_predict_fn
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHAPE = (16, 32, 32)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+  """A smoke run trained for 2 steps, with BatchNorm (so batch_stats are restored too)."""
+  c = unet3d_synthetic.get_config("smoke")
+  c.data_dir = str(tmp_path_factory.mktemp("data"))
+  c.num_steps = 2
+  c.model.norm = "batch"
+  c.eval.report_cases = 0
+  c.eval.surface_metrics = False
+  workdir = str(tmp_path_factory.mktemp("run"))
+  loop.train_and_evaluate(c, workdir)
+  return workdir
+
+
+def _affine(shift):
+  affine = np.diag([0.8, 0.8, 2.5, 1.0])  # voxel axes (i, j, k) = array axes (W, H, D)
+  affine[:3, 3] = [shift, -20.0, 7.5]
+  return affine
+
+
+@pytest.fixture(scope="module")
+def predicted(run_dir, tmp_path_factory):
+  """`experiments.predict` over a folder with two good volumes and a corrupt file."""
+  folder = tmp_path_factory.mktemp("inputs")
+  images = {}
+  for seed in (0, 1):
+    image, _ = synthetic.make_volume(seed, shape=SHAPE)
+    io.write_nifti(folder / f"case{seed}.nii.gz", image, _affine(10.0 * seed))
+    images[f"case{seed}"] = image
+  (folder / "broken.nii.gz").write_bytes(b"not a nifti file")
+  (folder / "notes.txt").write_text("ignored")
+  output = tmp_path_factory.mktemp("outputs")
+  (output / "keep.nii.gz").write_bytes(b"written before")
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.predict", f"--workdir={run_dir}", f"--input={folder}",
+       f"--output={output}", "--probabilities"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  return {"result": result, "images": images, "output": output, "folder": folder}
+
+
+def test_load_run_restores_the_trained_parameters(run_dir):
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  config, model, variables = restore.load_run(run_dir)
+  assert config.num_classes == 3 and tuple(config.patch_size) == (8, 16, 16)
+  assert config.model.kernel_sizes == ((1, 3, 3), (3, 3, 3))  # JSON lists back to tuples
+  assert set(variables) == {"params", "batch_stats"}
+  mngr = ocp.CheckpointManager(os.path.join(run_dir, "checkpoints"))
+  assert mngr.latest_step() == 2
+  saved = mngr.restore(2, args=ocp.args.StandardRestore())
+  mngr.close()
+  kernel = saved["params"]["down0"]["conv0"]["kernel"]
+  np.testing.assert_array_equal(variables["params"]["down0"]["conv0"]["kernel"], kernel)
+  out = model.apply(variables, np.zeros((1, 8, 16, 16, 1), np.float32), train=False)
+  assert out.shape == (1, 8, 16, 16, 3)
+
+
+def test_load_run_names_a_bad_workdir(tmp_path, run_dir):
+  with pytest.raises(InputError, match=str(tmp_path / "missing")):
+    restore.load_run(str(tmp_path / "missing"))
+  with pytest.raises(InputError, match="config.json: missing"):
+    restore.load_run(str(tmp_path))
+  (tmp_path / "config.json").write_text("{not json")
+  with pytest.raises(InputError, match="config.json: not a readable config"):
+    restore.load_run(str(tmp_path))
+  (tmp_path / "config.json").write_text(open(os.path.join(run_dir, "config.json")).read())
+  with pytest.raises(InputError, match="checkpoints: no checkpoints"):
+    restore.load_run(str(tmp_path))
+
+
+def test_predict_writes_segmentations_equal_to_in_process_inference(run_dir, predicted):
+  result, output = predicted["result"], predicted["output"]
+  assert result.returncode == 2, result.stderr  # the corrupt file
+  assert "segmented 2 of 3 case(s)" in result.stdout
+  config, model, variables = restore.load_run(run_dir)
+  predict_fn = make_predict_fn(model)
+  for seed, (name, image) in enumerate(predicted["images"].items()):
+    seg_image = nib.load(output / f"{name}_seg.nii.gz")
+    np.testing.assert_allclose(seg_image.affine, _affine(10.0 * seed))
+    seg = io.read_image(output / f"{name}_seg.nii.gz")
+    assert seg.array.shape == SHAPE and seg.array.dtype == np.uint8
+    assert seg.spacing == pytest.approx((2.5, 0.8, 0.8))
+    assert 0 <= seg.array.min() and seg.array.max() < config.num_classes
+    x = transforms.normalize_ct(image)[None, ..., None]
+    probs = inference.sliding_window(
+        lambda w: predict_fn(variables, w), x, tuple(config.patch_size),
+        overlap=config.eval.overlap, mode=config.eval.mode, batch_size=config.eval.batch_size)[0]
+    np.testing.assert_array_equal(seg.array, probs.argmax(-1))
+    prob_image = nib.load(output / f"{name}_probs.nii.gz")
+    saved = np.asarray(prob_image.dataobj)
+    assert saved.dtype == np.float32 and saved.shape == (32, 32, 16, 3)  # (W, H, D, K)
+    np.testing.assert_allclose(prob_image.affine, _affine(10.0 * seed))
+    np.testing.assert_allclose(saved.transpose(2, 1, 0, 3), probs, atol=1e-6)
+    np.testing.assert_allclose(saved.sum(-1), 1.0, atol=1e-5)
+
+
+def test_predict_reports_a_corrupt_file_in_one_line_and_keeps_the_rest(predicted):
+  result, output = predicted["result"], predicted["output"]
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+  assert len(errors) == 1 and str(predicted["folder"] / "broken.nii.gz") in errors[0]
+  assert "Traceback" not in result.stderr
+  assert sorted(os.listdir(output)) == ["case0_probs.nii.gz", "case0_seg.nii.gz",
+                                        "case1_probs.nii.gz", "case1_seg.nii.gz", "keep.nii.gz"]
+  assert (output / "keep.nii.gz").read_bytes() == b"written before"
+
+
+def test_predictor_checks_nan_and_warns_on_spacing(run_dir, tmp_path):
+  predictor = predict.Predictor(run_dir, mirror=True)
+  assert predictor.mirror_axes == (0, 1, 2)
+  image = np.zeros(SHAPE, np.float32)
+  image[3, 4, 5] = np.nan
+  with pytest.raises(InputError, match="scan.nii: image has 1 NaN/inf voxels"):
+    predictor.probabilities(image, "scan.nii")
+  with pytest.raises(InputError, match="3D volumes"):
+    predictor.probabilities(np.zeros((32, 32), np.float32), "slice.nii")
+  assert predict.spacing_warning("a.nii", (2.5, 0.8, 0.8), (2.5, 0.8, 0.8)) is None
+  assert predict.spacing_warning("a.nii", (3.0, 0.9, 0.7), (2.5, 0.8, 0.8)) is None
+  warning = predict.spacing_warning("a.nii", (0.8, 0.8, 2.5), (2.5, 0.8, 0.8))
+  assert warning.startswith("warning: a.nii: voxel spacing (0.8, 0.8, 2.5) mm") and "without resampling" in warning
+
+
+def test_find_inputs_and_case_names(tmp_path):
+  (tmp_path / "b.nrrd").write_bytes(b"")
+  (tmp_path / "a.nii.gz").write_bytes(b"")
+  (tmp_path / "readme.txt").write_bytes(b"")
+  (tmp_path / "dicom_series").mkdir()
+  (tmp_path / "dicom_series" / "IM0001").write_bytes(b"")
+  assert predict.find_inputs(str(tmp_path)) == [
+      str(tmp_path / "a.nii.gz"), str(tmp_path / "b.nrrd"), str(tmp_path / "dicom_series")]
+  assert predict.find_inputs(str(tmp_path / "dicom_series")) == [str(tmp_path / "dicom_series")]
+  assert predict.find_inputs(str(tmp_path / "a.nii.gz")) == [str(tmp_path / "a.nii.gz")]
+  assert [predict.case_name(p) for p in predict.find_inputs(str(tmp_path))] == ["a", "b", "dicom_series"]
+  with pytest.raises(InputError, match="no such file"):
+    predict.find_inputs(str(tmp_path / "nope"))
