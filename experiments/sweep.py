@@ -36,6 +36,7 @@ import math
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -196,8 +197,10 @@ def check_fields(config_arg: str, fields: Sequence[str]) -> None:
 
 # ------------------------------------------------------------- running ---
 
+# The running experiments.main subprocesses, so that an interrupted sweep can stop them cleanly.
 _children: set[subprocess.Popen] = set()
 _children_lock = threading.Lock()
+_stopping = threading.Event()
 
 
 def command(cell: Cell, config_arg: str, sets: Sequence[tuple[str, str]] = ()) -> list[str]:
@@ -219,6 +222,17 @@ def _tail(path: str, start: int, lines: int = 8) -> str:
   return "\n".join([r for r in rows if r.strip()][-lines:])
 
 
+def _stop(proc: subprocess.Popen, timeout: float = 120.0) -> None:
+  """SIGTERM (experiments.main saves a checkpoint and exits), then SIGKILL after `timeout` s."""
+  if proc.poll() is None:
+    proc.terminate()
+  try:
+    proc.wait(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    proc.kill()
+    proc.wait()
+
+
 def run_cell(cell: Cell, config_arg: str, sets: Sequence[tuple[str, str]] = ()) -> tuple[bool, str]:
   """Runs one cell as an `experiments.main` subprocess; `(ok, stderr tail)`.
 
@@ -230,11 +244,16 @@ def run_cell(cell: Cell, config_arg: str, sets: Sequence[tuple[str, str]] = ()) 
   err_path = os.path.join(cell.workdir, "stderr.log")
   start = os.path.getsize(err_path) if os.path.exists(err_path) else 0
   with open(os.path.join(cell.workdir, "stdout.log"), "ab") as out, open(err_path, "ab") as err:
-    proc = subprocess.Popen(command(cell, config_arg, sets), stdout=out, stderr=err, env=env)
     with _children_lock:
+      if _stopping.is_set():
+        return False, "not started: the sweep was interrupted"
+      proc = subprocess.Popen(command(cell, config_arg, sets), stdout=out, stderr=err, env=env)
       _children.add(proc)
     try:
       rc = proc.wait()
+    except BaseException:  # interrupted: let the run save its checkpoint before going on
+      _stop(proc)
+      raise
     finally:
       with _children_lock:
         _children.discard(proc)
@@ -276,27 +295,26 @@ def run_sweep(grid: Sequence[Cell], config_arg: str, sets: Sequence[tuple[str, s
     log(f"{label}: FAILED ({cell.workdir})\n" + "\n".join("    " + l for l in message.splitlines()))
     return Outcome(cell, "failed", message)
 
+  _stopping.clear()
+  pool = concurrent.futures.ThreadPoolExecutor(parallel_runs) if parallel_runs > 1 else None
   try:
-    if parallel_runs <= 1:
-      for item in enumerate(todo):
-        outcome = one(item)
-        outcomes[outcome.cell] = outcome
-    else:
-      with concurrent.futures.ThreadPoolExecutor(parallel_runs) as pool:
-        for outcome in pool.map(one, enumerate(todo)):
-          outcomes[outcome.cell] = outcome
+    results = pool.map(one, enumerate(todo)) if pool else map(one, enumerate(todo))
+    for outcome in results:
+      outcomes[outcome.cell] = outcome
   except KeyboardInterrupt:
-    # SIGTERM makes experiments.main save a checkpoint and stop; a re-run resumes.
+    # SIGTERM makes experiments.main save a checkpoint and stop; a re-run resumes it.
     with _children_lock:
+      _stopping.set()
       children = list(_children)
     for proc in children:
-      proc.terminate()
+      if proc.poll() is None:
+        proc.terminate()
     for proc in children:
-      try:
-        proc.wait(timeout=120)
-      except subprocess.TimeoutExpired:
-        proc.kill()
+      _stop(proc)
     raise
+  finally:
+    if pool:
+      pool.shutdown(wait=True, cancel_futures=True)
   return [outcomes[c] for c in grid]
 
 
@@ -441,6 +459,10 @@ def define_flags() -> None:
   flags.mark_flags_as_required(["config", "workdir"])
 
 
+def _raise_interrupt(signum, frame):  # pylint: disable=unused-argument
+  raise KeyboardInterrupt
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -459,8 +481,16 @@ def main(argv):
   print(f"sweep: {len(grid) // FLAGS.seeds} cell(s) x {FLAGS.seeds} seed(s) = {len(grid)} run(s) "
         f"in {workdir}", flush=True)
   log = lambda text: print(text, flush=True)
-  outcomes = run_sweep(grid, FLAGS.config, sets, parallel_runs=FLAGS.parallel_runs, log=log)
   command_line = "python -m experiments.sweep " + shlex.join(sys.argv[1:])
+  signal.signal(signal.SIGTERM, _raise_interrupt)  # pre-emption: stop the runs cleanly too
+  try:
+    outcomes = run_sweep(grid, FLAGS.config, sets, parallel_runs=FLAGS.parallel_runs, log=log)
+  except KeyboardInterrupt:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    write_results(workdir, grid, command_line=command_line)
+    print(f"error: sweep interrupted; the runs saved checkpoints; re-run the same command to "
+          f"continue (results so far in {workdir}/results.md)", file=sys.stderr)
+    sys.exit(130)
   paths = write_results(workdir, grid, command_line=command_line, outcomes=outcomes)
   failed = [o for o in outcomes if o.status == "failed"]
   print(f"results: {paths['md']}, {paths['csv']}, {paths['png']}", flush=True)
