@@ -191,3 +191,19 @@ def test_end_to_end_smoke_sweep(tmp_path):
   md = (workdir / "results.md").read_text().splitlines()
   assert sum(1 for line in md if line.startswith("| `")) == 2
   assert any("--sweep=loss.name=dice,gdl" in line for line in md)
+
+
+def test_parallel_runs_run_every_cell_once(tmp_path):
+  grid = sweep.cells([("loss.name", ["ce", "dice", "gdl"])], 2, str(tmp_path))
+  calls = []
+
+  def runner(cell, config_arg, sets):
+    calls.append(cell.workdir)
+    _write_eval(cell.workdir, **{"dice/organ": 0.25 * (cell.seed + 1)})
+    return True, ""
+
+  outcomes = sweep.run_sweep(grid, "cfg.py", runner=runner, parallel_runs=3, log=lambda _: None)
+  assert sorted(calls) == sorted(c.workdir for c in grid)
+  assert [o.cell for o in outcomes] == grid and all(o.status == "done" for o in outcomes)
+  _, rows = sweep.aggregate(grid)
+  assert [r["mean"]["dice/organ"] for r in rows] == [0.375, 0.375, 0.375]
