@@ -47,7 +47,8 @@ def _epilogue(acc, b_ref, r_ref, s_ref, activation):
   return acc
 
 
-def conv_kernel(x_ref, w_ref, *refs, shifts: tuple[int, ...], block_q: int,
+def conv_kernel(x_ref, w_ref, *refs, shifts: tuple[int, ...], dims: tuple[int, ...],
+                block_q: int,
                 has_bias: bool, has_residual: bool, activation: Optional[str]):
   """One (BLOCK_Q, BLOCK_CO) output tile.
 
@@ -62,9 +63,20 @@ def conv_kernel(x_ref, w_ref, *refs, shifts: tuple[int, ...], block_q: int,
   s_ref = refs.pop(0) if activation == "prelu" else None
   q0 = pl.program_id(1) * block_q
   acc = jnp.zeros(o_ref.shape, jnp.float32)
-  for t, shift in enumerate(shifts):  # static: taps are few (<= 125), shifts constant
-    xt = x_ref[pl.ds(q0 + shift, block_q), :]
-    acc += jnp.dot(xt, w_ref[t], preferred_element_type=jnp.float32)
+  if len(shifts) <= 27:  # unrolled: constant offsets
+    for t, shift in enumerate(shifts):
+      xt = x_ref[pl.ds(q0 + shift, block_q), :]
+      acc += jnp.dot(xt, w_ref[t], preferred_element_type=jnp.float32)
+  else:  # 5x5x5: a loop keeps compile time down; the shift is computed from the tap
+    kd_, hpwp, wp, kh, kw = dims
+
+    def tap(t, acc):
+      a, rem = jax.lax.div(t, kh * kw), jax.lax.rem(t, kh * kw)
+      shift = a * hpwp + jax.lax.div(rem, kw) * wp + jax.lax.rem(rem, kw)
+      xt = x_ref[pl.ds(q0 + shift, block_q), :]
+      return acc + jnp.dot(xt, w_ref[t], preferred_element_type=jnp.float32)
+
+    acc = jax.lax.fori_loop(0, len(shifts), tap, acc)
   o_ref[...] = _epilogue(acc, b_ref, r_ref, s_ref, activation).astype(o_ref.dtype)
 
 
@@ -124,7 +136,8 @@ def conv3d_valid(xp: jax.Array, w: jax.Array, b: Optional[jax.Array] = None,
     in_specs.append(vec_spec)
 
   kernel = functools.partial(
-      conv_kernel, shifts=shifts, block_q=cfg.block_q, has_bias=b is not None,
+      conv_kernel, shifts=shifts, dims=(kd, hp * wp, wp, kh, kw), block_q=cfg.block_q,
+      has_bias=b is not None,
       has_residual=residual is not None, activation=activation)
   y = pl.pallas_call(
       kernel,

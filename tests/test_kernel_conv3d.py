@@ -1,0 +1,144 @@
+"""medjax_kernels.conv3d: the Pallas kernels (run by the Pallas interpreter on
+CPU: the Triton kernel `pallas_gpu` and the Mosaic kernel `pallas_tpu` both
+interpret on CPU) equal the pure-JAX reference, forward and gradients, and the
+kernels lower for cuda and tpu through `jax.export` on a CPU-only machine."""
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from medjax_kernels.conv3d import conv3d, reference
+
+TOL = {jnp.float32: 1e-5, jnp.bfloat16: 2e-2}
+
+
+def _inputs(x_shape, k, c_out, dtype, activation, residual, stride, padding, seed):
+  ks = jax.random.split(jax.random.PRNGKey(seed), 6)
+  c_in = x_shape[-1]
+  x = jax.random.normal(ks[0], x_shape, jnp.float32).astype(dtype)
+  w = (jax.random.normal(ks[1], (k,) * 3 + (c_in, c_out)) / np.sqrt(k ** 3 * c_in)).astype(dtype)
+  b = jax.random.normal(ks[2], (c_out,), jnp.float32)
+  s = jax.random.uniform(ks[3], (c_out,), minval=0.1, maxval=0.4) if activation == "prelu" else None
+  out_shape = jax.eval_shape(lambda x, w: reference.conv3d(x, w, stride=stride, padding=padding),
+                             x, w).shape
+  r = jax.random.normal(ks[4], out_shape, jnp.float32).astype(dtype) if residual else None
+  dy = jax.random.normal(ks[5], out_shape, jnp.float32).astype(dtype)
+  return x, w, b, r, s, dy
+
+
+def _run(impl, args, dy, **kw):
+  def f(x, w, b, r, s):
+    return conv3d(x, w, b, prelu_slope=s, residual=r, implementation=impl, interpret=True, **kw)
+
+  @jax.jit
+  def fwd_bwd(args, dy):
+    y, vjp = jax.vjp(f, *args)
+    return y, vjp(dy)
+  return fwd_bwd(args, dy)
+
+
+def _ref(args, dy, **kw):
+  def f(x, w, b, r, s):
+    return reference.conv3d(x.astype(jnp.float32), w.astype(jnp.float32), b, prelu_slope=s,
+                            residual=None if r is None else r.astype(jnp.float32), **kw)
+  y, vjp = jax.vjp(f, *args)
+  return y, vjp(dy.astype(jnp.float32))
+
+
+def _close(got, want, tol):
+  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+  np.testing.assert_allclose(got, want, rtol=tol, atol=tol * max(np.abs(want).max(), 1e-3))
+
+
+CASES = [  # x shape, k, C_out, stride, padding, activation, residual, dtype
+    ((1, 5, 7, 9, 3), 3, 4, 1, "SAME", "relu", False, jnp.float32),  # 3D U-Net unit
+    ((1, 5, 7, 9, 3), 3, 4, 1, "SAME", "prelu", True, jnp.float32),
+    ((2, 3, 4, 5, 6), 1, 3, 1, "SAME", None, False, jnp.float32),  # 1x1x1 head
+    ((1, 6, 6, 8, 5), 2, 4, 2, "VALID", "prelu", False, jnp.float32),  # V-Net down conv
+    ((1, 7, 6, 5, 3), 3, 4, 2, "SAME", "leaky_relu", True, jnp.float32),
+    ((1, 6, 5, 7, 3), 3, 2, 1, "VALID", "relu", True, jnp.float32),
+    ((1, 4, 5, 4, 2), 5, 3, 1, "SAME", "prelu", True, jnp.float32),  # V-Net stage conv
+    ((1, 5, 6, 7, 4), 3, 5, 1, "SAME", "relu", True, jnp.bfloat16),
+    ((1, 6, 6, 6, 3), 2, 4, 2, "VALID", "prelu", True, jnp.bfloat16),
+]
+TPU_CASES = [CASES[1], CASES[3], CASES[7]]
+
+
+@pytest.mark.parametrize("impl,case", [("pallas_gpu", c) for c in CASES] +
+                         [("pallas_tpu", c) for c in TPU_CASES])
+def test_kernel_matches_reference(impl, case):
+  x_shape, k, c_out, stride, padding, act, residual, dtype = case
+  x, w, b, r, s, dy = _inputs(x_shape, k, c_out, dtype, act, residual, stride, padding,
+                              seed=hash(case) % 1000)
+  kw = dict(activation=act, stride=stride, padding=padding)
+  args = (x, w, b, r, s)
+  y, grads = _run(impl, args, dy, **kw)
+  y_ref, grads_ref = _ref(args, dy, **kw)
+  assert y.dtype == dtype and y.shape == y_ref.shape
+  tol = TOL[dtype]
+  _close(y, y_ref, tol)
+  for name, g, g_ref in zip("xwbrs", grads, grads_ref):
+    if g_ref is None:
+      assert g is None, name
+      continue
+    # bf16: gradients are reductions over many bf16 products.
+    _close(g, g_ref, tol if dtype == jnp.float32 else 4 * tol)
+
+
+def test_auto_and_xla_on_cpu_equal_reference():
+  x, w, b, r, s, dy = _inputs((1, 5, 6, 7, 3), 3, 4, jnp.float32, "prelu", True, 1, "SAME", 0)
+  kw = dict(activation="prelu", stride=1, padding="SAME")
+  y_ref, g_ref = _ref((x, w, b, r, s), dy, **kw)
+  for impl in ("auto", "xla"):
+    y, g = _run(impl, (x, w, b, r, s), dy, **kw)
+    _close(y, y_ref, 1e-5)
+    for a, c in zip(g, g_ref):
+      _close(a, c, 1e-5)
+
+
+def test_bad_arguments_raise():
+  x = jnp.zeros((1, 4, 4, 4, 3))
+  with pytest.raises(ValueError, match="C_in"):
+    conv3d(x, jnp.zeros((3, 3, 3, 2, 4)))
+  with pytest.raises(ValueError, match="prelu_slope"):
+    conv3d(x, jnp.zeros((3, 3, 3, 3, 4)), activation="prelu")
+  with pytest.raises(ValueError, match="stride"):
+    conv3d(x, jnp.zeros((3, 3, 3, 3, 4)), stride=3)
+
+
+# The configurations the models use: U-Net (k3 SAME bias+ReLU, k1 head),
+# V-Net (k5 PReLU + residual, k2 stride-2 down conv with PReLU).
+MODEL_CONFIGS = {
+    "unet_k3_relu": dict(k=3, stride=1, padding="SAME", activation="relu", residual=False),
+    "unet_k1_head": dict(k=1, stride=1, padding="SAME", activation=None, residual=False),
+    "vnet_k5_prelu_residual": dict(k=5, stride=1, padding="SAME", activation="prelu",
+                                   residual=True),
+    "vnet_k2_s2_prelu": dict(k=2, stride=2, padding="VALID", activation="prelu", residual=False),
+}
+CUSTOM_CALL = {"cuda": "__gpu$xla.gpu.triton", "tpu": "tpu_custom_call"}
+
+
+@pytest.mark.parametrize("platform", ["cuda", "tpu"])
+@pytest.mark.parametrize("impl", ["pallas", "auto"])
+@pytest.mark.parametrize("name", list(MODEL_CONFIGS))
+def test_lowers_for_accelerators(name, impl, platform):
+  cfg = dict(MODEL_CONFIGS[name])
+  k, residual = cfg.pop("k"), cfg.pop("residual")
+  x, w, b, r, s, _ = _inputs((2, 8, 8, 8, 16), k, 32, jnp.float32, cfg["activation"], residual,
+                             cfg["stride"], cfg["padding"], 0)
+
+  def loss(x, w, b, r, s):
+    y = conv3d(x, w, b, prelu_slope=s, residual=r, implementation=impl, **cfg)
+    return jnp.sum(y * y)
+
+  fwd = jax.jit(lambda *a: conv3d(a[0], a[1], a[2], prelu_slope=a[4], residual=a[3],
+                                  implementation=impl, **cfg))
+  grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+  checks = [jax.export.DisabledSafetyCheck.custom_call(CUSTOM_CALL[platform])]
+  for f, n_min in ((fwd, 1), (grad, 2)):  # grad: forward kernel + input-gradient kernel
+    exported = jax.export.export(f, platforms=[platform], disabled_checks=checks)(x, w, b, r, s)
+    text = exported.mlir_module()
+    calls = re.findall(r"custom_call @([\w$.]+)", text)
+    assert calls.count(CUSTOM_CALL[platform]) >= n_min, (calls, f)
