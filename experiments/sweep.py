@@ -40,7 +40,7 @@ import signal
 import subprocess
 import sys
 import threading
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 from absl import app, flags
 
