@@ -250,7 +250,7 @@ def center_crop(x: jax.Array, spatial_shape: Sequence[int]) -> jax.Array:
 def normalization(norm: Optional[str], axis_name: Optional[str] = None,
                   name: Optional[str] = None) -> Optional[nn.Module]:
   """None, "batch" (statistics synchronised over `axis_name`) or "instance"."""
-  if norm is None or norm == "none":
+  if norm is None or str(norm).lower() == "none":  # "None" from a command-line flag
     return None
   if norm == "batch":
     return nn.BatchNorm(momentum=0.9, axis_name=axis_name, name=name)

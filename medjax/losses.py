@@ -551,6 +551,15 @@ _EXTRA_OPTIONS = {
 }
 
 
+def loss_options(name: str) -> tuple[str, ...]:
+  """The keyword options `get_loss(name, ...)` accepts."""
+  if name not in _LOSSES:
+    raise InputError(f"loss.name={name!r}: expected one of {', '.join(_LOSSES)}")
+  allowed = [p.name for p in inspect.signature(_LOSSES[name]).parameters.values()
+             if p.kind == inspect.Parameter.KEYWORD_ONLY]
+  return tuple(allowed) + tuple(_EXTRA_OPTIONS.get(name, ()))
+
+
 def get_loss(name: str, **kwargs) -> LossFn:
   """The loss called `name`, with its options bound: `fn(logits, labels) -> scalar`.
 
@@ -564,12 +573,8 @@ def get_loss(name: str, **kwargs) -> LossFn:
   Raises:
     InputError: unknown name (field `loss.name`) or option (`loss.<option>`).
   """
-  if name not in _LOSSES:
-    raise InputError(f"loss.name={name!r}: expected one of {', '.join(_LOSSES)}")
-  fn = _LOSSES[name]
-  allowed = [p.name for p in inspect.signature(fn).parameters.values()
-             if p.kind == inspect.Parameter.KEYWORD_ONLY]
-  allowed += list(_EXTRA_OPTIONS.get(name, ()))
+  fn = _LOSSES.get(name)
+  allowed = loss_options(name)
   for key in kwargs:
     if key not in allowed:
       raise InputError(f"loss.{key}: not an option of loss {name!r}; expected "

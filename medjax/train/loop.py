@@ -35,9 +35,19 @@ class NonFiniteLossError(RuntimeError):
   """The loss became NaN/inf; the last good checkpoint is kept."""
 
 
+# Options of the Dice family that a config may set once for a sweep over
+# `loss.name`: a loss without them (e.g. "ce") ignores them. Any other option
+# the chosen loss does not take is an error.
+DICE_FAMILY_OPTIONS = ("batch", "include_background", "squared", "smooth_nr", "smooth_dr")
+
+
 def build_loss(config: ml_collections.ConfigDict):
-  kwargs = {k: v for k, v in config.loss.to_dict().items() if k != "name"}
-  if config.loss.name in ("dice", "gdl", "dice_ce"):
+  """`medjax.losses.get_loss(config.loss.name, **options)`; Dice statistics use
+  the `config.kernels` implementation."""
+  accepted = losses.loss_options(config.loss.name)
+  kwargs = {k: v for k, v in config.loss.to_dict().items()
+            if k != "name" and (k in accepted or k not in DICE_FAMILY_OPTIONS)}
+  if "implementation" in accepted:
     kwargs.setdefault("implementation", config.kernels)
   return losses.get_loss(config.loss.name, **kwargs)
 

@@ -42,4 +42,6 @@ def build_model(config: ml_collections.ConfigDict, *, training: bool = True) -> 
                        f"(fields: {', '.join(sorted(f for f in fields if f not in ('parent', 'name')))})")
     if isinstance(value, list):
       cfg[key] = tuple(value)
+    elif isinstance(value, str) and value.lower() == "none":  # `--config.model.norm=None`
+      cfg[key] = None
   return cls(**cfg)

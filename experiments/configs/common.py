@@ -1,0 +1,76 @@
+"""Fields every experiment config shares: optimisation, logging, parallelism, evaluation.
+
+Each experiment file calls `base_config()` and sets its data, model and loss;
+size or hardware variants override a few fields.
+"""
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.task = "segmentation"  # "segmentation" | "classification"
+  # Data: TFDS builder generated locally into data_dir (nothing is downloaded).
+  c.dataset = "synthetic_organs/3d"
+  c.data_dir = "~/.cache/medjax/datasets"
+  c.dataset_kwargs = ml_collections.ConfigDict()
+  c.num_classes = 3
+  c.class_names = ("background", "organ", "tumour")
+  c.label_map = ()  # e.g. (0, 1, 1): organ incl. tumour; (0, 0, 1): tumour only
+  c.in_channels = 1
+  c.spacing = (2.5, 0.8, 0.8)  # the dataset's voxel spacing (mm), array axis order
+  c.patch_size = (16, 48, 48)
+  c.global_batch_size = 2
+  c.foreground_fraction = 0.33  # nnU-Net's oversample_foreground_percent
+  c.flip_axes = (1, 2)
+  c.data_workers = 0
+
+  c.model = ml_collections.ConfigDict()
+  c.loss = ml_collections.ConfigDict()
+  c.loss.name = "dice_ce"
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = "adam"
+  c.optimizer.learning_rate = 3e-3
+  c.optimizer.schedule = "poly"
+  c.optimizer.warmup_steps = 20
+  c.optimizer.grad_clip_norm = 1.0
+  c.optimizer.momentum = 0.99
+  c.optimizer.nesterov = True
+  c.optimizer.weight_decay = 1e-4
+
+  c.num_steps = 600
+  c.log_every = 10
+  c.checkpoint_every = 100
+  c.progress_bar = True
+  c.kernels = "auto"  # "auto" | "xla" | "pallas"
+  c.parallel = "shard_map"  # "shard_map" | "pmap"
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.overlap = 0.25
+  c.eval.mode = "constant"
+  c.eval.batch_size = 4
+  c.eval.mirror_axes = ()
+  c.eval.surface_metrics = True
+  c.eval.report_cases = 3
+  return c
+
+
+def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Shrinks a config to a seconds-long run on a tiny dataset (tests, first tries)."""
+  if c.task == "classification" or len(c.patch_size) == 2:
+    c.dataset_kwargs.shape = (32, 32)
+    c.dataset_kwargs.split_sizes = {"train": 8, "validation": 2, "test": 4}
+    c.patch_size = (32, 32)
+  else:
+    c.dataset_kwargs.shape = (16, 32, 32)
+    c.dataset_kwargs.split_sizes = {"train": 3, "validation": 1, "test": 2}
+    c.patch_size = (8, 16, 16)
+  c.global_batch_size = 4
+  c.num_steps = 6
+  c.log_every = 1
+  c.checkpoint_every = 2
+  c.progress_bar = False
+  c.eval.batch_size = 2
+  c.eval.report_cases = 1
+  return c

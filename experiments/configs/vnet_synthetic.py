@@ -1,0 +1,36 @@
+"""V-Net (Milletari 2016) on `synthetic_organs/3d`, trained with its soft Dice
+(squared denominators).
+
+The paper's widths (16..256) at 5x5x5 convs are far beyond a CPU budget; this
+config halves them (`--config.model.features='(16,32,64,128,256)'` restores
+them on an accelerator).
+
+  python -m experiments.main --config=experiments/configs/vnet_synthetic.py --workdir=runs/vnet
+
+Runtime and result on a 2-core CPU: see README "Results" (not yet measured).
+"""
+import ml_collections
+
+from experiments.configs import common
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+  c = common.base_config()
+  c.dataset = "synthetic_organs/3d"
+  c.patch_size = (16, 48, 48)  # divisible by 16: four stride-2 downs
+  c.model.name = "vnet"
+  c.model.features = (8, 16, 32, 64, 128)
+  c.model.dropout = 0.0
+  c.loss.name = "dice"
+  c.loss.squared = True
+  c.loss.batch = True
+  c.loss.include_background = False
+  c.optimizer.learning_rate = 1e-3
+  c.num_steps = 600
+  if variant == "smoke":
+    common.smoke(c)
+    c.model.features = (2, 4, 4, 4, 4)
+    c.patch_size = (16, 16, 16)
+  elif variant:
+    raise ValueError(f"unknown config variant {variant!r}: expected '' or 'smoke'")
+  return c
