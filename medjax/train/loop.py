@@ -177,9 +177,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   config_check.check_workdir(config, workdir)
   if jax.process_index() == 0:
     write_config(config, workdir)
+  t0 = time.perf_counter()
   result = train(config, workdir)
   if result["stopped"]:
     return {}
+  t1 = time.perf_counter()
   state = result["state"]
   eval_model = build_model(config, training=False)
   if config.task == "classification":
@@ -198,5 +200,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       report.plot_learning_curves(rows, os.path.join(report.report_dir(workdir), "learning_curves.png"))
     summary = {k: round(v, 4) for k, v in results.items() if isinstance(v, float) and
                k.split("/")[0] in ("dice", "hd95", "accuracy", "auc", "ece")}
-    print(f"eval ({len(results['per_case'])} test {'images' if config.task == 'classification' else 'cases'}): {summary} -> {path}", flush=True)
+    print(f"train {t1 - t0:.0f} s, eval {time.perf_counter() - t1:.0f} s; "
+          f"eval ({len(results['per_case'])} test {'images' if config.task == 'classification' else 'cases'}): {summary} -> {path}", flush=True)
   return results
