@@ -62,8 +62,8 @@ def _check(x, w, b, activation, prelu_slope, residual, stride, padding, implemen
     raise ValueError(f"w has C_in={w.shape[3]} but x has {x.shape[4]} channels")
   if activation not in reference.ACTIVATIONS:
     raise ValueError(f"activation={activation!r}: expected one of {reference.ACTIVATIONS}")
-  if (activation == "prelu") != (prelu_slope is not None):
-    raise ValueError("prelu_slope is required with activation='prelu' and only then")
+  if activation == "prelu" and prelu_slope is None:
+    raise ValueError("activation='prelu' needs prelu_slope (C_out,)")
   if stride not in (1, 2):
     raise ValueError(f"stride={stride}: expected 1 or 2")
   if padding not in ("SAME", "VALID"):
@@ -181,6 +181,8 @@ def conv3d(x: jax.Array, w: jax.Array, b: Optional[jax.Array] = None, *,
     `(N, D_out, H_out, W_out, C_out)` in `x.dtype`.
   """
   _check(x, w, b, activation, prelu_slope, residual, stride, padding, implementation)
+  if activation != "prelu":
+    prelu_slope = None  # ignored, as in `reference.activate`
   args = (x, w, b, activation, prelu_slope, residual, stride, padding)
   if implementation == "reference":
     return reference.conv3d(x, w, b, activation=activation, prelu_slope=prelu_slope,
