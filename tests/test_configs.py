@@ -2,6 +2,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
 from experiments.configs import (convnet_synthetic2d, fcn_synthetic2d, mlp_synthetic2d,
@@ -43,3 +44,33 @@ def test_config_trains_one_step(module, variant, metric, tmp_path, data_dir):
 def test_unknown_variant_is_refused():
   with pytest.raises(ValueError, match="unknown config variant"):
     unet3d_synthetic.get_config("huge")
+
+
+def test_cascade_trains_both_stages_and_scores_the_joint_map(tmp_path, data_dir):
+  from experiments.configs import cascade_synthetic
+  config = cascade_synthetic.get_config("smoke")
+  config.data_dir = data_dir
+  config.num_steps = 1
+  config.eval.report_cases = 0
+  results = loop.train_and_evaluate(config, str(tmp_path))
+  assert {"dice/organ", "dice/tumour", "per_case"} <= set(results)
+  assert len(results["per_case"]) == 2
+  for stage in ("stage1", "stage2"):
+    rows = [json.loads(l) for l in open(os.path.join(tmp_path, stage, "metrics.jsonl"))]
+    assert rows[-1]["step"] == 1
+  with open(os.path.join(tmp_path, "stage2", "config.json")) as f:
+    stage2 = json.load(f)
+  assert stage2["label_map"] == [0, 0, 1] and stage2["num_classes"] == 2
+
+
+def test_organ_crop_source_crops_to_the_labelled_box():
+  from medjax.train.cascade import OrganCropSource
+  label = np.zeros((10, 12, 14), np.uint8)
+  label[3:5, 4:8, 5:6] = 1
+  label[4, 5, 5] = 2
+  image = np.arange(label.size, dtype=np.float32).reshape(label.shape)
+  src = OrganCropSource([{"image": image, "label": label}], margin=(1, 2, 3))
+  out = src[0]
+  assert out["label"].shape == (4, 8, 7)  # (2+2, 4+4, 1+6)
+  np.testing.assert_array_equal(out["image"], image[2:6, 2:10, 2:9])
+  assert out["label"].sum() == label.sum()

@@ -26,8 +26,9 @@ def _get(config_dict: dict, dotted: str):
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises InputError naming the first impossible field."""
   parallel.check_parallel(config.parallel)
-  if config.task not in ("segmentation", "classification"):
-    raise InputError(f"config.task={config.task!r}: expected 'segmentation' or 'classification'")
+  if config.task not in ("segmentation", "classification", "cascade"):
+    raise InputError(f"config.task={config.task!r}: expected 'segmentation', 'classification' "
+                     "or 'cascade'")
   if config.get("label_map") and max(config.label_map) >= config.num_classes:
     raise InputError(f"config.label_map={tuple(config.label_map)} maps to a class id >= "
                      f"config.num_classes={config.num_classes}")

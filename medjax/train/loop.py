@@ -72,6 +72,9 @@ def remap_labels(batches, label_map):
 def train_batches(config: ml_collections.ConfigDict, start_step: int):
   """This process's batches for steps `start_step..num_steps-1`, by `config.task`."""
   source = load_split(config, "train")
+  if config.get("crop_margin"):  # cascade stage 2: cases cropped to the organ box
+    from medjax.train.cascade import OrganCropSource  # pylint: disable=import-outside-toplevel
+    source = OrganCropSource(source, config.crop_margin)
   common = dict(global_batch_size=config.global_batch_size, seed=config.seed,
                 start_step=start_step, num_steps=config.num_steps,
                 process_index=jax.process_index(), process_count=jax.process_count(),
@@ -172,6 +175,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (or resumes) and evaluates; returns the eval dict (also in `eval.json`)."""
+  if config.task == "cascade":
+    from medjax.train import cascade  # pylint: disable=import-outside-toplevel
+    os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() == 0:
+      write_config(config, workdir)
+    return cascade.train_and_evaluate_cascade(config, workdir)
   config_check.validate(config)
   os.makedirs(workdir, exist_ok=True)
   config_check.check_workdir(config, workdir)
