@@ -110,6 +110,24 @@ def test_resume_after_kill_9_gives_the_uninterrupted_parameters(tmp_path, data_d
     np.testing.assert_array_equal(a, b)
 
 
+def test_sigterm_saves_a_checkpoint_and_stops(tmp_path, data_dir):
+  workdir = str(tmp_path / "term")
+  proc = _main(workdir, data_dir, "--config.num_steps=400", "--config.checkpoint_every=100",
+               "--config.log_every=1")
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  deadline = time.time() + 600
+  while proc.poll() is None and time.time() < deadline:
+    if os.path.exists(metrics) and sum(1 for _ in open(metrics)) >= 3:
+      break
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  proc.communicate(timeout=300)
+  assert proc.returncode == 0
+  step, _ = _final_params(workdir)
+  assert 3 <= step < 100  # saved at the step it stopped, not at a regular interval
+  assert not os.path.exists(os.path.join(workdir, "eval.json"))
+
+
 def test_two_processes_match_one_process_on_four_devices(tmp_path, data_dir):
   """2 processes x 2 CPU devices (jax.distributed on localhost, gloo) give the
   loss trajectory of 1 process x 4 devices."""
