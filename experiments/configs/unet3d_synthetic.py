@@ -39,7 +39,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   # tumour 0 for any false-positive voxel, which pushes the rare class to vanish.
   c.loss.batch = True
   c.loss.include_background = False
-  c.num_steps = 600
+  c.num_steps = 1000
+  # Gaussian blending of half-overlapping windows (nnU-Net) at test time.
+  c.eval.mode = "gaussian"
+  c.eval.overlap = 0.5
 
   if variant == "smoke":
     common.smoke(c)
