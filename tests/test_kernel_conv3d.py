@@ -86,7 +86,9 @@ def test_kernel_matches_reference(impl, case):
     _close(g, g_ref, tol if dtype == jnp.float32 else 4 * tol)
 
 
-def test_auto_and_xla_on_cpu_equal_reference():
+def test_auto_and_xla_on_cpu_equal_reference(monkeypatch):
+  from medjax_kernels.conv3d import xla
+  monkeypatch.setattr(xla, "SMALL_CONV_MACS", 0)  # the matmul formulations, not the XLA conv
   x, w, b, r, s, dy = _inputs((1, 5, 6, 7, 3), 3, 4, jnp.float32, "prelu", True, 1, "SAME", 0)
   kw = dict(activation="prelu", stride=1, padding="SAME")
   y_ref, g_ref = _ref((x, w, b, r, s), dy, **kw)
