@@ -50,6 +50,13 @@ def _round_up(n: int, m: int) -> int:
   return -(-n // m) * m
 
 
+def _vmem_limit(plane_elems: int, w_elems: int, tile_elems: int, itemsize: int) -> int:
+  """Double-buffered blocks + the float32 accumulator, with headroom; at least
+  the 32 MiB default, at most 64 MiB (a v7x core's VMEM)."""
+  need = 2 * (plane_elems + w_elems + tile_elems) * itemsize + tile_elems * 4
+  return int(min(max(32 << 20, 1.5 * need), 64 << 20))
+
+
 @functools.partial(jax.jit, static_argnames=("activation", "interpret", "config"))
 def conv3d_valid(xp: jax.Array, w: jax.Array, b: Optional[jax.Array] = None,
                  residual: Optional[jax.Array] = None, prelu_slope: Optional[jax.Array] = None,
@@ -100,7 +107,10 @@ def conv3d_valid(xp: jax.Array, w: jax.Array, b: Optional[jax.Array] = None,
       in_specs=in_specs,
       out_specs=tile_spec,
       compiler_params=pltpu.CompilerParams(
-          dimension_semantics=("parallel", "parallel", "parallel")),
+          dimension_semantics=("parallel", "parallel", "parallel"),
+          vmem_limit_bytes=_vmem_limit(kd * length * c_in_p, w_p.size // (c_out_p // cfg.block_co),
+                                       q_rows * cfg.block_co * (2 if residual is not None else 1),
+                                       xp.dtype.itemsize)),
       interpret=interpret,
       name="medjax_conv3d",
   )(*args)
