@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from medjax_kernels.conv3d import conv3d as _conv3d
 from medjax_kernels.conv3d import xla as _conv_xla
 
 IMPLEMENTATIONS = ("auto", "xla", "pallas")
@@ -120,9 +121,8 @@ def _conv3d_fused(x, kernel, bias, *, strides, padding, activation, residual,
   """3D conv through `medjax_kernels.conv3d` ("auto": Pallas when lowered for
   GPU/TPU, the fast XLA path on CPU; "pallas": the kernel, in the slow Pallas
   interpreter when the default backend is CPU, for correctness checks)."""
-  from medjax_kernels.conv3d import conv3d  # late: keeps `import medjax` light
   named = activation is None or isinstance(activation, str)
-  y = conv3d(x, kernel.astype(x.dtype), bias, activation=activation if named else None,
+  y = _conv3d(x, kernel.astype(x.dtype), bias, activation=activation if named else None,
              prelu_slope=prelu_slope, residual=residual, stride=int(strides[0]),
              padding=padding, implementation=kernels,
              interpret=kernels == "pallas" and jax.default_backend() == "cpu")
