@@ -3,8 +3,10 @@
 Command (the README's run command):
   python -m experiments.main --config=experiments/configs/unet3d_synthetic.py --workdir=runs/unet3d
 
-Runtime and result on a 2-core CPU (measured, see README "Results"): filled in
-from the measured run.
+Runtime and result on the 2-core CPU CI machine (AMD EPYC, jax 0.10.2,
+2026-11-25), from a fresh clone including dataset generation: 5 min 50 s wall
+(train 317 s, eval 22 s), dice/organ 0.935, dice/tumour 0.900 on the 8 test
+volumes (README "Results").
 
 Ablations are one flag, e.g. `--config.loss.name=ce`, `--config.model.norm=batch`,
 `--config.kernels=pallas`, `--config.parallel=pmap`.
