@@ -56,6 +56,25 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def lesion_classification_2d() -> ml_collections.ConfigDict:
+  """`base_config()` for "is there a tumour in this slice?" on `synthetic_organs/2d`."""
+  c = base_config()
+  c.task = "classification"
+  c.dataset = "synthetic_organs/2d"
+  c.num_classes = 2
+  c.class_names = ("no_lesion", "lesion")
+  c.spacing = (0.8, 0.8)
+  c.patch_size = (128, 128)  # the whole image
+  c.flip_axes = (0, 1)
+  c.global_batch_size = 32
+  c.loss = ml_collections.ConfigDict({"name": "ce"})
+  c.optimizer.learning_rate = 1e-3
+  c.num_steps = 1000
+  c.checkpoint_every = 200
+  c.eval.batch_size = 64
+  return c
+
+
 def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Shrinks a config to a seconds-long run on a tiny dataset (tests, first tries)."""
   if c.task == "classification" or len(c.patch_size) == 2:

@@ -14,15 +14,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   """`variant`: "" or "lenet" (LeCun 1989), "vgg" (Simonyan 2015, small), and
   "smoke" / "vgg,smoke" for a seconds-long run."""
   parts = set(filter(None, variant.split(",")))
-  c = common.base_config()
-  c.task = "classification"
-  c.dataset = "synthetic_organs/2d"
-  c.num_classes = 2
-  c.class_names = ("no_lesion", "lesion")
-  c.spacing = (0.8, 0.8)
-  c.patch_size = (128, 128)
-  c.flip_axes = (0, 1)
-  c.global_batch_size = 32
+  c = common.lesion_classification_2d()
   c.model.name = "convnet"
   c.model.variant = "vgg" if "vgg" in parts else "lenet"
   if c.model.variant == "vgg":
@@ -30,11 +22,6 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.model.dense = (128,)
     c.model.norm = "batch"
   c.model.dropout = 0.1
-  c.loss = ml_collections.ConfigDict({"name": "ce"})
-  c.optimizer.learning_rate = 1e-3
-  c.num_steps = 1000
-  c.checkpoint_every = 200
-  c.eval.batch_size = 64
   unknown = parts - {"lenet", "vgg", "smoke"}
   if unknown:
     raise ValueError(f"unknown config variant {sorted(unknown)}: expected lenet, vgg, smoke")

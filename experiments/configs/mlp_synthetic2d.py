@@ -13,24 +13,11 @@ from experiments.configs import common
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
-  c = common.base_config()
-  c.task = "classification"
-  c.dataset = "synthetic_organs/2d"
-  c.num_classes = 2
-  c.class_names = ("no_lesion", "lesion")
-  c.spacing = (0.8, 0.8)
-  c.patch_size = (128, 128)  # the whole image
-  c.flip_axes = (0, 1)
-  c.global_batch_size = 32
+  c = common.lesion_classification_2d()
   c.model.name = "mlp"
   c.model.hidden = (256, 128)
   c.model.activation = "relu"
   c.model.dropout = 0.1
-  c.loss = ml_collections.ConfigDict({"name": "ce"})
-  c.optimizer.learning_rate = 1e-3
-  c.num_steps = 1000
-  c.checkpoint_every = 200
-  c.eval.batch_size = 64
   if variant == "smoke":
     common.smoke(c)
   elif variant:
