@@ -74,3 +74,37 @@ def test_organ_crop_source_crops_to_the_labelled_box():
   assert out["label"].shape == (4, 8, 7)  # (2+2, 4+4, 1+6)
   np.testing.assert_array_equal(out["image"], image[2:6, 2:10, 2:9])
   assert out["label"].sum() == label.sum()
+
+
+def test_cascade_stage2_sees_the_crop_normalised_as_in_training():
+  """Stage 2 was trained on organ-box crops z-scored with their own statistics;
+  at test time it must get the same (not a crop of the normalised volume)."""
+  import ml_collections
+  from medjax.data import transforms
+  from medjax.train.cascade import predict_joint
+  rng = np.random.default_rng(0)
+  image = rng.normal(0, 100, size=(8, 16, 16)).astype(np.float32)
+  image[2:6, 4:12, 4:12] += 150.0
+  organ = np.zeros(image.shape, bool)
+  organ[2:6, 4:12, 4:12] = True
+  seen = {}
+
+  def organ_fn(x):
+    seen["stage1"] = x
+    return np.stack([~organ, organ], -1)[None].repeat(len(x), 0).astype(np.float32)
+
+  def tumour_fn(x):
+    seen["stage2"] = x[0]
+    p = np.zeros(x.shape[:-1] + (2,), np.float32)
+    p[..., 0] = 1.0
+    p[:, 1:3, 2:4, 2:4] = (0.0, 1.0)
+    return p
+  cfg = ml_collections.ConfigDict({"patch_size": (8, 16, 16), "eval": {
+      "overlap": 0.0, "mode": "constant", "batch_size": 1}})
+  joint = predict_joint((organ_fn, tumour_fn), image, (cfg, cfg), margin=(0, 0, 0))
+  np.testing.assert_allclose(seen["stage1"][0, ..., 0], transforms.normalize_ct(image), rtol=1e-6)
+  crop = image[2:6, 4:12, 4:12]
+  np.testing.assert_allclose(seen["stage2"][:4, :8, :8, 0], transforms.normalize_ct(crop),
+                             rtol=1e-5, atol=1e-5)
+  assert set(np.unique(joint)) == {0, 1, 2}
+  assert (joint == 2).sum() == 2 * 2 * 2 and (joint[~organ] == 0).all()

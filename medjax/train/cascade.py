@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 
 from medjax import inference, metrics
-from medjax.data import pipeline
+from medjax.data import pipeline, transforms
 from medjax.models.cascade import crop_to_bbox, organ_bbox, paste_from_bbox
 from medjax.train import config_check, evaluate, report
 from medjax.train.model_factory import build_model
@@ -75,11 +75,20 @@ def stage_config(config: ml_collections.ConfigDict, stage: str) -> ml_collection
   return out
 
 
+def _normalized(image: np.ndarray) -> np.ndarray:
+  """`(*S,)` HU -> `(*S, 1)` as the training pipeline normalises a case."""
+  return transforms.normalize_ct(image)[..., None].astype(np.float32)
+
+
 def predict_joint(stage_fns, image: np.ndarray, configs, margin: Sequence[int]) -> np.ndarray:
-  """Joint `(*S,)` labels (0, 1 organ, 2 tumour) of one normalised `(*S, 1)` image."""
+  """Joint `(*S,)` labels (0, 1 organ, 2 tumour) of one raw `(*S,)` image in HU.
+
+  Each stage sees its input normalised as in training: stage 1 the whole
+  image, stage 2 the organ-box crop normalised with the crop's own statistics.
+  """
   organ_fn, tumour_fn = stage_fns
   c1, c2 = configs
-  p1 = inference.sliding_window(organ_fn, image[None], tuple(c1.patch_size),
+  p1 = inference.sliding_window(organ_fn, _normalized(image)[None], tuple(c1.patch_size),
                                 overlap=c1.eval.overlap, mode=c1.eval.mode,
                                 batch_size=c1.eval.batch_size)[0]
   organ = p1.argmax(-1) > 0
@@ -87,7 +96,7 @@ def predict_joint(stage_fns, image: np.ndarray, configs, margin: Sequence[int]) 
   bbox = organ_bbox(organ, margin)
   if bbox is None:
     return joint
-  crop = crop_to_bbox(image, bbox)
+  crop = _normalized(crop_to_bbox(image, bbox))
   p2 = inference.sliding_window(tumour_fn, crop[None], tuple(c2.patch_size),
                                 overlap=c2.eval.overlap, mode=c2.eval.mode,
                                 batch_size=c2.eval.batch_size)[0]
@@ -122,8 +131,9 @@ def train_and_evaluate_cascade(config: ml_collections.ConfigDict, workdir: str) 
   margin = tuple(config.cascade.stage2.crop_margin)
   class_names = {i: n for i, n in enumerate(config.class_names) if i > 0}
   per_case = []
-  for i, case in enumerate(pipeline.eval_cases(loop.load_split(config, "test"))):
-    joint = predict_joint(fns, case["image"], configs, margin)
+  raw = lambda image: image  # each stage normalises its own input (see predict_joint)
+  for i, case in enumerate(pipeline.eval_cases(loop.load_split(config, "test"), normalize=raw)):
+    joint = predict_joint(fns, case["image"][..., 0], configs, margin)
     label = np.asarray(case["label"])
     scores = metrics.segmentation_metrics(joint, label, class_names,
                                           spacing=tuple(case["spacing"]),
