@@ -93,7 +93,7 @@ def test_unet3d_default_param_count():
 
 def test_unet3d_cicek_valid_shape():
   # The paper's 3D U-Net has 4 resolution levels (3 poolings): 132x132x116 -> 44x44x28.
-  _, out = _abstract_init(UNet.cicek(features=(32, 64, 128, 256)), (1, 132, 132, 116, 3))
+  _, out = _abstract_init(UNet.cicek(), (1, 132, 132, 116, 3))
   assert out.shape == (1, 44, 44, 28, 3)
 
 

@@ -86,9 +86,11 @@ class UNet(nn.Module):
 
   @classmethod
   def cicek(cls, **overrides) -> "UNet":
-    """Cicek 2016 3D U-Net: 32..512 filters (doubled inside each level in the paper;
-    here the standard two equal convs per level), batch norm, valid convs, 3 classes."""
-    kw = dict(spatial_dims=3, features=(32, 64, 128, 256, 512), num_classes=3,
+    """Cicek 2016 3D U-Net: four resolution levels (three 2x2x2 poolings), batch
+    norm, valid 3x3x3 convs, 3 classes; a 132x132x116 input gives a 44x44x28 output.
+    The paper doubles the channels inside each level (32->64, 64->128, 128->256,
+    256->512); here each level has two equal convs of 32, 64, 128, 256 channels."""
+    kw = dict(spatial_dims=3, features=(32, 64, 128, 256), num_classes=3,
               norm="batch", padding="valid")
     kw.update(overrides)
     return cls(**kw)
