@@ -5,7 +5,10 @@ neuron layer (logistic regression); the default has two hidden layers.
 
   python -m experiments.main --config=experiments/configs/mlp_synthetic2d.py --workdir=runs/mlp2d
 
-Runtime and result on a 2-core CPU: see README "Results" (not yet measured).
+Measured on the 2-core CPU CI machine (jax 0.10.2, 2026-11-25, one seed): 42 s
+wall, test accuracy 0.51, lesion AUC 0.50, i.e. chance: a fully connected net on
+raw 128x128 slices does not find a lesion of ~1 % of the pixels at ~30 HU
+contrast from 400 training slices (no translation invariance).
 """
 import ml_collections
 
