@@ -247,6 +247,31 @@ def center_crop(x: jax.Array, spatial_shape: Sequence[int]) -> jax.Array:
   return x[(slice(None),) + slices + (slice(None),)]
 
 
+def conv_norm_act(x: jax.Array, features: int, kernel_size: Union[int, Sequence[int]], *,
+                  train: bool, norm: Optional[str] = None, bn_axis_name: Optional[str] = None,
+                  relu: bool = True, conv_name: str, norm_name: str, spatial_dims: int = 3,
+                  strides: Union[int, Sequence[int]] = 1, padding: str = "SAME",
+                  kernels: str = "auto") -> jax.Array:
+  """conv -> norm -> ReLU, the unit every conv model repeats.
+
+  Call it inside a `nn.compact` method: the `ConvND` (named `conv_name`) and
+  the norm (named `norm_name`) become submodules of the caller. Without a norm
+  the conv has a bias and the ReLU fuses into it; with one, the conv has no
+  bias (the norm's offset replaces it).
+  """
+  fuse = norm is None or str(norm).lower() == "none"
+  x = ConvND(features, kernel_size, strides=strides, padding=padding.upper(),
+             spatial_dims=spatial_dims, use_bias=fuse,
+             activation="relu" if (fuse and relu) else None, kernels=kernels,
+             name=conv_name)(x)
+  if not fuse:
+    layer = normalization(norm, bn_axis_name, name=norm_name)
+    x = layer(x, use_running_average=not train) if norm == "batch" else layer(x)
+    if relu:
+      x = jax.nn.relu(x)
+  return x
+
+
 def normalization(norm: Optional[str], axis_name: Optional[str] = None,
                   name: Optional[str] = None) -> Optional[nn.Module]:
   """None, "batch" (statistics synchronised over `axis_name`) or "instance"."""

@@ -97,15 +97,10 @@ class ConvNet(nn.Module):
     elif self.variant == "vgg":
       for b, (f, n) in enumerate(self.vgg_blocks):
         for i in range(n):
-          fuse = self.norm is None
-          x = layers.ConvND(f, 3, spatial_dims=nd, use_bias=fuse,
-                            activation="relu" if fuse else None, kernels=self.kernels,
-                            name=f"block{b}_conv{i}")(x)
-          if not fuse:
-            norm = layers.normalization(self.norm, self.bn_axis_name,
-                                        name=f"block{b}_norm{i}")
-            x = norm(x, use_running_average=not train) if self.norm == "batch" else norm(x)
-            x = jax.nn.relu(x)
+          x = layers.conv_norm_act(x, f, 3, train=train, norm=self.norm,
+                                   bn_axis_name=self.bn_axis_name, conv_name=f"block{b}_conv{i}",
+                                   norm_name=f"block{b}_norm{i}", spatial_dims=nd,
+                                   kernels=self.kernels)
         x = layers.max_pool(x, nd)
       dense = (256,) if self.dense is None else self.dense
     else:

@@ -52,17 +52,11 @@ class _ConvNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    fuse = self.norm is None
-    x = layers.ConvND(self.features, self.kernel_size, strides=self.strides,
-                      spatial_dims=self.spatial_dims, use_bias=fuse,
-                      activation="relu" if (fuse and self.relu) else None,
-                      kernels=self.kernels, name="conv")(x)
-    if not fuse:
-      norm = layers.normalization(self.norm, self.bn_axis_name, name="norm")
-      x = norm(x, use_running_average=not train) if self.norm == "batch" else norm(x)
-      if self.relu:
-        x = jax.nn.relu(x)
-    return x
+    return layers.conv_norm_act(x, self.features, self.kernel_size, train=train,
+                                norm=self.norm, bn_axis_name=self.bn_axis_name,
+                                relu=self.relu, conv_name="conv", norm_name="norm",
+                                spatial_dims=self.spatial_dims, strides=self.strides,
+                                kernels=self.kernels)
 
 
 class BasicBlock(nn.Module):

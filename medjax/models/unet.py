@@ -31,15 +31,10 @@ class ConvBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     for i in range(2):
-      fuse = self.norm is None  # without a norm, bias+ReLU fuse into the conv
-      x = layers.ConvND(self.features, self.kernel_size, padding=self.padding.upper(),
-                        spatial_dims=self.spatial_dims, use_bias=fuse,
-                        activation="relu" if fuse else None,
-                        kernels=self.kernels, name=f"conv{i}")(x)
-      if not fuse:
-        norm = layers.normalization(self.norm, self.bn_axis_name, name=f"norm{i}")
-        x = norm(x, use_running_average=not train) if self.norm == "batch" else norm(x)
-        x = jax.nn.relu(x)
+      x = layers.conv_norm_act(x, self.features, self.kernel_size, train=train, norm=self.norm,
+                               bn_axis_name=self.bn_axis_name, conv_name=f"conv{i}",
+                               norm_name=f"norm{i}", spatial_dims=self.spatial_dims,
+                               padding=self.padding, kernels=self.kernels)
     if self.dropout > 0:
       x = nn.Dropout(self.dropout, deterministic=not train)(x)
     return x
