@@ -91,10 +91,27 @@ def test_unet3d_default_param_count():
   assert out.shape == (1, 32, 32, 32, 2)
 
 
-def test_unet3d_cicek_valid_shape():
+def test_unet3d_cicek_valid_shape_and_param_count():
   # The paper's 3D U-Net has 4 resolution levels (3 poolings): 132x132x116 -> 44x44x28.
-  _, out = _abstract_init(UNet.cicek(), (1, 132, 132, 116, 3))
+  variables, out = _abstract_init(UNet.cicek(), (1, 132, 132, 116, 3))
   assert out.shape == (1, 44, 44, 28, 3)
+  # Cicek 2016, section 2: "The architecture has 19069955 parameters in total."
+  # conv(ci, co) = 27 ci co + co; up(c) = 8 c c (no bias); channels double in each encoder level:
+  #   enc   conv(3,32)+conv(32,64) + conv(64,64)+conv(64,128) + conv(128,128)+conv(128,256)
+  #         + conv(256,256)+conv(256,512)                                       =  7,028,624
+  #   dec   up(512) + conv(768,256)+conv(256,256) + up(256) + conv(384,128)+conv(128,128)
+  #         + up(128) + conv(192,64)+conv(64,64)                                = 12,041,136
+  #   head  64*3+3                                                              =        195
+  # total 19,069,955, which is the count with a bias on every conv; here a conv
+  # followed by batch norm has no bias (the norm's offset replaces it) and the norm
+  # adds a scale: 19,069,955 - 2,336 biases + 2 * 2,336 = 19,072,291.
+  assert _count(variables) == 19_072_291
+  no_norm, _ = _abstract_init(UNet.cicek(norm=None), (1, 132, 132, 116, 3))
+  assert _count(no_norm) == 19_069_955
+  params = variables["params"]
+  assert "bias" not in params["upconv0"]
+  assert params["down0"]["conv0"]["kernel"].shape == (3, 3, 3, 3, 32)
+  assert params["upconv2"]["kernel"].shape == (2, 2, 2, 512, 512)
 
 
 # ----------------------------------------------------------------------------- V-Net
@@ -209,6 +226,29 @@ def test_small_vgg_with_batchnorm_runs():
   _, (y, _) = _init_apply(model, x, train=True, mutable=["batch_stats"],
                           rngs={"dropout": _key(2)})
   assert y.shape == (3, 4)
+
+
+def test_convnet_global_max_pool_is_size_free_and_equals_max_of_features():
+  model = ConvNet(variant="vgg", num_classes=2, vgg_blocks=((4, 1), (8, 1)), dense=(),
+                  global_pool="max")
+  x = _normal((2, 16, 16, 1), 0)
+  v, y = _init_apply(model, x)
+  # Dense head sees the 8 channels: 8 * 2 + 2 parameters, whatever the input size.
+  assert v["params"]["head"]["kernel"].shape == (8, 2)
+  y_big = _apply(model, v, _normal((2, 40, 24, 1), 1))
+  assert y_big.shape == (2, 2)
+  # The head is linear in max over space of the last block's (pooled) features.
+  params = v["params"]
+  h = x
+  for b in range(2):
+    h = jax.nn.relu(jax.lax.conv_general_dilated(
+        h, params[f"block{b}_conv0"]["kernel"], (1, 1), "SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC")) + params[f"block{b}_conv0"]["bias"])
+    h = jax.lax.reduce_window(h, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+  expected = h.max(axis=(1, 2)) @ params["head"]["kernel"] + params["head"]["bias"]
+  np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-5)
+  with pytest.raises(ValueError, match="global_pool"):
+    _init(ConvNet(variant="vgg", vgg_blocks=((4, 1),), global_pool="median"), x)
 
 
 def test_mlp_single_layer_and_deep():

@@ -28,6 +28,14 @@ convs per block; the default is a small medical-image VGG
 ((32, 2), (64, 2), (128, 3), (256, 3)) with one 256-wide dense layer;
 `ConvNet.vgg16()` is configuration D of the paper (13 convs 64..512, two 4096
 dense layers; 138,357,544 parameters at 224x224x3 and 1000 classes).
+
+`global_pool="max"` (or "avg") replaces the flatten before the dense layers by
+a global pooling over space (Lin et al. 2014, "Network in network"; the max is
+the multiple-instance view of "is there a lesion anywhere in this image?",
+e.g. Oquab et al. 2015). The dense layers then see `channels` features
+whatever the input size, instead of one weight per position: far fewer
+parameters and translation invariance, which a small medical training set
+needs (see `experiments/configs/convnet_synthetic2d.py`).
 """
 from __future__ import annotations
 
@@ -52,6 +60,7 @@ class ConvNet(nn.Module):
       LeNet; 256 for VGG).
     dropout: dropout rate after each dense layer (0.5 in VGG; 0 disables).
     norm: None or "batch"/"instance" after every VGG conv (not used by LeNet).
+    global_pool: None (flatten, the papers) or "max" / "avg" over space.
     kernels: "auto" | "xla" | "pallas" convolution implementation.
     bn_axis_name: axis over which BatchNorm statistics are synchronised.
   """
@@ -63,6 +72,7 @@ class ConvNet(nn.Module):
   dense: Optional[Sequence[int]] = None
   dropout: float = 0.0
   norm: Optional[str] = None
+  global_pool: Optional[str] = None
   kernels: str = "auto"
   bn_axis_name: Optional[str] = None
 
@@ -105,7 +115,13 @@ class ConvNet(nn.Module):
       dense = (256,) if self.dense is None else self.dense
     else:
       raise ValueError(f"variant={self.variant!r}: expected 'lenet' or 'vgg'")
-    x = x.reshape(x.shape[0], -1)
+    if self.global_pool is None or str(self.global_pool).lower() == "none":
+      x = x.reshape(x.shape[0], -1)
+    elif self.global_pool in ("max", "avg"):
+      reduce = jax.numpy.max if self.global_pool == "max" else jax.numpy.mean
+      x = reduce(x, axis=tuple(range(1, nd + 1)))
+    else:
+      raise ValueError(f"global_pool={self.global_pool!r}: expected None, 'max' or 'avg'")
     for i, width in enumerate(dense):
       x = jax.nn.relu(nn.Dense(width, name=f"dense{i}")(x))
       if self.dropout > 0:

@@ -18,8 +18,13 @@ from medjax import layers
 
 
 class ConvBlock(nn.Module):
-  """Two (conv -> norm -> activation) units, then optional dropout."""
+  """Two (conv -> norm -> activation) units, then optional dropout.
+
+  `first_features` sets the first conv's channels (default `features`); Cicek
+  2016 uses `features // 2` in the encoder (32 -> 64 within the top level).
+  """
   features: int
+  first_features: Optional[int] = None
   spatial_dims: int = 3
   kernel_size: Union[int, Sequence[int]] = 3
   padding: str = "same"
@@ -30,8 +35,8 @@ class ConvBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    for i in range(2):
-      x = layers.conv_norm_act(x, self.features, self.kernel_size, train=train, norm=self.norm,
+    for i, f in enumerate((self.first_features or self.features, self.features)):
+      x = layers.conv_norm_act(x, f, self.kernel_size, train=train, norm=self.norm,
                                bn_axis_name=self.bn_axis_name, conv_name=f"conv{i}",
                                norm_name=f"norm{i}", spatial_dims=self.spatial_dims,
                                padding=self.padding, kernels=self.kernels)
@@ -58,6 +63,12 @@ class UNet(nn.Module):
       for the top levels of anisotropic volumes, as nnU-Net plans them (see
       `anisotropic_plan`).
     pool_sizes: pooling (and up-conv) factor per down step (default 2).
+    double_in_level: Cicek 2016's channel layout: each encoder level's first
+      conv has half the level's channels (32 -> 64, ..., 256 -> 512) and the
+      up-convs keep their input's channels (512 -> 512) instead of halving
+      them (Ronneberger 2015: 1024 -> 512).
+    upconv_bias: whether the up-convs have a bias (Cicek 2016's parameter
+      count, 19,069,955, has none there).
   """
   spatial_dims: int = 3
   features: Sequence[int] = (16, 32, 64, 128)
@@ -70,6 +81,8 @@ class UNet(nn.Module):
   bn_axis_name: Optional[str] = None
   kernel_sizes: Optional[Sequence[Union[int, Sequence[int]]]] = None
   pool_sizes: Optional[Sequence[Union[int, Sequence[int]]]] = None
+  double_in_level: bool = False
+  upconv_bias: bool = True
 
   @classmethod
   def original(cls, **overrides) -> "UNet":
@@ -82,11 +95,13 @@ class UNet(nn.Module):
   @classmethod
   def cicek(cls, **overrides) -> "UNet":
     """Cicek 2016 3D U-Net: four resolution levels (three 2x2x2 poolings), batch
-    norm, valid 3x3x3 convs, 3 classes; a 132x132x116 input gives a 44x44x28 output.
-    The paper doubles the channels inside each level (32->64, 64->128, 128->256,
-    256->512); here each level has two equal convs of 32, 64, 128, 256 channels."""
-    kw = dict(spatial_dims=3, features=(32, 64, 128, 256), num_classes=3,
-              norm="batch", padding="valid")
+    norm, valid 3x3x3 convs, 3 classes; a 132x132x116 input gives a 44x44x28
+    output. Channels double inside each encoder level (32->64, 64->128,
+    128->256, 256->512), the up-convs keep theirs (512, 256, 128) and have no
+    bias: 19,069,955 conv parameters with 3 input channels, the paper's count
+    (plus 4,672 batch-norm scales and offsets)."""
+    kw = dict(spatial_dims=3, features=(64, 128, 256, 512), num_classes=3,
+              norm="batch", padding="valid", double_in_level=True, upconv_bias=False)
     kw.update(overrides)
     return cls(**kw)
 
@@ -102,21 +117,22 @@ class UNet(nn.Module):
     if len(kernel_sizes) != levels or len(pool_sizes) != levels - 1:
       raise ValueError(f"UNet: {levels} levels need {levels} kernel_sizes and {levels - 1} "
                        f"pool_sizes, got {kernel_sizes} and {pool_sizes}")
-    block = lambda level, name: ConvBlock(
-        self.features[level], spatial_dims=nd, kernel_size=kernel_sizes[level],
+    block = lambda level, name, first=None: ConvBlock(
+        self.features[level], first_features=first, spatial_dims=nd, kernel_size=kernel_sizes[level],
         padding=self.padding, norm=self.norm, dropout=self.dropout,
         kernels=self.kernels, bn_axis_name=self.bn_axis_name, name=name)
+    encoder_first = lambda level: self.features[level] // 2 if self.double_in_level else None
     skips = []
     for level in range(levels - 1):
-      x = block(level, f"down{level}")(x, train=train)
+      x = block(level, f"down{level}", encoder_first(level))(x, train=train)
       skips.append(x)
       x = layers.max_pool(x, nd, pool_sizes[level])
-    x = block(levels - 1, "bottleneck")(x, train=train)
+    x = block(levels - 1, "bottleneck", encoder_first(levels - 1))(x, train=train)
     aux = []
     for level in reversed(range(len(self.features) - 1)):
-      f = self.features[level]
+      f = x.shape[-1] if self.double_in_level else self.features[level]
       x = layers.UpConv(f, spatial_dims=nd, kernels=self.kernels, factors=pool_sizes[level],
-                        name=f"upconv{level}")(x)
+                        use_bias=self.upconv_bias, name=f"upconv{level}")(x)
       skip = skips[level]
       if self.padding == "valid":
         skip = layers.center_crop(skip, x.shape[1:-1])
