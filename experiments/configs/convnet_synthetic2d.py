@@ -26,6 +26,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.model.dense = (128,)
     c.model.norm = "batch"
   c.model.dropout = 0.1
+  # None: flatten before the dense layers (the papers); "max" / "avg": global pooling.
+  c.model.global_pool = ml_collections.FieldReference(None, field_type=str)
   unknown = parts - {"lenet", "vgg", "smoke"}
   if unknown:
     raise ValueError(f"unknown config variant {sorted(unknown)}: expected lenet, vgg, smoke")
