@@ -23,7 +23,13 @@ def evaluate(config: ml_collections.ConfigDict, model: nn.Module, variables: dic
   Returns a dict with `"<metric>/<class>"` keys (means over cases; inf distances
   of a missed structure are left out of the mean and counted in
   `"<metric>/<class>_missing"`) and `"per_case"`: one dict per case with the
-  same keys and a `"case"` id. With `workdir`, writes `report/case_*.png` for
+  same keys and a `"case"` id. Case-level detection from the segmentation:
+  `"detection_auc/<class>"` is the ROC AUC of the class's largest predicted
+  probability in a case against "the class is in the case's label" (when the
+  test cases include both; e.g. "is there a tumour in this slice?" answered by
+  a segmentation network, comparable with an image-level classifier's
+  `auc/lesion`), with each case's score in `per_case` as `"max_prob/<class>"`.
+  With `workdir`, writes `report/case_*.png` for
   the first `config.eval.report_cases` cases.
   """
   ecfg = config.eval
@@ -32,7 +38,7 @@ def evaluate(config: ml_collections.ConfigDict, model: nn.Module, variables: dic
   variables = jax.device_put(variables, jax.local_devices()[0])
   predict_fn = lambda x: predict(variables, x)
   class_names = {i: n for i, n in enumerate(config.class_names) if i > 0}
-  per_case = []
+  per_case, max_probs, present = [], [], []
   for i, case in enumerate(pipeline.eval_cases(source)):
     probs = inference.sliding_window(
         predict_fn, case["image"][None], tuple(config.patch_size), overlap=ecfg.overlap,
@@ -45,6 +51,8 @@ def evaluate(config: ml_collections.ConfigDict, model: nn.Module, variables: dic
                                           surface=ecfg.surface_metrics)
     scores = {k: float(v) for k, v in scores.items()}
     per_case.append({"case": str(case["case"]), **scores})
+    max_probs.append({n: float(probs[..., c].max()) for c, n in class_names.items()})
+    present.append({n: bool((label == c).any()) for c, n in class_names.items()})
     logging.info("case %s: %s", case["case"], {k: round(v, 4) for k, v in scores.items()})
     if workdir and jax.process_index() == 0 and i < ecfg.report_cases:
       focus = config.num_classes - 1  # the innermost structure (e.g. the tumour)
@@ -53,7 +61,15 @@ def evaluate(config: ml_collections.ConfigDict, model: nn.Module, variables: dic
                        title=f"case {case['case']}: " + ", ".join(
                            f"{k} {v:.3f}" for k, v in scores.items() if k.startswith("dice/")),
                        class_names=config.class_names, focus_class=focus)
-  return summarize(per_case)
+  out = summarize(per_case)
+  for name in class_names.values():
+    scores = np.array([m[name] for m in max_probs])
+    is_present = np.array([p[name] for p in present])
+    if 0 < is_present.sum() < len(is_present):
+      out[f"detection_auc/{name}"] = float(metrics.roc_auc(scores, is_present))
+  for case, m in zip(out["per_case"], max_probs):
+    case.update({f"max_prob/{name}": v for name, v in m.items()})
+  return out
 
 
 def summarize(per_case: list[dict]) -> dict:
