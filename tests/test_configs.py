@@ -32,9 +32,12 @@ def test_config_trains_one_step(module, variant, metric, tmp_path, data_dir):
   config.data_dir = data_dir
   config.num_steps = 1
   config.eval.surface_metrics = False
-  config.eval.report_cases = 0
+  config.eval.report_cases = 1
   results = loop.train_and_evaluate(config, str(tmp_path))
   assert 0.0 <= results[metric] <= 1.0
+  if config.task == "segmentation":  # the report slice of a 2D or 3D case
+    pngs = [n for n in os.listdir(os.path.join(tmp_path, "report")) if n.startswith("case_")]
+    assert len(pngs) == 1
   with open(os.path.join(tmp_path, "eval.json")) as f:
     assert json.load(f)[metric] == pytest.approx(results[metric])
   rows = [json.loads(l) for l in open(os.path.join(tmp_path, "metrics.jsonl"))]

@@ -36,7 +36,11 @@ def focus_slice(label: np.ndarray, class_id: int) -> int:
 def plot_case(image: np.ndarray, label: np.ndarray, pred: np.ndarray, path: str, *,
               title: str, class_names: Sequence[str], focus_class: int) -> None:
   """One axial slice through `focus_class`: the image with ground truth (solid)
-  and prediction (dashed) contours of every foreground class."""
+  and prediction (dashed) contours of every foreground class. A 2D case
+  `(H, W)` is shown whole."""
+  flat = image.ndim == 2
+  if flat:
+    image, label, pred = image[None], label[None], pred[None]
   z = focus_slice(label, focus_class)
   fig, axes = plt.subplots(1, 3, figsize=(12, 4.3))
   img = image[z]
@@ -55,7 +59,7 @@ def plot_case(image: np.ndarray, label: np.ndarray, pred: np.ndarray, path: str,
   handles = [plt.Line2D([], [], color=colours[(c - 1) % len(colours)], label=class_names[c])
              for c in range(1, len(class_names))]
   fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9)
-  fig.suptitle(f"{title} (slice {z})", fontsize=10)
+  fig.suptitle(title if flat else f"{title} (slice {z})", fontsize=10)
   fig.savefig(path, dpi=90)
   plt.close(fig)
 
