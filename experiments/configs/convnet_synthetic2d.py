@@ -3,11 +3,26 @@
   python -m experiments.main --config=experiments/configs/convnet_synthetic2d.py --workdir=runs/lenet2d
   python -m experiments.main --config=experiments/configs/convnet_synthetic2d.py:vgg --workdir=runs/vgg2d
 
-Measured (LeNet, 2-core CPU CI machine, jax 0.10.2, 2026-11-25, one seed): 2 min
-40 s wall; training loss 0.004 but test accuracy 0.47, lesion AUC 0.43: it
-memorises the 400 training slices without generalising. Not yet understood
-(too little data and augmentation for a 1 % lesion, or a data problem): to
-investigate before these numbers are used. VGG: not yet measured.
+Measured on the 2-core CPU CI machine (jax 0.10.2, 2026-11-25, one seed, the
+dataset already prepared; 4000 training / 1000 test slices):
+
+| variant | wall (train) | test accuracy | lesion AUC |
+|---|---|---|---|
+| LeNet (flatten, the paper) | 179 s (172 s) | 0.483 | 0.49 |
+| LeNet, `--config.model.global_pool=max` (machine under load) | (313 s) | 0.481 | 0.49 |
+
+All at chance. VGG (`:vgg`) was not run to the end (0.58 steps/s while
+sharing the machine with another run, so 1000 steps would take well over
+10 min); with global max pooling its training loss was still ~0.7 (chance)
+after 200 steps. With the builder's 400 training slices LeNet memorised them
+(training loss 0.004, test AUC 0.43); with 4000 it no longer memorises but
+does not learn either (training loss 0.69 -> 0.63). Image-level labels for a
+lesion of ~1 % of the pixels at ~30 HU contrast under ~20 HU noise are a weak
+signal: even a hand-made feature that is given the organ mask (the darkest
+smoothed value inside it) reaches only AUC 0.70 on the builder's 100 test
+slices. Pixel labels make the same question easy: on those 100 slices the 2D
+U-Net's largest tumour probability per slice reaches `detection_auc/tumour`
+0.996 (`experiments/configs/unet2d_synthetic.py`).
 """
 import ml_collections
 
