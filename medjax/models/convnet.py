@@ -43,6 +43,7 @@ from typing import Optional, Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from medjax import layers
 
@@ -118,7 +119,7 @@ class ConvNet(nn.Module):
     if self.global_pool is None or str(self.global_pool).lower() == "none":
       x = x.reshape(x.shape[0], -1)
     elif self.global_pool in ("max", "avg"):
-      reduce = jax.numpy.max if self.global_pool == "max" else jax.numpy.mean
+      reduce = jnp.max if self.global_pool == "max" else jnp.mean
       x = reduce(x, axis=tuple(range(1, nd + 1)))
     else:
       raise ValueError(f"global_pool={self.global_pool!r}: expected None, 'max' or 'avg'")

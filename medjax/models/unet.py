@@ -98,8 +98,9 @@ class UNet(nn.Module):
     norm, valid 3x3x3 convs, 3 classes; a 132x132x116 input gives a 44x44x28
     output. Channels double inside each encoder level (32->64, 64->128,
     128->256, 256->512), the up-convs keep theirs (512, 256, 128) and have no
-    bias: 19,069,955 conv parameters with 3 input channels, the paper's count
-    (plus 4,672 batch-norm scales and offsets)."""
+    bias: with `norm=None`, 19,069,955 parameters for 3 input channels, the
+    paper's count; with batch norm each conv's bias gives way to the norm's
+    offset and scale (19,072,291)."""
     kw = dict(spatial_dims=3, features=(64, 128, 256, 512), num_classes=3,
               norm="batch", padding="valid", double_in_level=True, upconv_bias=False)
     kw.update(overrides)

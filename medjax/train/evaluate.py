@@ -63,10 +63,10 @@ def evaluate(config: ml_collections.ConfigDict, model: nn.Module, variables: dic
                        class_names=config.class_names, focus_class=focus)
   out = summarize(per_case)
   for name in class_names.values():
-    scores = np.array([m[name] for m in max_probs])
+    case_max = np.array([m[name] for m in max_probs])
     is_present = np.array([p[name] for p in present])
     if 0 < is_present.sum() < len(is_present):
-      out[f"detection_auc/{name}"] = float(metrics.roc_auc(scores, is_present))
+      out[f"detection_auc/{name}"] = float(metrics.roc_auc(case_max, is_present))
   for case, m in zip(out["per_case"], max_probs):
     case.update({f"max_prob/{name}": v for name, v in m.items()})
   return out
