@@ -259,13 +259,13 @@ def conv_norm_act(x: jax.Array, features: int, kernel_size: Union[int, Sequence[
   the conv has a bias and the ReLU fuses into it; with one, the conv has no
   bias (the norm's offset replaces it).
   """
-  fuse = norm is None or str(norm).lower() == "none"
+  layer = normalization(norm, bn_axis_name, name=norm_name)
+  fuse = layer is None
   x = ConvND(features, kernel_size, strides=strides, padding=padding.upper(),
              spatial_dims=spatial_dims, use_bias=fuse,
              activation="relu" if (fuse and relu) else None, kernels=kernels,
              name=conv_name)(x)
   if not fuse:
-    layer = normalization(norm, bn_axis_name, name=norm_name)
     x = layer(x, use_running_average=not train) if norm == "batch" else layer(x)
     if relu:
       x = jax.nn.relu(x)

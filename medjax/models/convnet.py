@@ -116,7 +116,7 @@ class ConvNet(nn.Module):
       dense = (256,) if self.dense is None else self.dense
     else:
       raise ValueError(f"variant={self.variant!r}: expected 'lenet' or 'vgg'")
-    if self.global_pool is None or str(self.global_pool).lower() == "none":
+    if self.global_pool is None:  # (a "None" flag is None by then: train.model_factory)
       x = x.reshape(x.shape[0], -1)
     elif self.global_pool in ("max", "avg"):
       reduce = jnp.max if self.global_pool == "max" else jnp.mean
