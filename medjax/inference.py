@@ -1,17 +1,25 @@
-"""Sliding-window inference over whole volumes, with test-time mirroring.
+"""Whole-image inference: sliding windows with test-time mirroring, and the cascade.
 
-A network trained on patches predicts a large volume window by window; the
-overlapping window predictions are averaged with a constant or a Gaussian
-importance weight (nnU-Net, Isensee et al. 2021: sigma = 1/8 of the window,
-which down-weights the less reliable window borders).
+* `sliding_window`: a network trained on patches predicts a large volume
+  window by window; the overlapping window predictions are averaged with a
+  constant or a Gaussian importance weight (nnU-Net, Isensee et al. 2021:
+  sigma = 1/8 of the window, which down-weights the less reliable borders).
+* `WindowPredictor`: one trained network as a function of a raw image
+  (normalise, slide, blend), the unit evaluation and prediction share.
+* `cascade_predict`: the one implementation of the organ -> lesion rule of
+  cascaded FCNs (Christ et al. 2016), used by evaluation, by
+  `experiments.predict` and by the tests.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import scipy.ndimage
+
+from medjax.data.crop import crop_to_bbox, organ_bbox, paste_from_bbox
 
 PredictFn = Callable[[np.ndarray], np.ndarray]
 
@@ -103,3 +111,86 @@ def sliding_window(predict_fn: PredictFn, volume: np.ndarray, roi_size: Sequence
     out = acc / count
     outputs.append(out[tuple(slice(0, s) for s in spatial)])
   return np.stack(outputs)
+
+
+ImageFn = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowPredictor:
+  """One trained network applied to whole raw images: normalise, slide windows, blend.
+
+  Attributes:
+    predict_fn: windows `(B, *roi_size, C)` -> probabilities `(B, *roi_size, K)`.
+    roi_size: the window (the training patch size).
+    overlap, mode, batch_size, mirror_axes: as in `sliding_window`.
+    normalize: raw image `(*S, C)` -> network input `(*S, C)`, applied to
+      whatever image the predictor is given (for a cascade's second stage:
+      the organ crop, normalised with its own statistics as in training);
+      None: the image is used as it is.
+  """
+  predict_fn: PredictFn
+  roi_size: tuple
+  overlap: float = 0.5
+  mode: str = "gaussian"
+  batch_size: int = 4
+  mirror_axes: tuple = ()
+  normalize: Optional[ImageFn] = None
+
+  def __call__(self, image: np.ndarray) -> np.ndarray:
+    """Probabilities `(*S, K)` float32 of one image `(*S, C)`."""
+    x = np.asarray(image if self.normalize is None else self.normalize(image), np.float32)
+    return sliding_window(self.predict_fn, x[None], self.roi_size, overlap=self.overlap,
+                          mode=self.mode, batch_size=self.batch_size,
+                          mirror_axes=self.mirror_axes)[0]
+
+
+def foreground_probability(probs: np.ndarray) -> np.ndarray:
+  """`P(label > 0)` `(*S,)` from class probabilities `(*S, K)`."""
+  return 1.0 - probs[..., 0]
+
+
+def cascade_predict(organ_fn: ImageFn, lesion_fn: ImageFn, image: np.ndarray, *,
+                    margin: Union[int, Sequence[int]], organ_label: int = 1,
+                    lesion_label: int = 2, probabilities: bool = False):
+  """Joint organ + lesion labels of one image with cascaded FCNs (Christ et al. 2016).
+
+  Stage 1 (`organ_fn`) segments the organ in the whole image (organ =
+  argmax > 0); stage 2 (`lesion_fn`) segments the lesion in the image cropped
+  to the stage-1 organ box grown by `margin` voxels; lesion voxels outside the
+  stage-1 organ mask are removed. The joint map has the classes of a
+  single-stage network (0 background, `organ_label`, `lesion_label`), so both
+  are scored alike.
+
+  Args:
+    organ_fn: raw image `(*S, C)` -> probabilities `(*S, K1)` (e.g. a
+      `WindowPredictor`: it normalises what it is given).
+    lesion_fn: raw crop `(*B, C)` -> probabilities `(*B, K2)`.
+    image: `(*S, C)` one raw image (no batch axis).
+    margin: voxels added on each side of the organ box (an int or per axis).
+    probabilities: also return joint probabilities `(*S, 3)` float32:
+      background `1 - P(organ)`, organ `P(organ) (1 - P(lesion | box))`,
+      lesion `P(organ) P(lesion | box)` (0 outside the box), with
+      `P(organ)` and `P(lesion | box)` the stages' foreground probabilities.
+  Returns:
+    `(*S,)` uint8 labels, and the probabilities when asked for.
+  """
+  image = np.asarray(image)
+  spatial = image.shape[:-1]
+  p1 = np.asarray(organ_fn(image))
+  if p1.shape[:-1] != spatial:
+    raise ValueError(f"organ_fn returned {p1.shape} for an image of spatial shape {spatial}")
+  organ = p1.argmax(-1) > 0
+  labels = np.where(organ, organ_label, 0).astype(np.uint8)
+  p_organ = foreground_probability(p1)
+  p_lesion = np.zeros(spatial, np.float32)
+  bbox = organ_bbox(organ, margin)
+  if bbox is not None:
+    p2 = np.asarray(lesion_fn(crop_to_bbox(image, bbox)))
+    lesion = paste_from_bbox(p2.argmax(-1) > 0, bbox, spatial, fill=False) & organ
+    labels[lesion] = lesion_label
+    p_lesion = paste_from_bbox(foreground_probability(p2).astype(np.float32), bbox, spatial)
+  if not probabilities:
+    return labels
+  joint = np.stack([1.0 - p_organ, p_organ * (1.0 - p_lesion), p_organ * p_lesion], axis=-1)
+  return labels, joint.astype(np.float32)

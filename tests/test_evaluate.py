@@ -1,4 +1,5 @@
-"""Segmentation evaluation: per-class scores and case-level detection from the segmentation."""
+"""Scoring: per-class segmentation scores, case-level detection from the segmentation,
+classification in the source's order with real case ids."""
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
@@ -6,6 +7,11 @@ import pytest
 
 from experiments.configs import common
 from medjax.train import evaluate
+from medjax.train.tasks import SegmentationTask
+
+
+def _evaluate(config, model, variables, source):
+  return SegmentationTask().evaluate(config, model, variables, source).results
 
 
 class BrightIsTumour(nn.Module):
@@ -40,7 +46,7 @@ def test_detection_auc_from_segmentation_max_probability():
   model, variables = BrightIsTumour(), {}
   # Tumour cases have the bright spot: the max tumour probability separates them perfectly.
   source = [_case(f"c{i}", bright_spot=i < 3, tumour=i < 3, seed=i) for i in range(6)]
-  out = evaluate.evaluate(_config(), model, variables, source)
+  out = _evaluate(_config(), model, variables, source)
   assert out["detection_auc/tumour"] == pytest.approx(1.0)
   assert "detection_auc/organ" not in out  # no case has an organ: AUC undefined, left out
   probs = [c["max_prob/tumour"] for c in out["per_case"]]
@@ -48,8 +54,35 @@ def test_detection_auc_from_segmentation_max_probability():
   assert "max_prob/tumour" not in out  # per case only, not averaged
   # Bright spots in the tumour-free cases instead: the detector is always wrong.
   swapped = [_case(f"c{i}", bright_spot=i >= 3, tumour=i < 3, seed=i) for i in range(6)]
-  assert evaluate.evaluate(_config(), model, variables, swapped)[
+  assert _evaluate(_config(), model, variables, swapped)[
       "detection_auc/tumour"] == pytest.approx(0.0)
   # Every case has a tumour: no detection AUC.
   all_present = [_case(f"c{i}", bright_spot=True, tumour=True, seed=i) for i in range(3)]
-  assert "detection_auc/tumour" not in evaluate.evaluate(_config(), model, variables, all_present)
+  assert "detection_auc/tumour" not in _evaluate(_config(), model, variables, all_present)
+
+
+def test_scoring_keeps_examples_for_the_report_and_draws_nothing(tmp_path):
+  config = _config()
+  config.eval.report_cases = 2
+  source = [_case(f"c{i}", bright_spot=True, tumour=True, seed=i) for i in range(3)]
+  evaluation = SegmentationTask().evaluate(config, BrightIsTumour(), {}, source)
+  assert [e.case for e in evaluation.examples] == ["c0", "c1"]
+  example = evaluation.examples[0]
+  assert example.image.shape == example.label.shape == example.pred.shape == (16, 16)
+  np.testing.assert_array_equal(example.image, source[0]["image"])  # the raw image
+  assert example.scores["dice/tumour"] == evaluation.results["per_case"][0]["dice/tumour"]
+  assert not list(tmp_path.iterdir())
+
+
+def test_classification_scores_in_source_order_with_case_ids():
+  images = [(f"img{i}", np.full((4, 4, 1), float(i)), i % 2) for i in range(5)]
+  # P(positive) = 0.1 + 0.05 * mean intensity: images 1 and 3 (label 1) score 0.15 and 0.25
+  predict = lambda x: np.stack([1 - (0.1 + 0.05 * x.mean((1, 2, 3))),
+                                0.1 + 0.05 * x.mean((1, 2, 3))], -1)
+  out = evaluate.score_classification(predict, iter(images), ("neg", "pos"), batch_size=2).results
+  assert [c["case"] for c in out["per_case"]] == ["img0", "img1", "img2", "img3", "img4"]
+  assert [c["label"] for c in out["per_case"]] == [0, 1, 0, 1, 0]
+  assert out["accuracy"] == pytest.approx(3 / 5)  # all predicted negative
+  # scores 0.1, 0.15, 0.2, 0.25, 0.3 for labels 0,1,0,1,0: 3 of 6 pairs ranked right
+  assert out["auc/pos"] == pytest.approx(3 / 6)
+  assert out["per_case"][4]["prob"] == pytest.approx(0.3)

@@ -182,16 +182,9 @@ def classification_batches(source: Sequence[dict[str, Any]], *, global_batch_siz
   """
   local = _local_batch_size(global_batch_size, process_index, process_count)
   _check_seed(seed)
-  images, targets = [], []
-  for index in range(len(source)):
-    example = source[index]
-    name = _case_id(example, index)
-    if label_key not in example:
-      raise InputError(f"{name}: no {label_key!r} feature; expected an image-level label")
-    images.append(normalize(transforms.check_image(example["image"], name)))
-    targets.append(int(example[label_key]))
-  if not images:
-    raise InputError("classification source is empty: expected at least one image")
+  loaded = list(classification_images(source, label_key=label_key, normalize=normalize))
+  images = [image[..., 0] for _, image, _ in loaded]
+  targets = [label for _, _, label in loaded]
   count = len(images)
 
   @functools.lru_cache(maxsize=4)
@@ -214,3 +207,23 @@ def classification_batches(source: Sequence[dict[str, Any]], *, global_batch_siz
             "label": np.asarray(batch_labels, np.int32)}
 
   return _iterate(batch_fn, start_step, num_steps, worker_count)
+
+
+def classification_images(source: Sequence[dict[str, Any]], *, label_key: str = "lesion",
+                          normalize: Normalize = transforms.normalize_ct
+                          ) -> Iterator[tuple[str, np.ndarray, int]]:
+  """Every image of `source` in order, for training or evaluation.
+
+  Yields:
+    `(case id, float32 image (*S, 1) normalised, image-level label)`; the
+    case id is the example's `case` feature (else `case_<index>`).
+  """
+  if len(source) == 0:
+    raise InputError("classification source is empty: expected at least one image")
+  for index in range(len(source)):
+    example = source[index]
+    name = _case_id(example, index)
+    if label_key not in example:
+      raise InputError(f"{name}: no {label_key!r} feature; expected an image-level label")
+    image = normalize(transforms.check_image(example["image"], name))
+    yield name, image[..., None].astype(np.float32), int(example[label_key])

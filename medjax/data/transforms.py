@@ -30,6 +30,12 @@ def normalize_ct(image: np.ndarray, clip: Optional[tuple[float, float]] = (-200.
   return ((image - mean) / max(std, 1e-6)).astype(np.float32)
 
 
+def normalize_ct_channels(image: np.ndarray) -> np.ndarray:
+  """`normalize_ct` of each channel of `(*S, C)`: a network's input, as in training."""
+  image = np.asarray(image)
+  return np.stack([normalize_ct(image[..., c]) for c in range(image.shape[-1])], axis=-1)
+
+
 def random_flip(rng: np.random.Generator, image: np.ndarray, label: np.ndarray,
                 axes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
   """Flips image and label together along each axis in `axes` with probability 1/2.

@@ -1,6 +1,9 @@
-"""Flax Linen models; each `__call__(x, *, train)` returns logits."""
-from medjax.models.cascade import (CascadedFCN, cascade_predict, crop_to_bbox, organ_bbox,
-                                   paste_from_bbox)
+"""Flax Linen models; each `__call__(x, *, train)` returns logits.
+
+A new model is one module here exporting its class, plus one line in
+`medjax.train.model_factory.MODEL_CLASSES` (its `config.model.name`).
+"""
+from medjax.models.cascade import CascadedFCN
 from medjax.models.convnet import ConvNet
 from medjax.models.fcn import FCN
 from medjax.models.mlp import MLP, perceptron_fit, perceptron_predict, perceptron_update
@@ -14,6 +17,6 @@ __all__ = [
     "MLP", "perceptron_update", "perceptron_fit", "perceptron_predict",
     "ConvNet", "FCN", "UNet", "VNet",
     "ResNet", "ResNet18", "ResNet34", "ResNet50",
-    "CascadedFCN", "organ_bbox", "crop_to_bbox", "paste_from_bbox", "cascade_predict",
+    "CascadedFCN",
     "SoftDecisionTree", "distillation_loss", "leaf_distillation_loss", "balance_regularizer",
 ]

@@ -19,106 +19,27 @@ Intended use:
   organ labels (`organ_logits`); stage 2 on crops from the *ground-truth*
   organ bounding box with a jittered margin, e.g.
   `bbox = organ_bbox(gt_organ, margin=rng.integers(4, 16, size=ndim))`,
-  `crop_to_bbox(image, bbox)`, with lesion labels (`lesion_logits`), so that
+  `crop_to_bbox(image, bbox)` (`medjax.data.crop`), with lesion labels (`lesion_logits`), so that
   it learns to tolerate stage-1 boxes that are a little too large or small.
-* Inference: `cascade_predict(stage1_fn, stage2_fn, image, margin=...)` with
-  e.g. `stage1_fn = jax.jit(lambda x: model.apply(v, x, method=model.organ_logits))`.
+* Inference: `medjax.inference.cascade_predict(organ_fn, lesion_fn, image,
+  margin=...)`, the one implementation of the rule, with e.g. `organ_fn` a
+  `medjax.inference.WindowPredictor` over
+  `lambda x: model.apply(v, x, method=model.organ_logits)`.
 
+The experiment launcher trains a cascade as two ordinary segmentation runs
+(`medjax.train.cascade`), not as this module; `CascadedFCN` is the pair of
+networks as one Flax module, for code that wants both in one parameter tree.
 Christ et al. also refine with a 3D dense CRF; that post-processing is not
-part of medjax. The crop/paste helpers are host-side NumPy (box sizes vary
-from case to case); the networks run under jit.
+part of medjax. The crop helpers are in `medjax.data.crop`.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 from medjax.models.unet import UNet
-
-BBox = tuple  # tuple of slices, one per spatial dim
-
-
-def organ_bbox(mask, margin: Union[int, Sequence[int]] = 0) -> Optional[BBox]:
-  """Bounding box of the non-zero voxels of `mask` `(*S,)`, grown by `margin`
-  voxels on each side (an int or one per axis) and clipped to the array.
-
-  Returns a tuple of slices, or None when the mask is empty.
-  """
-  mask = np.asarray(mask) != 0
-  if not mask.any():
-    return None
-  margins = (margin,) * mask.ndim if np.isscalar(margin) else tuple(margin)
-  if len(margins) != mask.ndim:
-    raise ValueError(f"margin {margin} has {len(margins)} values for a {mask.ndim}-d mask")
-  box = []
-  for axis, (size, m) in enumerate(zip(mask.shape, margins)):
-    other = tuple(a for a in range(mask.ndim) if a != axis)
-    idx = np.flatnonzero(mask.any(axis=other))
-    box.append(slice(max(int(idx[0]) - int(m), 0), min(int(idx[-1]) + 1 + int(m), size)))
-  return tuple(box)
-
-
-def crop_to_bbox(array, bbox: BBox):
-  """`array[bbox]`: crops the leading `len(bbox)` (spatial) dims; trailing dims
-  (channels) are kept. `(*S, ...) -> (*S_box, ...)`."""
-  return array[tuple(bbox)]
-
-
-def paste_from_bbox(crop, bbox: BBox, shape: Sequence[int], fill=0) -> np.ndarray:
-  """Inverse of `crop_to_bbox`: an array of `shape` (the full spatial shape; the
-  crop's trailing dims are appended if `shape` omits them) filled with `fill`,
-  with `crop` written at `bbox`."""
-  crop = np.asarray(crop)
-  shape = tuple(shape)
-  if len(shape) == len(bbox):
-    shape = shape + crop.shape[len(bbox):]
-  out = np.full(shape, fill, dtype=crop.dtype)
-  out[tuple(bbox)] = crop
-  return out
-
-
-def _pad_to_multiple(x: np.ndarray, multiple: int, nd: int):
-  pads = [(0, (-s) % multiple) for s in x.shape[:nd]] + [(0, 0)] * (x.ndim - nd)
-  return np.pad(x, pads, mode="edge"), x.shape[:nd]
-
-
-def cascade_predict(stage1_fn: Callable, stage2_fn: Callable, image, *,
-                    margin: Union[int, Sequence[int]] = 8, multiple: int = 16,
-                    organ_label: int = 1, lesion_label: int = 2) -> np.ndarray:
-  """Joint organ + lesion label map of one image with the two-stage cascade.
-
-  Args:
-    stage1_fn: `(1, *S, C) -> (1, *S, K1)` organ logits (organ = argmax > 0).
-    stage2_fn: `(1, *B, C) -> (1, *B, K2)` lesion logits on a crop (lesion =
-      argmax > 0).
-    image: `(*S, C)` one image or volume (no batch dim).
-    margin: voxels added around the stage-1 organ box (int or per axis).
-    multiple: the crop is edge-padded to a multiple of this before stage 2
-      (a U-Net with "same" padding needs sizes divisible by 2^(levels-1)) and
-      the padding is cut from its output.
-  Returns:
-    `(*S,)` int32 labels: 0 background, `organ_label`, `lesion_label`; lesion
-    voxels outside the stage-1 organ mask are removed (set to background).
-  """
-  image = np.asarray(image)
-  nd = image.ndim - 1
-  organ = np.asarray(jnp.argmax(stage1_fn(image[None]), axis=-1))[0] > 0
-  if organ.shape != image.shape[:nd]:
-    raise ValueError(f"stage1_fn returned a {organ.shape} map for a {image.shape[:nd]} image")
-  labels = np.where(organ, organ_label, 0).astype(np.int32)
-  bbox = organ_bbox(organ, margin)
-  if bbox is None:
-    return labels
-  crop, crop_shape = _pad_to_multiple(crop_to_bbox(image, bbox), multiple, nd)
-  lesion = np.asarray(jnp.argmax(stage2_fn(crop[None]), axis=-1))[0] > 0
-  lesion = lesion[tuple(slice(0, s) for s in crop_shape)]
-  lesion = paste_from_bbox(lesion, bbox, image.shape[:nd], fill=False) & organ
-  labels[lesion] = lesion_label
-  return labels
 
 
 def _resize(x: jax.Array, spatial: Sequence[int]) -> jax.Array:

@@ -1,151 +1,82 @@
-"""Cascaded FCNs, trained stage by stage and evaluated jointly (Christ et al. 2016).
+"""Cascaded FCNs as an orchestrator of two ordinary runs (Christ et al. 2016).
 
 Stage 1 learns the organ (organ and tumour merged, `label_map=(0, 1, 1)`) on
 whole volumes; stage 2 learns the tumour (`label_map=(0, 0, 1)`) on volumes
 cropped to the ground-truth organ bounding box plus a margin, where the tumour
-is far less rare. At test time stage 1 segments the organ, stage 2 segments
-the tumour inside the stage-1 organ box, and tumour voxels outside the
-stage-1 organ mask are removed: the joint map has the classes of a single-stage
-3-class network (0 background, 1 organ, 2 tumour), so both are scored alike.
+is far less rare. Each stage is an ordinary segmentation run of
+`medjax.train.loop` in `<workdir>/stage1` and `<workdir>/stage2` (each
+resumable); stage 2 is handed its training source, the organ crops
+(`medjax.data.crop.OrganCropSource`), explicitly.
+
+At test time the joint predictor (`medjax.train.predictor.CascadeSegmenter`,
+i.e. `medjax.inference.cascade_predict`) segments the organ, then the tumour
+inside the stage-1 organ box, and removes tumour voxels outside the organ:
+the joint map has the classes of a single-stage 3-class network (0
+background, 1 organ, 2 tumour), so both are scored alike. The same predictor
+serves `experiments.predict --workdir=<cascade run>`.
 
 `config.cascade.stage1` / `config.cascade.stage2` hold the fields each stage
-overrides (nested like the config itself); the stages run as ordinary
-segmentation runs in `<workdir>/stage1` and `<workdir>/stage2` (each resumable).
+overrides (nested like the config itself).
 """
 from __future__ import annotations
 
-import json
-import os
-from typing import Any, Sequence
+import time
 
 import jax
 import ml_collections
-import numpy as np
 
-from medjax import inference, metrics
-from medjax.data import pipeline, transforms
-from medjax.models.cascade import crop_to_bbox, organ_bbox, paste_from_bbox
-from medjax.train import config_check, evaluate, report
+from medjax.data.crop import OrganCropSource
+from medjax.errors import InputError
+from medjax.train import config_check, loop
 from medjax.train.model_factory import build_model
-from medjax.train.step import make_predict_fn
+from medjax.train.predictor import (CASCADE_STAGES, CascadeSegmenter, cascade_margin,
+                                    stage_configs, window_predictor)
+from medjax.train.sources import load_split
+from medjax.train.tasks import segmentation
+from medjax.train.workdir import Workdir
 
-STAGES = ("stage1", "stage2")
+STAGES = CASCADE_STAGES
 
 
-class OrganCropSource:
-  """A random-access source whose cases are cropped to the box of `label > 0` + margin.
+def _train_source(stage: str, stage_config: ml_collections.ConfigDict):
+  """Stage 1 trains on whole cases; stage 2 on cases cropped to the organ box."""
+  if stage == "stage1":
+    return None  # the config's own train split
+  return OrganCropSource(load_split(stage_config, "train"), stage_config.crop_margin)
 
-  Args:
-    source: cases with `image` and `label` `(*S,)`.
-    margin: voxels added on each side, an int or one per spatial axis.
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
+  """Trains both stages (resuming each), then evaluates the joint prediction.
+
+  Writes `<workdir>/config.json`, one ordinary workdir per stage, and
+  `<workdir>/eval.json` + `report/` of the joint segmentation.
   """
-
-  def __init__(self, source, margin: Sequence[int]):
-    self._source = source
-    self._margin = tuple(int(m) for m in margin)
-
-  def __len__(self) -> int:
-    return len(self._source)
-
-  def __getitem__(self, index: int) -> dict[str, Any]:
-    example = dict(self._source[index])
-    label = np.asarray(example["label"])
-    bbox = organ_bbox(label > 0, self._margin)
-    if bbox is not None:
-      example["image"] = crop_to_bbox(np.asarray(example["image"]), bbox)
-      example["label"] = crop_to_bbox(label, bbox)
-    return example
-
-
-def _merge(target: ml_collections.ConfigDict, overrides: dict) -> None:
-  for key, value in overrides.items():
-    if isinstance(value, dict) and isinstance(target.get(key), ml_collections.ConfigDict):
-      _merge(target[key], value)
-    else:
-      target[key] = tuple(value) if isinstance(value, list) else value
-
-
-def stage_config(config: ml_collections.ConfigDict, stage: str) -> ml_collections.ConfigDict:
-  """The segmentation config of one stage: `config` minus `cascade`, plus its overrides."""
-  base = config.to_dict()
-  overrides = base.pop("cascade")[stage]
-  out = ml_collections.ConfigDict(base)
-  out.task = "segmentation"
-  _merge(out, overrides)
-  return out
-
-
-def _normalized(image: np.ndarray) -> np.ndarray:
-  """`(*S,)` HU -> `(*S, 1)` as the training pipeline normalises a case."""
-  return transforms.normalize_ct(image)[..., None].astype(np.float32)
-
-
-def predict_joint(stage_fns, image: np.ndarray, configs, margin: Sequence[int]) -> np.ndarray:
-  """Joint `(*S,)` labels (0, 1 organ, 2 tumour) of one raw `(*S,)` image in HU.
-
-  Each stage sees its input normalised as in training: stage 1 the whole
-  image, stage 2 the organ-box crop normalised with the crop's own statistics.
-  """
-  organ_fn, tumour_fn = stage_fns
-  c1, c2 = configs
-  p1 = inference.sliding_window(organ_fn, _normalized(image)[None], tuple(c1.patch_size),
-                                overlap=c1.eval.overlap, mode=c1.eval.mode,
-                                batch_size=c1.eval.batch_size)[0]
-  organ = p1.argmax(-1) > 0
-  joint = organ.astype(np.uint8)
-  bbox = organ_bbox(organ, margin)
-  if bbox is None:
-    return joint
-  crop = _normalized(crop_to_bbox(image, bbox))
-  p2 = inference.sliding_window(tumour_fn, crop[None], tuple(c2.patch_size),
-                                overlap=c2.eval.overlap, mode=c2.eval.mode,
-                                batch_size=c2.eval.batch_size)[0]
-  tumour = paste_from_bbox(p2.argmax(-1) > 0, bbox, organ.shape, fill=False) & organ
-  joint[tumour] = 2
-  return joint
-
-
-def train_and_evaluate_cascade(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains both stages (resuming each), then evaluates the joint prediction."""
-  from medjax.train import loop  # pylint: disable=import-outside-toplevel
-  configs = [stage_config(config, s) for s in STAGES]
-  states = []
-  for stage, sc in zip(STAGES, configs):
-    config_check.validate(sc)
-    sub = os.path.join(workdir, stage)
-    os.makedirs(sub, exist_ok=True)
-    config_check.check_workdir(sc, sub)
-    if jax.process_index() == 0:
-      loop.write_config(sc, sub)
-    result = loop.train(sc, sub)
+  workdir = workdir if isinstance(workdir, Workdir) else Workdir(str(workdir))
+  configs = stage_configs(config)
+  if "crop_margin" not in configs[1]:
+    raise InputError("config.cascade.stage2.crop_margin: missing; expected the organ-box "
+                     "margin in voxels, one per spatial axis")
+  for stage, stage_config in zip(STAGES, configs):  # check everything before writing anything
+    config_check.validate(stage_config)
+    config_check.check_workdir(stage_config, workdir.stage(stage))
+  workdir.create()
+  if jax.process_index() == 0:
+    workdir.write_config(config)
+  t0 = time.perf_counter()
+  predictors = []
+  for stage, stage_config in zip(STAGES, configs):
+    stage_dir = loop.prepare_workdir(stage_config, workdir.stage(stage))
+    result = loop.train(stage_config, stage_dir,
+                        train_source=_train_source(stage, stage_config))
     if result["stopped"]:
       return {}
-    states.append(result["state"])
-
-  device = jax.local_devices()[0]
-  fns = []
-  for sc, state in zip(configs, states):
-    predict = make_predict_fn(build_model(sc, training=False))
-    variables = jax.device_put(state.variables(), device)
-    fns.append(lambda x, p=predict, v=variables: p(v, x))
-  margin = tuple(config.cascade.stage2.crop_margin)
-  class_names = {i: n for i, n in enumerate(config.class_names) if i > 0}
-  per_case = []
-  raw = lambda image: image  # each stage normalises its own input (see predict_joint)
-  for i, case in enumerate(pipeline.eval_cases(loop.load_split(config, "test"), normalize=raw)):
-    joint = predict_joint(fns, case["image"][..., 0], configs, margin)
-    label = np.asarray(case["label"])
-    scores = metrics.segmentation_metrics(joint, label, class_names,
-                                          spacing=tuple(case["spacing"]),
-                                          surface=config.eval.surface_metrics)
-    per_case.append({"case": str(case["case"]), **{k: float(v) for k, v in scores.items()}})
-    if jax.process_index() == 0 and i < config.eval.report_cases:
-      report.plot_case(case["image"][..., 0], label, joint,
-                       os.path.join(report.report_dir(workdir), f"case_{i}_{case['case']}.png"),
-                       title=f"cascade, case {case['case']}", class_names=config.class_names,
-                       focus_class=config.num_classes - 1)
-  results = evaluate.summarize(per_case)
+    predictors.append(window_predictor(stage_config, build_model(stage_config, training=False),
+                                       result["state"].variables()))
+  t1 = time.perf_counter()
+  segmenter = CascadeSegmenter(*predictors, margin=cascade_margin(config))
+  evaluation = segmentation.score_cases(segmenter, config, load_split(config, "test"))
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "eval.json"), "w") as f:
-      json.dump(results, f, indent=2)
-  return results
+    segmentation.write_case_reports(config, evaluation, workdir, title="cascade, case")
+  loop.finish(workdir, evaluation, item_name="cases", metric_prefixes=("dice", "hd95"),
+              seconds=f"train {t1 - t0:.0f} s, eval {time.perf_counter() - t1:.0f} s; ")
+  return evaluation.results

@@ -10,7 +10,11 @@ import os
 import signal
 from typing import Any, Optional
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
+
+from medjax.errors import InputError
 
 
 class Checkpointer:
@@ -74,3 +78,38 @@ class StopRequest:
   def __exit__(self, *exc) -> None:
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
+
+
+def restore_latest(directory: str) -> tuple[int, dict]:
+  """`(step, tree)` of the latest checkpoint in `directory`, as host arrays.
+
+  The tree is restored without a target (a nested dict with the saved
+  `params`, `batch_stats`, `opt_state`, `step`), so no optimizer is needed.
+
+  Raises:
+    InputError: not an orbax folder, no finished checkpoint, an unreadable
+      checkpoint, or one without `params` (the message names the path).
+  """
+  try:
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
+  except Exception as e:  # orbax raises several types for a bad folder
+    raise InputError(f"{directory}: not an orbax checkpoint folder ({_first_line(e)})") from None
+  try:
+    step = manager.latest_step()
+    if step is None:
+      raise InputError(f"{directory}: holds no finished checkpoint; train the run first")
+    try:
+      tree = manager.restore(step, args=ocp.args.StandardRestore())
+    except Exception as e:  # a truncated or foreign checkpoint
+      raise InputError(f"{directory}/{step}: unreadable checkpoint "
+                       f"({type(e).__name__}: {_first_line(e)})") from None
+  finally:
+    manager.close()
+  if not isinstance(tree, dict) or "params" not in tree:
+    raise InputError(f"{directory}/{step}: checkpoint has no 'params'")
+  return int(step), jax.tree.map(np.asarray, tree)
+
+
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip()
+  return text.splitlines()[0] if text else ""

@@ -1,13 +1,16 @@
-"""Checks a config before anything is written, and against a workdir's earlier run."""
+"""Checks a config before anything is written, and against a workdir's earlier run.
+
+Task-specific fields are checked by the task (`medjax.train.tasks.Task.validate`).
+"""
 from __future__ import annotations
 
 import json
-import os
 
 import ml_collections
 
 from medjax import layers, parallel
 from medjax.errors import InputError
+from medjax.train.workdir import Workdir
 
 # Fields that fix the shapes of the state: a workdir holding a run that
 # differs in any of these cannot be resumed with the new config.
@@ -26,9 +29,6 @@ def _get(config_dict: dict, dotted: str):
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises InputError naming the first impossible field."""
   parallel.check_parallel(config.parallel)
-  if config.task not in ("segmentation", "classification", "cascade"):
-    raise InputError(f"config.task={config.task!r}: expected 'segmentation', 'classification' "
-                     "or 'cascade'")
   if config.get("label_map") and max(config.label_map) >= config.num_classes:
     raise InputError(f"config.label_map={tuple(config.label_map)} maps to a class id >= "
                      f"config.num_classes={config.num_classes}")
@@ -47,24 +47,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if len(config.class_names) != config.num_classes:
     raise InputError(f"config.class_names has {len(config.class_names)} names but "
                      f"config.num_classes={config.num_classes}")
-  if config.task == "segmentation" and len(config.patch_size) != config.model.get("spatial_dims", 3):
-    raise InputError(f"config.patch_size={tuple(config.patch_size)}: expected "
-                     f"{config.model.get('spatial_dims', 3)} sizes (model.spatial_dims)")
 
 
-def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+def check_workdir(config: ml_collections.ConfigDict, workdir: Workdir) -> None:
   """Refuses a workdir whose earlier run cannot be resumed with `config`."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  if not workdir.has_config():
     return
   try:
-    with open(path) as f:
-      old = json.load(f)
-  except (OSError, ValueError) as e:
-    raise InputError(f"{path}: not a readable config ({e}); use a new --workdir") from None
+    old = workdir.read_config_json()
+  except InputError as e:
+    raise InputError(f"{e}; use a new --workdir") from None
   new = json.loads(config.to_json())
   for field in STATE_FIELDS:
     if _get(old, field) != _get(new, field):
       raise InputError(
-          f"--workdir={workdir} holds a run with {field}={_get(old, field)!r}, but the config has "
+          f"--workdir={workdir.path} holds a run with {field}={_get(old, field)!r}, but the config has "
           f"{field}={_get(new, field)!r}; use a new --workdir or the same config")

@@ -1,78 +1,140 @@
-"""Evaluation on whole test volumes with sliding-window inference -> `eval.json` dict."""
+"""Scoring: numbers per case, with each case's real id. Drawing is `report`'s job.
+
+* `score_segmentation(segmenter, cases, ...)`: segments every case with a
+  segmenter (one run or a cascade, `medjax.train.predictor`) and scores it per
+  class -> an `Evaluation`: the `eval.json` dict and, for the first few
+  cases, the image, truth and prediction a report can draw.
+* `score_classification(predict_batch, images, ...)`: image-level accuracy,
+  ROC AUC and calibration, in the source's order.
+* `summarize(per_case)`: means over cases (non-finite values counted, not averaged).
+"""
 from __future__ import annotations
 
-import os
-from typing import Optional
+import dataclasses
+from typing import Callable, Iterable, Mapping, Optional, Sequence
 
-import flax.linen as nn
-import jax
-import ml_collections
 import numpy as np
 from absl import logging
 
-from medjax import inference, metrics
-from medjax.data import pipeline
-from medjax.train import report
-from medjax.train.step import make_predict_fn
+from medjax import metrics
+
+Segmenter = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
-def evaluate(config: ml_collections.ConfigDict, model: nn.Module, variables: dict, source, *,
-             workdir: Optional[str] = None) -> dict:
-  """Segments every case of `source` (e.g. the test split) and scores it per class.
+@dataclasses.dataclass
+class Example:
+  """One evaluated case kept for the report: its id, raw image `(*S)`, truth,
+  prediction and scores."""
+  case: str
+  image: np.ndarray
+  label: np.ndarray
+  pred: np.ndarray
+  scores: dict
 
-  Returns a dict with `"<metric>/<class>"` keys (means over cases; inf distances
-  of a missed structure are left out of the mean and counted in
-  `"<metric>/<class>_missing"`) and `"per_case"`: one dict per case with the
-  same keys and a `"case"` id. Case-level detection from the segmentation:
-  `"detection_auc/<class>"` is the ROC AUC of the class's largest predicted
-  probability in a case against "the class is in the case's label" (when the
-  test cases include both; e.g. "is there a tumour in this slice?" answered by
-  a segmentation network, comparable with an image-level classifier's
-  `auc/lesion`), with each case's score in `per_case` as `"max_prob/<class>"`.
-  With `workdir`, writes `report/case_*.png` for
-  the first `config.eval.report_cases` cases.
+
+@dataclasses.dataclass
+class Evaluation:
+  """`results`: the `eval.json` dict; `examples`: the cases kept for drawing."""
+  results: dict
+  examples: list = dataclasses.field(default_factory=list)
+
+
+def score_segmentation(segmenter: Segmenter, cases: Iterable[dict], class_names: Sequence[str], *,
+                       label_map: Optional[Sequence[int]] = None, surface: bool = True,
+                       keep: int = 0) -> Evaluation:
+  """Segments and scores every case.
+
+  Args:
+    segmenter: raw image `(*S, C)` -> `(labels (*S,), probabilities (*S, K))`.
+    cases: dicts with `image` `(*S, C)` raw, `label` `(*S,)`, `spacing`, `case`
+      (`medjax.data.pipeline.eval_cases` with the identity normalisation).
+    class_names: name of each class id (index 0 is the background).
+    label_map: old class id -> new class id applied to the truth (a stage
+      that learns merged classes).
+    surface: compute the surface metrics (HD, HD95, ASD, NSD).
+    keep: keep image, truth and prediction of the first `keep` cases.
+  Returns:
+    An `Evaluation` whose `results` has `"<metric>/<class>"` keys (means over
+    cases; inf distances of a missed structure are left out of the mean and
+    counted in `"<metric>/<class>_missing"`) and `"per_case"`: one dict per
+    case with the same keys and its `"case"` id. Case-level detection from
+    the segmentation: `"detection_auc/<class>"` is the ROC AUC of the class's
+    largest predicted probability in a case against "the class is in the
+    case's truth" (when the cases include both), each case's score in
+    `per_case` as `"max_prob/<class>"`.
   """
-  ecfg = config.eval
-  lut = np.asarray(config.label_map, np.int32) if config.get("label_map") else None
-  predict = make_predict_fn(model)
-  variables = jax.device_put(variables, jax.local_devices()[0])
-  predict_fn = lambda x: predict(variables, x)
-  class_names = {i: n for i, n in enumerate(config.class_names) if i > 0}
-  per_case, max_probs, present = [], [], []
-  for i, case in enumerate(pipeline.eval_cases(source)):
-    probs = inference.sliding_window(
-        predict_fn, case["image"][None], tuple(config.patch_size), overlap=ecfg.overlap,
-        mode=ecfg.mode, batch_size=ecfg.batch_size, mirror_axes=tuple(ecfg.mirror_axes))[0]
-    pred = probs.argmax(-1).astype(np.uint8)
+  lut = np.asarray(label_map, np.int32) if label_map else None
+  foreground = {i: n for i, n in enumerate(class_names) if i > 0}
+  per_case, max_probs, present, examples = [], [], [], []
+  for case in cases:
+    pred, probs = segmenter(case["image"])
     label = np.asarray(case["label"])
     if lut is not None:
       label = lut[label]
-    scores = metrics.segmentation_metrics(pred, label, class_names, spacing=tuple(case["spacing"]),
-                                          surface=ecfg.surface_metrics)
+    scores = metrics.segmentation_metrics(pred, label, foreground, spacing=tuple(case["spacing"]),
+                                          surface=surface)
     scores = {k: float(v) for k, v in scores.items()}
     per_case.append({"case": str(case["case"]), **scores})
-    max_probs.append({n: float(probs[..., c].max()) for c, n in class_names.items()})
-    present.append({n: bool((label == c).any()) for c, n in class_names.items()})
+    max_probs.append({n: float(probs[..., c].max()) for c, n in foreground.items()})
+    present.append({n: bool((label == c).any()) for c, n in foreground.items()})
     logging.info("case %s: %s", case["case"], {k: round(v, 4) for k, v in scores.items()})
-    if workdir and jax.process_index() == 0 and i < ecfg.report_cases:
-      focus = config.num_classes - 1  # the innermost structure (e.g. the tumour)
-      report.plot_case(case["image"][..., 0], label, pred,
-                       os.path.join(report.report_dir(workdir), f"case_{i}_{case['case']}.png"),
-                       title=f"case {case['case']}: " + ", ".join(
-                           f"{k} {v:.3f}" for k, v in scores.items() if k.startswith("dice/")),
-                       class_names=config.class_names, focus_class=focus)
-  out = summarize(per_case)
-  for name in class_names.values():
+    if len(examples) < keep:
+      examples.append(Example(str(case["case"]), np.asarray(case["image"])[..., 0], label,
+                              pred, scores))
+  results = summarize(per_case)
+  for name in foreground.values():
     case_max = np.array([m[name] for m in max_probs])
     is_present = np.array([p[name] for p in present])
     if 0 < is_present.sum() < len(is_present):
-      out[f"detection_auc/{name}"] = float(metrics.roc_auc(case_max, is_present))
-  for case, m in zip(out["per_case"], max_probs):
+      results[f"detection_auc/{name}"] = float(metrics.roc_auc(case_max, is_present))
+  for case, m in zip(results["per_case"], max_probs):
     case.update({f"max_prob/{name}": v for name, v in m.items()})
-  return out
+  return Evaluation(results, examples)
 
 
-def summarize(per_case: list[dict]) -> dict:
+def score_classification(predict_batch: Callable[[np.ndarray], np.ndarray],
+                         images: Iterable[tuple[str, np.ndarray, int]],
+                         class_names: Sequence[str], *, batch_size: int) -> Evaluation:
+  """Image-level classification of every image: accuracy, ROC AUC of the positive
+  class (binary tasks), expected calibration error (Guo 2017, 15 bins).
+
+  Args:
+    predict_batch: images `(B, *S, C)` -> probabilities `(B, K)`.
+    images: `(case id, image (*S, C), label)` in the source's order.
+    batch_size: images per call of `predict_batch`.
+  Returns:
+    `results` with `accuracy`, `ece`, `auc/<positive class>` and `per_case`
+    (`case`, `label`, `pred`, `prob` of the positive / predicted class).
+  """
+  names, probs, labels, batch = [], [], [], []
+
+  def flush():
+    if batch:
+      probs.append(np.asarray(predict_batch(np.stack(batch))))
+      batch.clear()
+
+  for name, image, label in images:
+    names.append(name)
+    labels.append(int(label))
+    batch.append(image)
+    if len(batch) == batch_size:
+      flush()
+  flush()
+  probs = np.concatenate(probs)
+  labels = np.asarray(labels)
+  pred = probs.argmax(-1)
+  results = {"accuracy": float((pred == labels).mean()),
+             "ece": float(metrics.expected_calibration_error(probs, labels))}
+  binary = probs.shape[-1] == 2
+  if binary:
+    results[f"auc/{class_names[1]}"] = float(metrics.roc_auc(probs[:, 1], labels))
+  results["per_case"] = [{"case": n, "label": int(l), "pred": int(p),
+                          "prob": float(probs[i, 1] if binary else probs[i, p])}
+                         for i, (n, l, p) in enumerate(zip(names, labels, pred))]
+  return Evaluation(results)
+
+
+def summarize(per_case: list[Mapping]) -> dict:
   """Means over cases of every metric; non-finite values are counted, not averaged."""
   keys = [k for k in per_case[0] if k != "case"] if per_case else []
   out = {}
@@ -84,28 +146,4 @@ def summarize(per_case: list[dict]) -> dict:
       out[f"{k}_missing"] = int((~finite).sum())
   out["per_case"] = [{k: (v if not isinstance(v, float) or np.isfinite(v) else None)
                       for k, v in c.items()} for c in per_case]
-  return out
-
-
-def evaluate_classification(config: ml_collections.ConfigDict, model: nn.Module, variables: dict,
-                            source) -> dict:
-  """Image-level classification of every image in `source`: accuracy, ROC AUC of the
-  positive class (binary tasks), expected calibration error (Guo 2017, 15 bins)."""
-  batches = pipeline.classification_batches(
-      source, global_batch_size=len(source), seed=0, start_step=0, num_steps=1)
-  batch = next(iter(batches))
-  predict = make_predict_fn(model)
-  variables = jax.device_put(variables, jax.local_devices()[0])
-  bs = config.eval.batch_size
-  probs = np.concatenate([np.asarray(predict(variables, batch["image"][i:i + bs]))
-                          for i in range(0, len(batch["image"]), bs)])
-  labels = batch["label"]
-  pred = probs.argmax(-1)
-  out = {"accuracy": float((pred == labels).mean()),
-         "ece": float(metrics.expected_calibration_error(probs, labels))}
-  if probs.shape[-1] == 2:
-    out[f"auc/{config.class_names[1]}"] = float(metrics.roc_auc(probs[:, 1], labels))
-  out["per_case"] = [{"case": str(i), "label": int(l), "pred": int(p),
-                      "prob": float(probs[i, 1] if probs.shape[-1] == 2 else probs[i, p])}
-                     for i, (l, p) in enumerate(zip(labels, pred))]
   return out

@@ -1,7 +1,7 @@
-"""PNG reports: learning curves, and slices with ground truth and prediction outlined."""
+"""PNG reports drawn from what evaluation returned: learning curves, and slices
+with ground truth and prediction outlined. Nothing here scores anything."""
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import matplotlib
@@ -9,6 +9,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
+
+from medjax.train.writer import read_metrics  # pylint: disable=wrong-import-position
 
 
 def plot_learning_curves(rows: Sequence[dict], path: str) -> None:
@@ -64,7 +66,23 @@ def plot_case(image: np.ndarray, label: np.ndarray, pred: np.ndarray, path: str,
   plt.close(fig)
 
 
-def report_dir(workdir: str) -> str:
-  path = os.path.join(workdir, "report")
-  os.makedirs(path, exist_ok=True)
-  return path
+def plot_examples(workdir, examples: Sequence, *, class_names: Sequence[str],
+                  title: str = "case") -> list[str]:
+  """`report/case_<i>_<id>.png` for each `evaluate.Example`, through the innermost
+  structure (the last class, e.g. the tumour); returns the paths."""
+  paths = []
+  for i, example in enumerate(examples):
+    dice = ", ".join(f"{k} {v:.3f}" for k, v in example.scores.items() if k.startswith("dice/"))
+    path = workdir.report_path(f"case_{i}_{example.case}.png")
+    plot_case(example.image, example.label, example.pred, path,
+              title=f"{title} {example.case}: {dice}", class_names=class_names,
+              focus_class=len(class_names) - 1)
+    paths.append(path)
+  return paths
+
+
+def write_learning_curves(workdir) -> None:
+  """`report/learning_curves.png` from the workdir's `metrics.jsonl` (if any rows)."""
+  rows = read_metrics(workdir)
+  if rows:
+    plot_learning_curves(rows, workdir.report_path("learning_curves.png"))

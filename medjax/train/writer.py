@@ -4,7 +4,13 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Mapping
+from typing import Mapping, Union
+
+from medjax.train.workdir import Workdir
+
+
+def _workdir(workdir: Union[str, os.PathLike, Workdir]) -> Workdir:
+  return workdir if isinstance(workdir, Workdir) else Workdir(os.fspath(workdir))
 
 
 class MetricWriter:
@@ -14,10 +20,11 @@ class MetricWriter:
   written as JSON `null`.
   """
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: Union[str, os.PathLike, Workdir]):
     from tensorboardX import SummaryWriter  # TensorBoard events without TensorFlow
-    self.path = os.path.join(workdir, "metrics.jsonl")
-    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    workdir = _workdir(workdir)
+    self.path = workdir.metrics_path
+    self._tb = SummaryWriter(workdir.tensorboard_dir)
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     row = {"step": int(step)}
@@ -34,9 +41,9 @@ class MetricWriter:
     self._tb.close()
 
 
-def read_metrics(workdir: str) -> list[dict]:
+def read_metrics(workdir: Union[str, os.PathLike, Workdir]) -> list[dict]:
   """The rows of `<workdir>/metrics.jsonl` (later rows win for a repeated step)."""
-  path = os.path.join(workdir, "metrics.jsonl")
+  path = _workdir(workdir).metrics_path
   if not os.path.exists(path):
     return []
   rows = {}

@@ -1,0 +1,21 @@
+"""The entry point of `experiments.main`: one run, or a run made of runs.
+
+`train_and_evaluate(config, workdir)` hands a config with a `cascade` section
+to the cascade orchestrator (`medjax.train.cascade`: two ordinary runs and a
+joint evaluation) and any other config to `medjax.train.loop`. Another
+multi-run scheme (e.g. an ensemble) would be one more orchestrator module and
+one more line here; a new single-run task goes to `medjax.train.tasks`.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from medjax.train import cascade, loop
+from medjax.train.predictor import is_cascade
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
+  """Trains (or resumes) and evaluates; returns the eval dict (also in `eval.json`)."""
+  if is_cascade(config):
+    return cascade.train_and_evaluate(config, workdir)
+  return loop.train_and_evaluate(config, workdir)

@@ -1,0 +1,29 @@
+"""Tasks: what a run learns from its data and how it is scored.
+
+A task owns its training batches, its evaluation and the outputs it writes
+(`base.Task`); `medjax.train.loop` calls the task named by `config.task` and
+knows no task names itself. Adding a task (distillation, fine-tuning, ...) is
+one new module with a `Task` subclass plus one line in `TASKS`.
+"""
+from __future__ import annotations
+
+from medjax.errors import InputError
+from medjax.train.tasks.base import Task
+from medjax.train.tasks.classification import ClassificationTask
+from medjax.train.tasks.segmentation import SegmentationTask
+
+TASKS: dict[str, type[Task]] = {
+    "segmentation": SegmentationTask,
+    "classification": ClassificationTask,
+}
+
+
+def get_task(name: str) -> Task:
+  """The task for `config.task`; InputError naming the field otherwise."""
+  if name not in TASKS:
+    raise InputError(f"config.task={name!r}: expected one of {', '.join(map(repr, TASKS))} "
+                     "(or a config with a 'cascade' section, run by medjax.train.cascade)")
+  return TASKS[name]()
+
+
+__all__ = ["Task", "TASKS", "get_task", "SegmentationTask", "ClassificationTask"]

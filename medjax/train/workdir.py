@@ -1,0 +1,206 @@
+"""The one owner of a workdir: its file names, atomic writes, the config round trip,
+and finding and restoring its checkpoint.
+
+A workdir holds everything about one run:
+
+| name | written by | content |
+|---|---|---|
+| `config.json` | the loop, before training | the full config (lists come back as tuples) |
+| `checkpoints/<step>/` | the loop (orbax) | the training state |
+| `metrics.jsonl`, `tensorboard/` | `writer.MetricWriter` | training scalars |
+| `eval.json` | the task's evaluation | `metric/class` means + `per_case` |
+| `report/*.png` | `medjax.train.report` | learning curves, case slices |
+| `stage1/`, `stage2/` | a cascade | one ordinary workdir per stage |
+
+Nobody else spells these names: the loop, the tasks, the cascade, `restore`,
+`config_check`, the sweep and `experiments.predict` all go through `Workdir`.
+Every file is written to a temporary name in the same folder and renamed into
+place (`atomic_write`), so a run killed mid-write never leaves a truncated
+`config.json` or `eval.json` behind, and a reader sees the old or the new file.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from typing import Any, Iterator
+
+import ml_collections
+
+from medjax.errors import InputError
+
+CONFIG = "config.json"
+EVAL = "eval.json"
+CHECKPOINTS = "checkpoints"
+METRICS = "metrics.jsonl"
+TENSORBOARD = "tensorboard"
+REPORT = "report"
+
+
+@contextlib.contextmanager
+def atomic_write(path: str) -> Iterator[str]:
+  """Yields a temporary path next to `path`; renames it to `path` if the block succeeds.
+
+  The temporary name keeps the file's extensions (`.x.tmp.nii.gz` for
+  `x.nii.gz`), so writers that choose a format by extension (nibabel) work.
+  On an exception the temporary file is removed and `path` is untouched.
+  """
+  folder, base = os.path.split(os.path.abspath(path))
+  stem, dot, ext = base.partition(".")
+  tmp = os.path.join(folder, f".{stem}.tmp{dot}{ext}")
+  try:
+    yield tmp
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def atomic_write_text(path: str, text: str) -> str:
+  """Writes `text` to `path` through a temporary file and a rename."""
+  with atomic_write(path) as tmp:
+    with open(tmp, "w", newline="") as f:
+      f.write(text)
+  return path
+
+
+def atomic_write_json(path: str, obj: Any) -> str:
+  """Writes `obj` as indented JSON to `path` through a temporary file and a rename."""
+  return atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def _tuples(value: Any) -> Any:
+  """JSON lists back to the tuples the configs use (nested, e.g. `model.kernel_sizes`)."""
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  return value
+
+
+def config_from_json(raw: Any) -> ml_collections.ConfigDict:
+  """A config read back from JSON: a ConfigDict with lists as tuples."""
+  return ml_collections.ConfigDict(_tuples(raw))
+
+
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip()
+  return text.splitlines()[0] if text else type(error).__name__
+
+
+class Workdir:
+  """The folder of one run (or of one cascade stage).
+
+  Args:
+    path: the folder; created by `create()`, never by the constructor.
+  """
+
+  def __init__(self, path: str):
+    self.path = os.fspath(path)
+
+  def __repr__(self) -> str:
+    return f"Workdir({self.path!r})"
+
+  def __fspath__(self) -> str:
+    return self.path
+
+  # --- names -------------------------------------------------------------
+  def file(self, name: str) -> str:
+    return os.path.join(self.path, name)
+
+  @property
+  def config_path(self) -> str:
+    return self.file(CONFIG)
+
+  @property
+  def eval_path(self) -> str:
+    return self.file(EVAL)
+
+  @property
+  def checkpoint_dir(self) -> str:
+    return os.path.abspath(self.file(CHECKPOINTS))
+
+  @property
+  def metrics_path(self) -> str:
+    return self.file(METRICS)
+
+  @property
+  def tensorboard_dir(self) -> str:
+    return self.file(TENSORBOARD)
+
+  def report_path(self, name: str) -> str:
+    """`report/<name>`, creating `report/`."""
+    folder = self.file(REPORT)
+    os.makedirs(folder, exist_ok=True)
+    return os.path.join(folder, name)
+
+  def stage(self, name: str) -> "Workdir":
+    """The workdir of one stage of a multi-stage run (a cascade's `stage1`, `stage2`)."""
+    return Workdir(self.file(name))
+
+  def create(self) -> "Workdir":
+    os.makedirs(self.path, exist_ok=True)
+    return self
+
+  # --- config ------------------------------------------------------------
+  def has_config(self) -> bool:
+    return os.path.exists(self.config_path)
+
+  def write_config(self, config: ml_collections.ConfigDict) -> str:
+    return atomic_write_text(self.config_path, config.to_json(indent=2))
+
+  def read_config_json(self) -> dict:
+    """The raw JSON dict of `config.json`; InputError naming the path if unreadable."""
+    if not os.path.isdir(self.path):
+      raise InputError(f"--workdir={self.path}: no such folder; expected a trained run's workdir")
+    try:
+      with open(self.config_path) as f:
+        raw = json.load(f)
+    except FileNotFoundError:
+      raise InputError(f"{self.config_path}: missing; expected the workdir of a run of "
+                       "experiments.main") from None
+    except (OSError, ValueError) as e:
+      raise InputError(f"{self.config_path}: not a readable config ({_first_line(e)})") from None
+    if not isinstance(raw, dict) or "model" not in raw:
+      raise InputError(f"{self.config_path}: expected a run config with a 'model' field")
+    return raw
+
+  def read_config(self) -> ml_collections.ConfigDict:
+    """`config.json` as a ConfigDict (lists as tuples)."""
+    return config_from_json(self.read_config_json())
+
+  # --- evaluation ---------------------------------------------------------
+  def has_eval(self) -> bool:
+    return os.path.exists(self.eval_path)
+
+  def write_eval(self, results: dict) -> str:
+    return atomic_write_json(self.eval_path, results)
+
+  def read_eval(self) -> dict:
+    """`eval.json`; InputError naming the path if missing or unreadable."""
+    try:
+      with open(self.eval_path) as f:
+        return json.load(f)
+    except FileNotFoundError:
+      raise InputError(f"{self.eval_path}: missing; the run has not been evaluated") from None
+    except (OSError, ValueError) as e:
+      raise InputError(f"{self.eval_path}: unreadable ({_first_line(e)})") from None
+
+  # --- checkpoints -----------------------------------------------------------
+  def checkpointer(self, *, every: int, max_to_keep: int = 2):
+    """A `checkpoint.Checkpointer` writing to `checkpoints/` (created)."""
+    from medjax.train.checkpoint import Checkpointer  # orbax is slow to import
+    return Checkpointer(self.checkpoint_dir, every=every, max_to_keep=max_to_keep)
+
+  def latest_checkpoint(self) -> tuple[int, dict]:
+    """`(step, tree)` of the latest checkpoint as host arrays, restored without a target.
+
+    Raises:
+      InputError: no `checkpoints/` folder, no finished checkpoint, or an
+        unreadable one (the message names the path).
+    """
+    from medjax.train.checkpoint import restore_latest  # orbax is slow to import
+    if not os.path.isdir(self.checkpoint_dir):
+      raise InputError(f"{self.checkpoint_dir}: no checkpoints; expected a trained run's workdir")
+    return restore_latest(self.checkpoint_dir)
+
