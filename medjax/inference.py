@@ -84,6 +84,14 @@ def sliding_window(predict_fn: PredictFn, volume: np.ndarray, roi_size: Sequence
   roi_size = tuple(int(r) for r in roi_size)
   if len(roi_size) != len(spatial):
     raise ValueError(f"roi_size {roi_size} does not match the spatial dims {spatial}")
+  if min(roi_size) < 1:
+    raise ValueError(f"roi_size {roi_size}: expected positive window sizes")
+  if int(batch_size) < 1:
+    raise ValueError(f"batch_size={batch_size}: expected a positive number of windows")
+  bad = [a for a in mirror_axes if not 0 <= a < len(spatial)]
+  if bad:
+    raise ValueError(f"mirror_axes={tuple(mirror_axes)}: expected spatial axes in "
+                     f"[0, {len(spatial)})")
   pads = [(0, max(r - s, 0)) for r, s in zip(roi_size, spatial)]
   if any(p[1] for p in pads):
     volume = np.pad(volume, [(0, 0)] + pads + [(0, 0)], constant_values=volume.min())
@@ -100,7 +108,7 @@ def sliding_window(predict_fn: PredictFn, volume: np.ndarray, roi_size: Sequence
       if len(chunk) < batch_size:
         windows = np.concatenate(
             [windows, np.repeat(windows[-1:], batch_size - len(chunk), axis=0)])
-      preds = _mirrored(predict_fn, windows, mirror_axes)[:len(chunk)]
+      preds = _mirrored(predict_fn, windows, mirror_axes)
       if acc is None:
         acc = np.zeros(padded + (preds.shape[-1],), np.float32)
         count = np.zeros(padded + (1,), np.float32)

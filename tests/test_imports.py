@@ -230,8 +230,6 @@ def test_walk_finds_the_modules_and_the_edges(modules, graphs):
   assert "medjax.train.config_check" in graph["medjax.train.loop"]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="medjax.train.loop <-> medjax.train.cascade: removed by the "
-                   "tasks refactor (issue 8)")
 def test_no_import_cycle(graphs):
   graph, _ = graphs
   cycles = find_cycles(graph)

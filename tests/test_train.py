@@ -95,11 +95,14 @@ def test_resume_after_kill_9_gives_the_uninterrupted_parameters(tmp_path, data_d
   assert proc.poll() is None, "the run finished before it could be killed"
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  _, partial = _final_params(killed_dir)
+  partial_step, partial = _final_params(killed_dir)
   again = _main(killed_dir, data_dir, *steps)
   out, err = again.communicate(timeout=600)
   assert again.returncode == 0, err
   assert "resumed" in out
+  # output redirected to a pipe: no progress bar, one line per log interval (log_every=1)
+  assert "\r" not in err and "step 40/40: loss" in out
+  assert len([l for l in out.splitlines() if l.startswith("step ")]) == 40 - int(partial_step)
   step_a, params_a = _final_params(str(tmp_path / "ref"))
   step_b, params_b = _final_params(killed_dir)
   assert step_a == step_b == 40

@@ -7,9 +7,13 @@ Modules (each with one job):
 * `datasets`: `load_source(name, split, data_dir)`, prepares once under a lock.
 * `transforms`: `normalize_ct`, `random_flip`, `check_image`, `check_labels`.
 * `patches`: nnU-Net foreground-oversampled patch sampling.
+* `crop`: organ bounding boxes and `OrganCropSource` (a cascade's stage-2 cases).
 * `pipeline`: resumable, multi-host grain pipelines (`train_batches`,
-  `eval_cases`, `classification_batches`).
+  `eval_cases`, `classification_batches`, `classification_images`).
 * `io`: `read_image` (NIfTI, NRRD, MetaImage, DICOM folder), `write_nifti`.
+
+A new dataset is a TFDS builder module here (registered on import by
+`datasets`), reading local files from `manual_dir`.
 
 Submodules are imported on first attribute access, so `import medjax.data`
 stays cheap (TFDS and grain load only when used).
@@ -17,7 +21,7 @@ stays cheap (TFDS and grain load only when used).
 import importlib
 from typing import Any
 
-_SUBMODULES = ("datasets", "io", "patches", "pipeline", "synthetic", "synthetic_organs",
+_SUBMODULES = ("crop", "datasets", "io", "patches", "pipeline", "synthetic", "synthetic_organs",
                "transforms")
 
 
