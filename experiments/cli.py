@@ -1,24 +1,39 @@
-"""Runs an absl `main` so that bad flags and configs end in one line, not a traceback."""
+"""The one launcher pattern: bad flags, configs and input end in one `error:` line, exit 2.
+
+Every launcher in `experiments/` defines its flags at import, has a
+`main(argv)` that calls one library function, and ends with
+
+  if __name__ == "__main__":
+    cli.run(main)
+
+`main` turns the library's `InputError` into `cli.exit_with_error(e)`.
+"""
 from __future__ import annotations
 
 import sys
+from typing import Callable, NoReturn
 
 from absl import app, flags
 
+EXIT_BAD_INPUT = 2
 
-def run_main(main) -> None:
+
+def exit_with_error(error: object) -> NoReturn:
+  """Prints the first line of `error` (an exception or a message) as `error: ...` on stderr and exits with status 2."""
+  print(f"error: {error}".splitlines()[0], file=sys.stderr, flush=True)
+  sys.exit(EXIT_BAD_INPUT)
+
+
+def run(main: Callable[[list[str]], object]) -> None:
   """`app.run(main)`, with flag/config parsing errors printed as `error: ...` (exit 2)."""
   try:
     argv = flags.FLAGS(sys.argv)
   except flags.Error as e:
-    print(f"error: {e}".splitlines()[0], file=sys.stderr)
-    sys.exit(2)
+    exit_with_error(e)
   except (AttributeError, KeyError) as e:  # an override of a field the config lacks
     overrides = [a.split("=")[0] for a in sys.argv[1:] if a.startswith("--config.")]
-    print(f"error: unknown config field {e} (overrides given: {', '.join(overrides)}); "
-          "see the config file for the fields", file=sys.stderr)
-    sys.exit(2)
+    exit_with_error(f"unknown config field {e} (overrides given: {', '.join(overrides)}); "
+                    "see the config file for the fields")
   except (TypeError, ValueError, OSError) as e:  # a wrong type, or an unreadable config file
-    print(f"error: {e}".splitlines()[0], file=sys.stderr)
-    sys.exit(2)
+    exit_with_error(e)
   app.run(main, argv=argv)

@@ -10,10 +10,14 @@ MEDJAX_PROCESS_ID). Re-running the same command resumes the run.
 from __future__ import annotations
 
 import os
-import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from experiments import cli
+from medjax import parallel
+from medjax.errors import InputError
+from medjax.train import loop
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
@@ -27,9 +31,6 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  from medjax import parallel  # pylint: disable=import-outside-toplevel
-  from medjax.errors import InputError  # pylint: disable=import-outside-toplevel
-  from medjax.train import loop  # pylint: disable=import-outside-toplevel
   if not FLAGS["verbosity"].present:  # orbax logs every save at INFO
     logging.set_verbosity(logging.WARNING)
   try:
@@ -40,14 +41,8 @@ def main(argv):
     config.lock()
     loop.train_and_evaluate(config, FLAGS.workdir)
   except (InputError, loop.NonFiniteLossError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-
-
-def run():
-  from experiments import cli  # pylint: disable=import-outside-toplevel
-  cli.run_main(main)
+    cli.exit_with_error(e)
 
 
 if __name__ == "__main__":
-  run()
+  cli.run(main)

@@ -1,4 +1,4 @@
-"""medjax.train.restore and experiments.predict on a real (2-step) smoke run."""
+"""medjax.train.restore, medjax.predict and experiments.predict on a real (2-step) smoke run."""
 import os
 import subprocess
 import sys
@@ -7,12 +7,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from experiments import predict
 from experiments.configs import unet3d_synthetic
-from medjax import inference
+from medjax import inference, predict
 from medjax.data import io, synthetic, transforms
 from medjax.errors import InputError
 from medjax.train import loop, restore
+from medjax.train.predictor import load_predictor
 from medjax.train.step import make_predict_fn
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -127,14 +127,14 @@ def test_predict_reports_a_corrupt_file_in_one_line_and_keeps_the_rest(predicted
 
 
 def test_predictor_checks_nan_and_warns_on_spacing(run_dir, tmp_path):
-  predictor = predict.Predictor(run_dir, mirror=True)
-  assert predictor.mirror_axes == (0, 1, 2)
+  predictor = load_predictor(run_dir, mirror=True)
+  assert predictor.segmenter.predictor.mirror_axes == (0, 1, 2)
   image = np.zeros(SHAPE, np.float32)
   image[3, 4, 5] = np.nan
   with pytest.raises(InputError, match="scan.nii: image has 1 NaN/inf voxels"):
-    predictor.probabilities(image, "scan.nii")
-  with pytest.raises(InputError, match="3D volumes"):
-    predictor.probabilities(np.zeros((32, 32), np.float32), "slice.nii")
+    predict.case_prediction(predictor, image, "scan.nii")
+  with pytest.raises(InputError, match="slice.nii: .*the model segments 3D"):
+    predict.case_prediction(predictor, np.zeros((32, 32), np.float32), "slice.nii")
   assert predict.spacing_warning("a.nii", (2.5, 0.8, 0.8), (2.5, 0.8, 0.8)) is None
   assert predict.spacing_warning("a.nii", (3.0, 0.9, 0.7), (2.5, 0.8, 0.8)) is None
   warning = predict.spacing_warning("a.nii", (0.8, 0.8, 2.5), (2.5, 0.8, 0.8))
@@ -154,3 +154,85 @@ def test_find_inputs_and_case_names(tmp_path):
   assert [predict.case_name(p) for p in predict.find_inputs(str(tmp_path))] == ["a", "b", "dicom_series"]
   with pytest.raises(InputError, match="no such file"):
     predict.find_inputs(str(tmp_path / "nope"))
+
+
+@pytest.mark.parametrize("flags,expected", [
+    ([], "--workdir"),  # the flag is missing
+    (["--workdir={missing}"], "{missing}"),  # the folder is missing
+])
+def test_predict_cli_bad_workdir_is_one_line_exit_2(tmp_path, flags, expected):
+  missing = str(tmp_path / "no_such_run")
+  (tmp_path / "scan.nii.gz").write_bytes(b"")
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.predict", f"--input={tmp_path / 'scan.nii.gz'}",
+       f"--output={tmp_path / 'out'}", *[f.format(missing=missing) for f in flags]],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2, result.stderr
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+  assert expected.format(missing=missing) in lines[0] and "Traceback" not in result.stderr
+  assert not os.path.exists(tmp_path / "out")
+
+
+class _FakePredictor:
+  """Labels = voxels above 0, probabilities = (1 - x, x): no network, for the file handling."""
+  spacing = (2.5, 0.8, 0.8)
+
+  def predict(self, image):
+    image = transforms.check_image(image, "image")
+    if image.ndim != 3:
+      raise InputError(f"image has shape {image.shape}; the model segments 3D images")
+    fg = (image > 0).astype(np.float32)
+    return fg.astype(np.uint8), np.stack([1 - fg, fg], -1)
+
+
+def test_predict_case_writes_atomically_and_names_the_file(tmp_path):
+  image = np.zeros(SHAPE, np.float32)
+  image[2:5, 3:9, 4:10] = 100.0
+  io.write_nifti(tmp_path / "a.nii.gz", image, _affine(0.0))
+  warnings = []
+  written = predict.predict_case(_FakePredictor(), str(tmp_path / "a.nii.gz"), str(tmp_path),
+                                 probabilities=True, warn=warnings.append)
+  assert written == [str(tmp_path / "a_seg.nii.gz"), str(tmp_path / "a_probs.nii.gz")]
+  assert sorted(os.listdir(tmp_path)) == ["a.nii.gz", "a_probs.nii.gz", "a_seg.nii.gz"]  # no temp files
+  np.testing.assert_array_equal(io.read_image(written[0]).array, image > 0)
+  probs = np.asarray(nib.load(written[1]).dataobj)
+  assert probs.shape == (32, 32, 16, 2) and probs.dtype == np.float32
+  np.testing.assert_array_equal(probs[..., 1].transpose(2, 1, 0), image > 0)
+  assert warnings == []
+  io.write_nifti(tmp_path / "flat.nii.gz", np.zeros((32, 32), np.float32), _affine(0.0))
+  with pytest.raises(InputError, match=f"{tmp_path / 'flat.nii.gz'}: image has shape"):
+    predict.predict_case(_FakePredictor(), str(tmp_path / "flat.nii.gz"), str(tmp_path))
+
+
+def test_predict_folder_counts_failures_and_skips_a_repeated_case_name(tmp_path, monkeypatch):
+  inputs, output = tmp_path / "in", tmp_path / "out"
+  inputs.mkdir()
+  image = np.zeros(SHAPE, np.float32)
+  io.write_nifti(inputs / "a.nii.gz", image, _affine(0.0))
+  io.write_nifti(inputs / "a.nii", image, _affine(0.0))  # same case name "a"
+  image[0, 0, 0] = np.inf
+  io.write_nifti(inputs / "b.nii.gz", image, _affine(0.0))
+  monkeypatch.setattr(predict, "load_predictor", lambda workdir, mirror: _FakePredictor())
+  log, errors = [], []
+  failed = predict.predict_folder("run", str(inputs), str(output), log=log.append,
+                                  error=errors.append)
+  assert failed == 2 and sorted(os.listdir(output)) == ["a_seg.nii.gz"]
+  assert errors[0] == f"error: {inputs / 'a.nii.gz'}: same case name 'a' as {inputs / 'a.nii'}; rename one of them"
+  assert errors[1].startswith(f"error: {inputs / 'b.nii.gz'}: ") and "NaN/inf" in errors[1]
+  assert log[-1] == f"segmented 1 of 3 case(s) into {output}"
+
+
+def test_write_nifti_channels_puts_the_class_axis_last_in_2d_and_3d(tmp_path):
+  probs2d = np.random.default_rng(0).random((6, 5, 3)).astype(np.float32)  # (H, W, K)
+  saved = nib.load(io.write_nifti(tmp_path / "p2.nii.gz", probs2d, np.eye(4), channels=True))
+  assert saved.shape == (5, 6, 1, 3)
+  np.testing.assert_array_equal(np.asarray(saved.dataobj)[:, :, 0, :].transpose(1, 0, 2), probs2d)
+  probs3d = probs2d[None].repeat(4, 0)  # (D, H, W, K)
+  saved = nib.load(io.write_nifti(tmp_path / "p3.nii.gz", probs3d, np.eye(4), channels=True))
+  assert saved.shape == (5, 6, 4, 3) and saved.get_data_dtype() == np.float32
+  np.testing.assert_array_equal(np.asarray(saved.dataobj).transpose(2, 1, 0, 3), probs3d)
+  with pytest.raises(InputError, match="plus a channel axis"):
+    io.write_nifti(tmp_path / "bad.nii.gz", probs2d[..., 0], np.eye(4), channels=True)

@@ -1,4 +1,5 @@
-"""experiments.sweep: the grid, aggregation over seeds, skipping finished runs, one real run."""
+"""medjax.sweep and experiments.sweep: the grid, aggregation over seeds, skipping finished runs,
+one real run."""
 import csv
 import json
 import os
@@ -7,7 +8,10 @@ import sys
 
 import pytest
 
-from experiments import sweep
+from medjax.sweep import aggregate, report
+from medjax.sweep import grid as grid_lib
+from medjax.sweep import runner as runner_lib
+from medjax.train.workdir import Workdir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "experiments", "configs", "unet3d_synthetic.py")
@@ -27,9 +31,9 @@ def _sweep_cli(*flags, timeout=240):
 
 
 def test_parse_sweep_and_cells_2x2_grid_2_seeds(tmp_path):
-  sweeps = sweep.parse_sweep(["loss.name=ce,dice", "config.model.norm=none,batch"])
+  sweeps = grid_lib.parse_sweep(["loss.name=ce,dice", "config.model.norm=none,batch"])
   assert sweeps == [("loss.name", ["ce", "dice"]), ("model.norm", ["none", "batch"])]
-  grid = sweep.cells(sweeps, 2, str(tmp_path))
+  grid = grid_lib.cells(sweeps, 2, str(tmp_path))
   assert len(grid) == 8
   assert [(c.name, c.seed) for c in grid[:4]] == [
       ("loss.name=ce__model.norm=none", 0), ("loss.name=ce__model.norm=none", 1),
@@ -38,30 +42,30 @@ def test_parse_sweep_and_cells_2x2_grid_2_seeds(tmp_path):
   assert grid[-1].overrides == (("loss.name", "dice"), ("model.norm", "batch"))
   assert grid[-1].workdir == os.path.join(str(tmp_path), "loss.name=dice__model.norm=batch", "seed_1")
   assert len({c.workdir for c in grid}) == 8
-  cmd = sweep.command(grid[-1], "cfg.py:smoke", sweep.parse_sets(["num_steps=2"], ["loss.name"]))
+  cmd = runner_lib.command(grid[-1], "cfg.py:smoke", grid_lib.parse_sets(["num_steps=2"], ["loss.name"]))
   assert cmd[1:] == ["-m", "experiments.main", "--config=cfg.py:smoke", f"--workdir={grid[-1].workdir}",
                      "--config.num_steps=2", "--config.loss.name=dice", "--config.model.norm=batch",
                      "--config.seed=1"]
 
 
 def test_values_split_outside_brackets():
-  assert sweep.parse_sweep(["patch_size=(8,16,16),(16,32,32)"]) == [
+  assert grid_lib.parse_sweep(["patch_size=(8,16,16),(16,32,32)"]) == [
       ("patch_size", ["(8,16,16)", "(16,32,32)"])]
-  assert sweep.cell_name([("patch_size", "(8,16,16)")]) == "patch_size=_8_16_16_"
+  assert grid_lib.cell_name([("patch_size", "(8,16,16)")]) == "patch_size=_8_16_16_"
 
 
 @pytest.mark.parametrize("specs", [["loss.name"], ["loss.name="], ["loss.name=ce,,dice"],
                                    ["loss.name=ce", "loss.name=dice"], ["seed=1,2"]])
 def test_parse_sweep_rejects(specs):
-  with pytest.raises(sweep.SweepError):
-    sweep.parse_sweep(specs)
+  with pytest.raises(grid_lib.SweepError):
+    grid_lib.parse_sweep(specs)
 
 
 def test_cells_rejects_no_seeds_and_set_of_a_swept_field(tmp_path):
-  with pytest.raises(sweep.SweepError, match="--seeds=0"):
-    sweep.cells([("loss.name", ["ce"])], 0, str(tmp_path))
-  with pytest.raises(sweep.SweepError, match="--sweep"):
-    sweep.parse_sets(["loss.name=ce"], ["loss.name"])
+  with pytest.raises(grid_lib.SweepError, match="--seeds=0"):
+    grid_lib.cells([("loss.name", ["ce"])], 0, str(tmp_path))
+  with pytest.raises(grid_lib.SweepError, match="--sweep"):
+    grid_lib.parse_sets(["loss.name=ce"], ["loss.name"])
 
 
 @pytest.mark.parametrize("flags,expected", [
@@ -79,19 +83,16 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, flags, expected):
 
 
 def _write_eval(workdir, **metrics):
-  os.makedirs(workdir, exist_ok=True)
-  results = {**metrics, "per_case": [{"case": "a", **metrics}]}
-  with open(os.path.join(workdir, "eval.json"), "w") as f:
-    json.dump(results, f)
+  Workdir(workdir).create().write_eval({**metrics, "per_case": [{"case": "a", **metrics}]})
 
 
 def test_aggregate_mean_and_sample_std_over_seeds(tmp_path):
-  grid = sweep.cells([("loss.name", ["ce", "dice"])], 3, str(tmp_path))
+  grid = grid_lib.cells([("loss.name", ["ce", "dice"])], 3, str(tmp_path))
   for cell, organ, tumour in zip(grid, [0.5, 0.6, 0.7, 0.2, 0.4, 0.9], [0.1, 0.3, 0.2, 0.0, 0.0, 0.0]):
     _write_eval(cell.workdir, **{"dice/organ": organ, "dice/tumour": tumour,
                                  "hd95/tumour": None if tumour == 0.0 else 10 * tumour,
                                  "hd95/tumour_missing": 3})
-  metrics, rows = sweep.aggregate(grid)
+  metrics, rows = aggregate.aggregate(grid)
   assert metrics == ["dice/organ", "dice/tumour", "hd95/tumour"]  # no per_case, no *_missing
   ce, dice = rows
   assert ce["fields"] == {"loss.name": "ce"} and ce["n_seeds"] == 3
@@ -104,7 +105,7 @@ def test_aggregate_mean_and_sample_std_over_seeds(tmp_path):
   assert dice["std"]["dice/organ"] == pytest.approx(0.360555127546, abs=1e-9)  # sqrt(0.13)
   assert "hd95/tumour" not in dice["mean"]  # None in every seed: left out, not 0
 
-  paths = sweep.write_results(str(tmp_path), grid, command_line="python -m experiments.sweep X")
+  paths = report.write_results(str(tmp_path), grid, command_line="python -m experiments.sweep X")
   with open(paths["csv"]) as f:
     table = list(csv.reader(f))
   assert table[0] == ["loss.name", "dice/organ mean", "dice/organ std", "dice/tumour mean",
@@ -120,7 +121,7 @@ def test_aggregate_mean_and_sample_std_over_seeds(tmp_path):
 
 
 def test_finished_runs_are_skipped_and_failures_do_not_stop_the_sweep(tmp_path):
-  grid = sweep.cells([("loss.name", ["ce", "dice"]), ("model.norm", ["none", "batch"])], 2,
+  grid = grid_lib.cells([("loss.name", ["ce", "dice"]), ("model.norm", ["none", "batch"])], 2,
                      str(tmp_path))
   calls = []
 
@@ -132,7 +133,7 @@ def test_finished_runs_are_skipped_and_failures_do_not_stop_the_sweep(tmp_path):
     return True, ""
 
   log = []
-  outcomes = sweep.run_sweep(grid, "cfg.py", [("num_steps", "2")], runner=runner, log=log.append)
+  outcomes = runner_lib.run_sweep(grid, "cfg.py", [("num_steps", "2")], runner=runner, log=log.append)
   assert len(calls) == 8 and calls[0] == ("loss.name=ce__model.norm=none", 0, "cfg.py", (("num_steps", "2"),))
   assert [o.status for o in outcomes].count("done") == 7
   failed = [o for o in outcomes if o.status == "failed"]
@@ -140,7 +141,7 @@ def test_finished_runs_are_skipped_and_failures_do_not_stop_the_sweep(tmp_path):
   assert any("FAILED" in line and "error: boom" in line for line in log)
 
   calls.clear()  # re-run: only the failed run is tried again
-  outcomes = sweep.run_sweep(grid, "cfg.py", runner=runner, log=log.append)
+  outcomes = runner_lib.run_sweep(grid, "cfg.py", runner=runner, log=log.append)
   assert len(calls) == 1 and [o.status for o in outcomes].count("skipped") == 7
 
   def ok_runner(cell, config_arg, sets):
@@ -149,16 +150,16 @@ def test_finished_runs_are_skipped_and_failures_do_not_stop_the_sweep(tmp_path):
     return True, ""
 
   calls.clear()
-  sweep.run_sweep(grid, "cfg.py", runner=ok_runner, log=log.append)
+  runner_lib.run_sweep(grid, "cfg.py", runner=ok_runner, log=log.append)
   assert len(calls) == 1
   calls.clear()
-  outcomes = sweep.run_sweep(grid, "cfg.py", runner=ok_runner, log=log.append, parallel_runs=2)
+  outcomes = runner_lib.run_sweep(grid, "cfg.py", runner=ok_runner, log=log.append, parallel_runs=2)
   assert calls == [] and all(o.status == "skipped" for o in outcomes)
 
 
 def test_a_run_that_ends_without_eval_json_is_a_failure(tmp_path):
-  grid = sweep.cells([("loss.name", ["ce"])], 1, str(tmp_path))
-  outcomes = sweep.run_sweep(grid, "cfg.py", runner=lambda c, a, s: (True, ""), log=lambda _: None)
+  grid = grid_lib.cells([("loss.name", ["ce"])], 1, str(tmp_path))
+  outcomes = runner_lib.run_sweep(grid, "cfg.py", runner=lambda c, a, s: (True, ""), log=lambda _: None)
   assert outcomes[0].status == "failed" and "eval.json" in outcomes[0].message
 
 
@@ -175,6 +176,8 @@ def test_end_to_end_smoke_sweep(tmp_path):
                       "--set=eval.report_cases=0", f"--workdir={workdir}")
   assert result.returncode == 0, result.stderr[-3000:]
   assert "1 of 2 run(s) already finished" in result.stdout
+  assert "[1/1] loss.name=dice seed 0: done" in result.stdout
+  assert "\r" not in result.stderr and "run/s" not in result.stderr  # no progress bar off a terminal
   run = workdir / "loss.name=dice" / "seed_0"
   assert (run / "eval.json").exists() and (run / "checkpoints").is_dir()
   saved = json.loads((run / "config.json").read_text())
@@ -194,7 +197,7 @@ def test_end_to_end_smoke_sweep(tmp_path):
 
 
 def test_parallel_runs_run_every_cell_once(tmp_path):
-  grid = sweep.cells([("loss.name", ["ce", "dice", "gdl"])], 2, str(tmp_path))
+  grid = grid_lib.cells([("loss.name", ["ce", "dice", "gdl"])], 2, str(tmp_path))
   calls = []
 
   def runner(cell, config_arg, sets):
@@ -202,8 +205,26 @@ def test_parallel_runs_run_every_cell_once(tmp_path):
     _write_eval(cell.workdir, **{"dice/organ": 0.25 * (cell.seed + 1)})
     return True, ""
 
-  outcomes = sweep.run_sweep(grid, "cfg.py", runner=runner, parallel_runs=3, log=lambda _: None)
+  outcomes = runner_lib.run_sweep(grid, "cfg.py", runner=runner, parallel_runs=3, log=lambda _: None)
   assert sorted(calls) == sorted(c.workdir for c in grid)
   assert [o.cell for o in outcomes] == grid and all(o.status == "done" for o in outcomes)
-  _, rows = sweep.aggregate(grid)
+  _, rows = aggregate.aggregate(grid)
   assert [r["mean"]["dice/organ"] for r in rows] == [0.375, 0.375, 0.375]
+
+
+def test_progress_bar_replaces_the_per_run_lines_but_not_the_failures(tmp_path, capsys):
+  grid = grid_lib.cells([("loss.name", ["ce", "dice"])], 1, str(tmp_path))
+
+  def runner(cell, config_arg, sets):
+    if cell.name == "loss.name=dice":
+      return False, "exit status 2\nerror: boom"
+    _write_eval(cell.workdir, **{"dice/organ": 0.5})
+    return True, ""
+
+  log = []
+  outcomes = runner_lib.run_sweep(grid, "cfg.py", runner=runner, log=log.append, progress=True)
+  assert [o.status for o in outcomes] == ["done", "failed"]
+  assert log == []  # neither "running" nor "done" lines
+  err = capsys.readouterr().err
+  assert "2/2" in err and "run/s" in err  # the bar
+  assert "[2/2] loss.name=dice seed 0: FAILED" in err and "error: boom" in err

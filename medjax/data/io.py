@@ -72,19 +72,27 @@ def _read_nifti(path: str) -> Volume:
   return Volume(np.ascontiguousarray(array.T), spacing, affine)
 
 
-def write_nifti(path: PathLike, array: np.ndarray, affine: np.ndarray) -> str:
+def write_nifti(path: PathLike, array: np.ndarray, affine: np.ndarray, *,
+                channels: bool = False) -> str:
   """Writes `array` `(D, H, W)` (or `(H, W)`) with the voxel->world `affine` as NIfTI.
 
   The inverse of `read_image`: the file's voxel axes are the array axes
   reversed, and its zooms follow from `affine`. bool is stored as uint8 and
   int64 as int32 (NIfTI readers rarely accept 64-bit integers). Returns
   `path` as a string.
+
+  With `channels=True`, the last axis of `array` is a channel axis (e.g.
+  class probabilities `(D, H, W, K)` or `(H, W, K)`): the file is 4D, the
+  voxel axes reversed as above (a 2D image gets a voxel axis of size 1) and
+  the channels last, `(W, H, D, K)`, so it overlays the image it came from.
   """
   import nibabel as nib  # pylint: disable=g-import-not-at-top
   path = os.fspath(path)
   array = np.asarray(array)
-  if array.ndim not in (2, 3):
-    raise InputError(f"{path}: write_nifti expects a 2D or 3D array, got shape {array.shape}")
+  spatial = array.ndim - 1 if channels else array.ndim
+  if spatial not in (2, 3):
+    shape = "a 2D or 3D array" + (" plus a channel axis" if channels else "")
+    raise InputError(f"{path}: write_nifti expects {shape}, got shape {array.shape}")
   if array.dtype == bool:
     array = array.astype(np.uint8)
   elif array.dtype == np.int64:
@@ -92,7 +100,12 @@ def write_nifti(path: PathLike, array: np.ndarray, affine: np.ndarray) -> str:
   affine = np.asarray(affine, np.float64)
   if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
     raise InputError(f"{path}: write_nifti expects a finite 4x4 affine, got shape {affine.shape}")
-  image = nib.Nifti1Image(np.ascontiguousarray(array.T), affine)
+  if channels:
+    data = np.transpose(array, tuple(range(spatial))[::-1] + (spatial,))
+    data = data[:, :, None, :] if spatial == 2 else data
+  else:
+    data = array.T
+  image = nib.Nifti1Image(np.ascontiguousarray(data), affine)
   image.header.set_data_dtype(array.dtype)
   image.set_qform(affine, code=1)
   image.set_sform(affine, code=1)
