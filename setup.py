@@ -39,6 +39,7 @@ setup(
         "medjax.models",
         "medjax.data",
         "medjax.train",
+        "medjax.train.tasks",
         "medjax.sweep",
         "medjax_kernels",
         "medjax_kernels.conv3d",
