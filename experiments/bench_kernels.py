@@ -14,9 +14,9 @@ the gradients of every differentiable input.
 On CPU it compares XLA formulations (the Pallas kernels only run in the
 interpreter there, which is never timed): conv3d `lax` (`lax.conv` + epilogue,
 autodiff) vs `xla` (the per-direction im2col/shifted-matmul mix of
-`medjax_kernels.conv3d.xla`); `upconv2x` (one matmul + depth-to-space) vs
+`medjax_kernels.conv_xla`); `upconv2x` (one matmul + depth-to-space) vs
 `lax.conv_transpose`; soft-Dice `reference` (autodiff) vs
-`soft_dice_stats(implementation="xla")`. On GPU/TPU it compares the Pallas
+`soft_dice_stats(kernels="xla")`. On GPU/TPU it compares the Pallas
 kernels with the XLA baseline.
 """
 from __future__ import annotations
@@ -34,6 +34,9 @@ from medjax import layers
 from medjax_kernels.conv3d import api as conv3d_api
 from medjax_kernels.conv3d import bench_shapes as conv3d_shapes
 from medjax_kernels.conv3d import reference as conv3d_reference
+from medjax_kernels.soft_dice import api as sd_api
+from medjax_kernels.soft_dice import bench_shapes as sd_shapes
+from medjax_kernels.soft_dice import reference as sd_reference
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("ops", ["conv3d", "soft_dice", "upconv"], "ops to benchmark")
@@ -98,7 +101,8 @@ def row(op, name, dtype, impl, direction, timing, flop, nbytes, peak):
 
 def bench_conv3d(shapes, dtype, reps, peak):
   accel = jax.default_backend() != "cpu"
-  impls = {"lax": None, ("pallas" if accel else "xla"): "pallas" if accel else "xla"}
+  switch = "pallas" if accel else "xla"
+  impls = {"lax": None, switch: switch}
   rows = []
   for name, spec in shapes.items():
     x, w, b, r, s = conv3d_shapes.make_inputs(spec, dtype)
@@ -106,12 +110,12 @@ def bench_conv3d(shapes, dtype, reps, peak):
     kw = dict(activation=spec["activation"], stride=spec["stride"], padding=spec["padding"])
     for direction in ("fwd", "fwd+bwd"):
       base = None
-      for impl, implementation in impls.items():
-        if implementation is None:
+      for impl, kernels in impls.items():
+        if kernels is None:
           f = lambda x, w, b, r, s: conv3d_reference.conv3d(x, w, b, prelu_slope=s, residual=r, **kw)
         else:
-          f = lambda x, w, b, r, s, i=implementation: conv3d_api.conv3d(
-              x, w, b, prelu_slope=s, residual=r, implementation=i, **kw)
+          f = lambda x, w, b, r, s, k=kernels: conv3d_api.conv3d(
+              x, w, b, prelu_slope=s, residual=r, kernels=k, **kw)
         args = (x, w, b, r, s)
         if direction == "fwd+bwd":
           argnums = (0, 1, 2) + ((3,) if r is not None else ()) + ((4,) if s is not None else ())
@@ -163,13 +167,6 @@ def bench_upconv(shapes, dtype, reps, peak):
 
 
 def bench_soft_dice(which, dtype, reps, peak):
-  try:
-    from medjax_kernels.soft_dice import api as sd_api
-    from medjax_kernels.soft_dice import bench_shapes as sd_shapes
-    from medjax_kernels.soft_dice import reference as sd_reference
-  except ImportError as e:  # written by another engineer; may be absent
-    print(f"soft_dice: skipped ({e})")
-    return []
   accel = jax.default_backend() != "cpu"
   shapes = [s for s in sd_shapes.SHAPES if s[3] == dtype]
   if which == "small":  # CPU-sized: the 3D shapes at 48^3 instead of 96^3/128^3
@@ -178,9 +175,9 @@ def bench_soft_dice(which, dtype, reps, peak):
   rows = []
   for name, shape, k, dt in shapes:
     logits, labels = sd_shapes.make_inputs(shape, k, dt)
+    switch = "pallas" if accel else "xla"
     impls = {"reference": lambda l, y: sd_reference.soft_dice_stats(l, y),
-             ("pallas" if accel else "xla"): lambda l, y, i=("pallas" if accel else "xla"):
-             sd_api.soft_dice_stats(l, y, implementation=i)}
+             switch: lambda l, y, k=switch: sd_api.soft_dice_stats(l, y, kernels=k)}
     for direction in ("fwd", "fwd+bwd"):
       base = None
       bwd = direction == "fwd+bwd"

@@ -1,12 +1,15 @@
 """Convolution and upsampling building blocks shared by every model.
 
 The models never call `flax.linen.Conv` directly: they go through `ConvND` and
-`UpConv`, so that one switch (`kernels="auto"|"xla"|"pallas"`) picks the
-implementation of every convolution in a network.
+`UpConv`, so that one switch (`kernels="auto"|"xla"|"pallas"`, defined and
+checked in `medjax_kernels.dispatch`) picks the implementation of every
+convolution in a network, by the platform the function is lowered for.
 
-* ``"xla"``: the fastest pure-XLA formulation for the platform.
-* ``"pallas"``: the fused Pallas kernels of `medjax_kernels` (3D only; on CPU
-  they run in interpret mode, which is for correctness checks, not speed).
+* ``"xla"``: the fastest pure-XLA formulation for the platform
+  (`medjax_kernels.conv_xla`).
+* ``"pallas"``: the fused Pallas kernels of `medjax_kernels` (3D only); lowered
+  for CPU they run in the Pallas interpreter, which is for correctness checks,
+  not speed.
 * ``"auto"``: Pallas when the function is lowered for GPU/TPU, XLA on CPU.
 
 Parameters are laid out as in `flax.linen.Conv` (`kernel` of shape
@@ -21,19 +24,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from medjax_kernels import conv_xla as _conv_xla
 from medjax_kernels.conv3d import conv3d as _conv3d
-from medjax_kernels.conv3d import xla as _conv_xla
+from medjax_kernels.dispatch import check_kernels
 
-IMPLEMENTATIONS = ("auto", "xla", "pallas")
+# Old name of `check_kernels`, still called by medjax.train.config_check and models.
+check_implementation = check_kernels
 
 Activation = Optional[Union[str, Callable[[jax.Array], jax.Array]]]
-
-
-def check_implementation(kernels: str) -> str:
-  if kernels not in IMPLEMENTATIONS:
-    raise ValueError(
-        f"kernels={kernels!r}: expected one of {', '.join(IMPLEMENTATIONS)}")
-  return kernels
 
 
 def _as_tuple(value: Union[int, Sequence[int]], n: int) -> tuple[int, ...]:
@@ -66,7 +64,7 @@ def conv_xla(x: jax.Array, kernel: jax.Array, *, strides: Sequence[int],
   """Channels-last N-d convolution with the fastest pure-XLA formulation.
 
   Equal to `lax.conv_general_dilated` (forward and gradients). When lowered for
-  CPU it runs `medjax_kernels.conv3d.xla.conv_fast_cpu`: a `jax.custom_vjp`
+  CPU it runs `medjax_kernels.conv_xla.conv_fast_cpu`: a `jax.custom_vjp`
   whose forward pass, input gradient and weight gradient each use the
   formulation (im2col / shifted matmuls / XLA conv) measured fastest for the
   channel counts (2x faster fwd+bwd on the 3D U-Net layers, see
@@ -93,7 +91,7 @@ def conv(x: jax.Array, kernel: jax.Array, bias: Optional[jax.Array] = None, *,
   Returns:
     `(N, *S_out, C_out)`.
   """
-  check_implementation(kernels)
+  check_kernels(kernels)
   nd = x.ndim - 2
   if kernels != "xla" and _fusable_3d(nd, strides, padding):
     return _conv3d_fused(x, kernel, bias, strides=strides, padding=padding,
@@ -118,14 +116,13 @@ def _fusable_3d(nd: int, strides: Sequence[int], padding: str) -> bool:
 
 def _conv3d_fused(x, kernel, bias, *, strides, padding, activation, residual,
                   prelu_slope, kernels):
-  """3D conv through `medjax_kernels.conv3d` ("auto": Pallas when lowered for
-  GPU/TPU, the fast XLA path on CPU; "pallas": the kernel, in the slow Pallas
-  interpreter when the default backend is CPU, for correctness checks)."""
+  """3D conv through `medjax_kernels.conv3d`, which picks by the lowering
+  platform ("auto": Pallas on GPU/TPU, the fast XLA path on CPU; "pallas": the
+  kernel, in the slow Pallas interpreter when lowered for CPU)."""
   named = activation is None or isinstance(activation, str)
   y = _conv3d(x, kernel.astype(x.dtype), bias, activation=activation if named else None,
-             prelu_slope=prelu_slope, residual=residual, stride=int(strides[0]),
-             padding=padding, implementation=kernels,
-             interpret=kernels == "pallas" and jax.default_backend() == "cpu")
+              prelu_slope=prelu_slope, residual=residual, stride=int(strides[0]),
+              padding=padding, kernels=kernels)
   return y if named else apply_activation(y, activation)
 
 
@@ -228,7 +225,7 @@ class UpConv(nn.Module):
     kernel = self.param("kernel", self.kernel_init, factors + (x.shape[-1], self.features))
     bias = (self.param("bias", nn.initializers.zeros, (self.features,))
             if self.use_bias else None)
-    check_implementation(self.kernels)
+    check_kernels(self.kernels)
     return upconv2x(x, kernel, bias)
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import warnings
 from typing import Callable, Optional, Sequence, Union
 
 import jax
@@ -37,11 +38,12 @@ import numpy as np
 from scipy import ndimage
 
 from medjax.errors import InputError
+from medjax_kernels.dispatch import check_kernels
+from medjax_kernels.soft_dice import soft_dice_stats
 
 Array = jax.Array
 LossFn = Callable[[Array, Array], Array]
 
-IMPLEMENTATIONS = ("auto", "xla", "pallas")
 ACTIVATIONS = ("softmax", "sigmoid", None)
 GDL_WEIGHT_TYPES = ("square", "simple", "uniform")
 GWDL_WEIGHTINGS = ("default", "gdl")
@@ -75,14 +77,6 @@ def _safe_pow(base: Array, gamma: float) -> Array:
   positive = base > 0
   safe = jnp.where(positive, base, 1.0)
   return jnp.where(positive, safe ** gamma, 1.0 if gamma == 0 else 0.0)
-
-
-def _activate(logits: Array, activation: Optional[str]) -> Array:
-  if activation == "softmax":
-    return jax.nn.softmax(logits, axis=-1)
-  if activation == "sigmoid":
-    return jax.nn.sigmoid(logits)
-  return logits  # None: the inputs already are probabilities
 
 
 # ---------------------------------------------------------------------------
@@ -219,78 +213,54 @@ def _unet_weight_map_one(labels: np.ndarray, w0: float, sigma: float,
 # Dice family
 
 
-def _check_implementation(implementation: str) -> None:
-  if implementation not in IMPLEMENTATIONS:
-    raise ValueError(f"implementation={implementation!r}: expected one of "
-                     f"{', '.join(IMPLEMENTATIONS)}")
+def _kernels(kernels: str, implementation: Optional[str]) -> str:
+  """The `kernels` switch, given as such or by its deprecated name `implementation=`.
 
-
-def _dice_statistics_xla(logits: Array, labels: Array, *, squared: bool,
-                         activation: Optional[str]):
-  dtype = _float_dtype(logits)
-  probs = _activate(logits.astype(dtype), activation)
-  onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=dtype)
-  axes = tuple(range(1, logits.ndim - 1))
-  intersection = jnp.sum(probs * onehot, axis=axes)
-  pred_sum = jnp.sum(probs * probs if squared else probs, axis=axes)
-  target_sum = jnp.sum(onehot, axis=axes)  # one-hot: t**2 == t
-  return intersection, pred_sum, target_sum
-
-
-def _kernel_soft_dice_stats():
-  import medjax_kernels  # pylint: disable=import-outside-toplevel
-  try:
-    return medjax_kernels.soft_dice_stats
-  except AttributeError:
-    from medjax_kernels.soft_dice import soft_dice_stats  # pylint: disable=import-outside-toplevel
-    return soft_dice_stats
+  `implementation=` was the name of the switch in the Dice losses before it was
+  called `kernels` from the config to the kernel; it is still accepted, with a
+  DeprecationWarning. Giving both, with different values, is an error.
+  """
+  if implementation is not None:
+    if kernels not in ("auto", implementation):
+      raise ValueError(f"kernels={kernels!r} and implementation={implementation!r}: "
+                       "implementation= is the deprecated name of kernels=; give one")
+    warnings.warn("medjax.losses: implementation= is deprecated, use kernels=",
+                  DeprecationWarning, stacklevel=4)
+    kernels = implementation
+  return check_kernels(kernels)
 
 
 def dice_statistics(logits: Array, labels: Array, *, squared: bool = False,
-                    activation: Optional[str] = "softmax",
-                    implementation: str = "auto"):
+                    activation: Optional[str] = "softmax", kernels: str = "auto",
+                    implementation: Optional[str] = None):
   """Per-(sample, class) soft Dice statistics.
 
   With `p = activation(logits)` and `t = one_hot(labels)`, summed over space:
   `intersection = sum p t`, `pred_sum = sum p` (`sum p^2` if `squared`),
-  `target_sum = sum t`.
+  `target_sum = sum t`. Computed by `medjax_kernels.soft_dice_stats` (its
+  plain-JAX definition is `medjax_kernels.soft_dice.reference`).
 
   Args:
     logits: `(N, *S, K)`.
     labels: `(N, *S)` integer class ids.
     squared: V-Net denominators (Milletari 2016).
     activation: "softmax" (over K), "sigmoid" (per channel) or None (the
-      inputs already are probabilities).
-    implementation: "xla" (plain jnp here), "pallas" (the fused kernel of
-      `medjax_kernels.soft_dice_stats`; an error if it is not available) or
-      "auto" (the kernel's own choice: Pallas when lowered for GPU/TPU, XLA on
-      CPU; falls back to the jnp code here if the kernel package lacks it).
+      inputs already are probabilities: plain JAX, nothing to fuse).
+    kernels: "auto" (the fused Pallas kernel when lowered for GPU/TPU, plain
+      JAX otherwise), "xla" (plain JAX) or "pallas" (the kernel; lowered for
+      CPU it runs in the Pallas interpreter, a correctness check, not speed).
+    implementation: deprecated name of `kernels`.
   Returns:
-    `(intersection, pred_sum, target_sum)`, each `(N, K)`, float32 or wider.
+    `(intersection, pred_sum, target_sum)`, each `(N, K)`, float32 (float64
+    for float64 logits).
   """
-  _check_implementation(implementation)
+  kernels = _kernels(kernels, implementation)
   if activation not in ACTIVATIONS:
     raise ValueError(f"activation={activation!r}: expected softmax, sigmoid or None")
   logits, labels = jnp.asarray(logits), jnp.asarray(labels)
   _check_shapes(logits, labels)
-  # The kernel covers softmax and sigmoid; probabilities given as such
-  # (activation=None) need no fused softmax and take the jnp path.
-  if implementation != "xla" and activation is not None:
-    try:
-      kernel = _kernel_soft_dice_stats()
-    except (ImportError, AttributeError) as e:
-      if implementation == "pallas":
-        raise ImportError(
-            "implementation='pallas' needs medjax_kernels.soft_dice_stats, "
-            f"which is not available: {e}") from e
-    else:
-      # Pallas on a CPU-only process runs the kernel in the interpreter: a
-      # correctness check (e.g. --config.kernels=pallas on a laptop), not speed.
-      interpret = implementation == "pallas" and jax.default_backend() == "cpu"
-      return kernel(logits, labels, squared=squared, activation=activation,
-                    implementation=implementation, interpret=interpret)
-  return _dice_statistics_xla(logits, labels, squared=squared,
-                              activation=activation)
+  return soft_dice_stats(logits, labels, squared=squared, activation=activation,
+                         kernels=kernels)
 
 
 def _drop_background(stats, include_background: bool):
@@ -308,8 +278,8 @@ def _sum_batch(stats, batch: bool):
 def soft_dice(logits: Array, labels: Array, *, include_background: bool = True,
               squared: bool = False, smooth_nr: float = 1e-5,
               smooth_dr: float = 1e-5, batch: bool = False,
-              activation: Optional[str] = "softmax",
-              implementation: str = "auto") -> Array:
+              activation: Optional[str] = "softmax", kernels: str = "auto",
+              implementation: Optional[str] = None) -> Array:
   """Soft Dice loss (Milletari 2016).
 
   Per sample n and class k: `1 - (2 I + smooth_nr) / (P + T + smooth_dr)` with
@@ -322,12 +292,12 @@ def soft_dice(logits: Array, labels: Array, *, include_background: bool = True,
   Args:
     logits: `(N, *S, K)`; labels: `(N, *S)` integer.
     include_background: if False, class 0 is left out.
-    activation, implementation: see `dice_statistics`.
+    activation, kernels, implementation: see `dice_statistics`.
   Returns:
     Scalar loss in [0, 1].
   """
   stats = dice_statistics(logits, labels, squared=squared, activation=activation,
-                          implementation=implementation)
+                          kernels=kernels, implementation=implementation)
   inter, psum, tsum = _sum_batch(_drop_background(stats, include_background), batch)
   score = (2.0 * inter + smooth_nr) / (psum + tsum + smooth_dr)
   return jnp.mean(1.0 - score)
@@ -347,8 +317,8 @@ def _gdl_weights(target_sum: Array, weight_type: str) -> Array:
 
 def generalized_dice(logits: Array, labels: Array, *, weight_type: str = "square",
                      include_background: bool = True, smooth_nr: float = 1e-5,
-                     smooth_dr: float = 1e-5, batch: bool = False,
-                     implementation: str = "auto") -> Array:
+                     smooth_dr: float = 1e-5, batch: bool = False, kernels: str = "auto",
+                     implementation: Optional[str] = None) -> Array:
   """Generalised Dice loss (Sudre 2017).
 
   Per sample: `1 - (2 sum_k w_k I_k + smooth_nr) / (sum_k w_k (P_k + T_k) + smooth_dr)`
@@ -361,6 +331,7 @@ def generalized_dice(logits: Array, labels: Array, *, weight_type: str = "square
 
   Args:
     logits: `(N, *S, K)`; labels: `(N, *S)` integer.
+    kernels, implementation: see `dice_statistics`.
   Returns:
     Scalar loss in [0, 1].
   """
@@ -368,7 +339,7 @@ def generalized_dice(logits: Array, labels: Array, *, weight_type: str = "square
     raise ValueError(f"weight_type={weight_type!r}: expected one of "
                      f"{', '.join(GDL_WEIGHT_TYPES)}")
   stats = dice_statistics(logits, labels, squared=False, activation="softmax",
-                          implementation=implementation)
+                          kernels=kernels, implementation=implementation)
   inter, psum, tsum = _sum_batch(_drop_background(stats, include_background), batch)
   w = _gdl_weights(tsum, weight_type)
   numer = 2.0 * jnp.sum(w * inter, axis=-1) + smooth_nr
@@ -439,8 +410,8 @@ def generalized_wasserstein_dice(logits: Array, labels: Array, dist_matrix, *,
 
 def tversky(logits: Array, labels: Array, *, alpha: float = 0.5,
             beta: float = 0.5, include_background: bool = True,
-            smooth_nr: float = 1e-5, smooth_dr: float = 1e-5,
-            implementation: str = "auto") -> Array:
+            smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, kernels: str = "auto",
+            implementation: Optional[str] = None) -> Array:
   """Tversky loss (Salehi 2017).
 
   Per sample and class: `1 - (I + smooth_nr) / (I + alpha FP + beta FN + smooth_dr)`
@@ -450,11 +421,12 @@ def tversky(logits: Array, labels: Array, *, alpha: float = 0.5,
 
   Args:
     logits: `(N, *S, K)`; labels: `(N, *S)` integer.
+    kernels, implementation: see `dice_statistics`.
   Returns:
     Scalar loss in [0, 1].
   """
   stats = dice_statistics(logits, labels, squared=False, activation="softmax",
-                          implementation=implementation)
+                          kernels=kernels, implementation=implementation)
   inter, psum, tsum = _drop_background(stats, include_background)
   fp, fn = psum - inter, tsum - inter
   score = (inter + smooth_nr) / (inter + alpha * fp + beta * fn + smooth_dr)

@@ -9,7 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from medjax_kernels import conv_xla
 from medjax_kernels.conv3d import conv3d, reference
+from medjax_kernels.dispatch import CUSTOM_CALLS, export_for
 
 TOL = {jnp.float32: 1e-5, jnp.bfloat16: 2e-2}
 
@@ -28,9 +30,10 @@ def _inputs(x_shape, k, c_out, dtype, activation, residual, stride, padding, see
   return x, w, b, r, s, dy
 
 
-def _run(impl, args, dy, **kw):
+def _run(switch, args, dy, **kw):
+  """`switch`: the `kernels=` or `backend=` keyword that selects the implementation."""
   def f(x, w, b, r, s):
-    return conv3d(x, w, b, prelu_slope=s, residual=r, implementation=impl, interpret=True, **kw)
+    return conv3d(x, w, b, prelu_slope=s, residual=r, interpret=True, **switch, **kw)
 
   @jax.jit
   def fwd_bwd(args, dy):
@@ -72,7 +75,7 @@ def test_kernel_matches_reference(impl, case):
                               seed=hash(case) % 1000)
   kw = dict(activation=act, stride=stride, padding=padding)
   args = (x, w, b, r, s)
-  y, grads = _run(impl, args, dy, **kw)
+  y, grads = _run(dict(backend=impl), args, dy, **kw)
   y_ref, grads_ref = _ref(args, dy, **kw)
   assert y.dtype == dtype and y.shape == y_ref.shape
   tol = TOL[dtype]
@@ -86,13 +89,12 @@ def test_kernel_matches_reference(impl, case):
 
 
 def test_auto_and_xla_on_cpu_equal_reference(monkeypatch):
-  from medjax_kernels.conv3d import xla
-  monkeypatch.setattr(xla, "SMALL_CONV_MACS", 0)  # the matmul formulations, not the XLA conv
+  monkeypatch.setattr(conv_xla, "SMALL_CONV_MACS", 0)  # the matmul formulations, not the XLA conv
   x, w, b, r, s, dy = _inputs((1, 5, 6, 7, 3), 3, 4, jnp.float32, "prelu", True, 1, "SAME", 0)
   kw = dict(activation="prelu", stride=1, padding="SAME")
   y_ref, g_ref = _ref((x, w, b, r, s), dy, **kw)
-  for impl in ("auto", "xla"):
-    y, g = _run(impl, (x, w, b, r, s), dy, **kw)
+  for kernels in ("auto", "xla"):
+    y, g = _run(dict(kernels=kernels), (x, w, b, r, s), dy, **kw)
     _close(y, y_ref, 1e-5)
     for a, c in zip(g, g_ref):
       _close(a, c, 1e-5)
@@ -117,28 +119,25 @@ MODEL_CONFIGS = {
                                    residual=True),
     "vnet_k2_s2_prelu": dict(k=2, stride=2, padding="VALID", activation="prelu", residual=False),
 }
-CUSTOM_CALL = {"cuda": "__gpu$xla.gpu.triton", "tpu": "tpu_custom_call"}
 
 
 @pytest.mark.parametrize("platform", ["cuda", "tpu"])
-@pytest.mark.parametrize("name,impl", [(n, "pallas") for n in MODEL_CONFIGS] +
+@pytest.mark.parametrize("name,kernels", [(n, "pallas") for n in MODEL_CONFIGS] +
                          [("unet_k3_relu", "auto"), ("vnet_k5_prelu_residual", "auto")])
-def test_lowers_for_accelerators(name, impl, platform):
+def test_lowers_for_accelerators(name, kernels, platform):
   cfg = dict(MODEL_CONFIGS[name])
   k, residual = cfg.pop("k"), cfg.pop("residual")
   x, w, b, r, s, _ = _inputs((2, 8, 8, 8, 16), k, 32, jnp.float32, cfg["activation"], residual,
                              cfg["stride"], cfg["padding"], 0)
 
   def loss(x, w, b, r, s):
-    y = conv3d(x, w, b, prelu_slope=s, residual=r, implementation=impl, **cfg)
+    y = conv3d(x, w, b, prelu_slope=s, residual=r, kernels=kernels, **cfg)
     return jnp.sum(y * y)
 
-  fwd = jax.jit(lambda *a: conv3d(a[0], a[1], a[2], prelu_slope=a[4], residual=a[3],
-                                  implementation=impl, **cfg))
-  grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
-  checks = [jax.export.DisabledSafetyCheck.custom_call(CUSTOM_CALL[platform])]
+  fwd = lambda *a: conv3d(a[0], a[1], a[2], prelu_slope=a[4], residual=a[3], kernels=kernels,
+                          **cfg)
+  grad = jax.grad(loss, argnums=(0, 1, 2))
   for f, n_min in ((fwd, 1), (grad, 2)):  # grad: forward kernel + input-gradient kernel
-    exported = jax.export.export(f, platforms=[platform], disabled_checks=checks)(x, w, b, r, s)
-    text = exported.mlir_module()
+    text = export_for(f, platform, x, w, b, r, s).mlir_module()
     calls = re.findall(r"custom_call @([\w$.]+)", text)
-    assert calls.count(CUSTOM_CALL[platform]) >= n_min, (calls, f)
+    assert calls.count(CUSTOM_CALLS[platform]) >= n_min, (calls, f)

@@ -3,9 +3,9 @@ and lowering of the kernels for CUDA and TPU from this CPU machine.
 
 Which interpreters run here:
   * the GPU (Triton) kernel in the generic Pallas interpreter
-    (`implementation="pallas", interpret=True`);
+    (`kernels="pallas", interpret=True`);
   * the TPU (Mosaic) kernel in the TPU-semantics interpreter, `pltpu.InterpretParams`
-    (`implementation="pallas_tpu", interpret=True`).
+    (`backend="pallas_tpu", interpret=True`).
 Both are checked for outputs and for gradients w.r.t. logits (jax.vjp, random
 cotangents on all three outputs). `jax.export` lowering for "cuda" / "tpu" is what
 makes a kernel that cannot compile for an accelerator fail CI without one.
@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 
 import medjax_kernels
+from medjax_kernels.dispatch import CUSTOM_CALLS, export_for
 from medjax_kernels.soft_dice import GpuConfig, TpuConfig, reference
 
-TRITON_CALL = "__gpu$xla.gpu.triton"
-MOSAIC_CALL = "tpu_custom_call"
+TRITON_CALL = CUSTOM_CALLS["cuda"]
+MOSAIC_CALL = CUSTOM_CALLS["tpu"]
 RTOL = {jnp.float32: 1e-5, jnp.bfloat16: 2e-2}
 
 
@@ -51,13 +52,14 @@ def _value_and_vjp(fn, logits, cts):
   return run(logits, cts)
 
 
-def _check_against_reference(shape, k, dtype, squared, activation, implementation,
+def _check_against_reference(shape, k, dtype, squared, activation, switch,
                              config=None, absent=(), seed=0, label_dtype=jnp.int32):
+  """`switch`: the `kernels=` or `backend=` keyword that selects the kernel."""
   logits, labels, cts = _inputs(shape, k, dtype, seed, absent, label_dtype)
   kw = dict(squared=squared, activation=activation)
   out, dx = _value_and_vjp(
       lambda x: medjax_kernels.soft_dice_stats(
-          x, labels, implementation=implementation, interpret=True, config=config, **kw),
+          x, labels, interpret=True, config=config, **switch, **kw),
       logits, cts)
   ref_out, ref_dx = _value_and_vjp(
       lambda x: reference.soft_dice_stats(x, labels, **kw), logits, cts)
@@ -87,14 +89,14 @@ GPU_CASES = [
 @pytest.mark.parametrize("shape,k,dtype,squared,activation,absent", GPU_CASES)
 def test_gpu_kernel_interpret_matches_reference(shape, k, dtype, squared, activation, absent):
   label_dtype = jnp.uint8 if len(shape) == 2 else jnp.int32
-  _check_against_reference(shape, k, dtype, squared, activation, "pallas", absent=absent,
-                           label_dtype=label_dtype, seed=len(shape) * k)
+  _check_against_reference(shape, k, dtype, squared, activation, dict(kernels="pallas"),
+                           absent=absent, label_dtype=label_dtype, seed=len(shape) * k)
 
 
 def test_gpu_kernel_interpret_small_blocks_many_programs():
   # 16 voxels per program: 36 programs per case, the last one mostly masked; K=14 -> 16.
-  _check_against_reference((1, 33, 17), 14, jnp.float32, True, "softmax", "pallas",
-                           config=GpuConfig(block_v=16), seed=1)
+  _check_against_reference((1, 33, 17), 14, jnp.float32, True, "softmax",
+                           dict(kernels="pallas"), config=GpuConfig(block_v=16), seed=1)
 
 
 TPU_CASES = [
@@ -108,8 +110,8 @@ TPU_CASES = [
 @pytest.mark.parametrize("shape,k,dtype,squared,activation,absent,config", TPU_CASES)
 def test_tpu_kernel_interpret_matches_reference(shape, k, dtype, squared, activation, absent,
                                                 config):
-  _check_against_reference(shape, k, dtype, squared, activation, "pallas_tpu", config=config,
-                           absent=absent)
+  _check_against_reference(shape, k, dtype, squared, activation, dict(backend="pallas_tpu"),
+                           config=config, absent=absent)
 
 
 def test_tpu_kernel_masks_the_partial_last_block():
@@ -151,31 +153,22 @@ def test_reference_counts_by_hand():
   np.testing.assert_allclose(psq, [[0.0625 + 0.25 + 1.0, 0.5625 + 0.25]], rtol=1e-6)
 
 
-def _loss(implementation, labels):
+def _loss(kernels, labels):
   def loss(logits):
     inter, psum, tsum = medjax_kernels.soft_dice_stats(
-        logits, labels, squared=True, implementation=implementation)
+        logits, labels, squared=True, kernels=kernels)
     return jnp.mean(1.0 - (2.0 * inter + 1e-5) / (psum + tsum + 1e-5))
   return loss
 
 
-def _exported_text(fn, platforms, *args):
-  # Triton custom calls carry no serialization-compatibility guarantee, so jax.export
-  # refuses them unless told; lowering (what this test checks) happens either way.
-  exp = jax.export.export(
-      jax.jit(fn), platforms=platforms,
-      disabled_checks=[jax.export.DisabledSafetyCheck.custom_call(TRITON_CALL)])(*args)
-  return exp.mlir_module()
-
-
 @pytest.mark.parametrize("platform,custom_call", [("cuda", TRITON_CALL), ("tpu", MOSAIC_CALL)])
-@pytest.mark.parametrize("implementation", ["pallas", "auto"])
-def test_lowers_for_accelerator(platform, custom_call, implementation):
+@pytest.mark.parametrize("kernels", ["pallas", "auto"])
+def test_lowers_for_accelerator(platform, custom_call, kernels):
   logits, labels, _ = _inputs((2, 7, 9, 11), 5, jnp.bfloat16, 0, label_dtype=jnp.uint8)
-  fwd = _exported_text(
-      lambda x: medjax_kernels.soft_dice_stats(x, labels, implementation=implementation),
-      [platform], logits)
-  train = _exported_text(jax.value_and_grad(_loss(implementation, labels)), [platform], logits)
+  fwd = export_for(lambda x: medjax_kernels.soft_dice_stats(x, labels, kernels=kernels),
+                   platform, logits).mlir_module()
+  train = export_for(jax.value_and_grad(_loss(kernels, labels)), platform,
+                     logits).mlir_module()
   other = MOSAIC_CALL if custom_call == TRITON_CALL else TRITON_CALL
   assert fwd.count(custom_call) == 1 and other not in fwd
   # forward kernel + backward kernel (named by their pallas_call names)
@@ -207,7 +200,9 @@ def test_labels_get_no_gradient():
 @pytest.mark.parametrize("kwargs,message", [
     (dict(labels_shape=(2, 4)), "labels must have shape"),
     (dict(activation="relu"), "activation must be one of"),
-    (dict(implementation="cuda"), "implementation must be one of"),
+    (dict(kernels="cuda"), "kernels='cuda': expected one of 'auto', 'xla', 'pallas'"),
+    (dict(backend="cuda"), "backend='cuda': expected one of"),
+    (dict(backend="pallas_gpu", activation=None), "backend='pallas_gpu' fuses"),
 ])
 def test_bad_arguments_raise_one_line_errors(kwargs, message):
   logits = jnp.zeros((2, 4, 4, 3))

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from medjax import layers
-from medjax_kernels.conv3d import xla as conv_xla_lib
+from medjax_kernels import conv_xla as conv_xla_lib
+from medjax_kernels.dispatch import CUSTOM_CALLS, export_for
 
 RTOL = 1e-5
 
@@ -157,10 +158,8 @@ def test_conv_pallas_3d_equals_xla():
 
 def test_conv_auto_3d_carries_the_kernel_when_exported_for_gpu():
   x, w, _ = _inputs((1, 4, 4, 4, 16), (3, 3, 3, 16, 16))
-  f = jax.jit(lambda x, w: layers.conv(x, w, strides=(1, 1, 1), padding="SAME",
-                                       activation="relu", kernels="auto"))
-  checks = [jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
-  text = jax.export.export(f, platforms=["cuda"], disabled_checks=checks)(x, w).mlir_module()
-  assert "__gpu$xla.gpu.triton" in text
-  text = jax.export.export(f, platforms=["cpu"])(x, w).mlir_module()
+  f = lambda x, w: layers.conv(x, w, strides=(1, 1, 1), padding="SAME", activation="relu",
+                               kernels="auto")
+  assert CUSTOM_CALLS["cuda"] in export_for(f, "cuda", x, w).mlir_module()
+  text = export_for(f, "cpu", x, w).mlir_module()
   assert "triton" not in text and "stablehlo.dot_general" in text

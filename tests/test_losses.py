@@ -74,7 +74,7 @@ def test_soft_dice_batch_sums_statistics_first():
   per_sample = ((1 - 1.6 / 2.1) + (1 - 1.4 / 1.9) + (1 - 3.0 / 3.5) + 1.0) / 4
   # batch: class 0 I=2.3 P=2.6 T=3, class 1 I=0.7 P=1.4 T=1.
   batched = ((1 - 4.6 / 5.6) + (1 - 1.4 / 2.4)) / 2
-  kw = dict(smooth_nr=0, smooth_dr=0, implementation="xla")
+  kw = dict(smooth_nr=0, smooth_dr=0, kernels="xla")
   close(losses.soft_dice(logits, labels, **kw), per_sample)
   close(losses.soft_dice(logits, labels, batch=True, **kw), batched)
   assert per_sample - batched > 0.1
@@ -208,13 +208,13 @@ def _random_case(k=3, shape=(2, 3, 4), seed=0, dtype=np.float64):
 
 GRAD_CASES = [
     ("ce", {}), ("ce", {"ignore_index": 2}), ("wce", {}),
-    ("dice", {"implementation": "xla"}),
-    ("dice", {"implementation": "xla", "squared": True, "batch": True}),
-    ("gdl", {"implementation": "xla"}),
-    ("gdl", {"implementation": "xla", "weight_type": "simple"}),
+    ("dice", {"kernels": "xla"}),
+    ("dice", {"kernels": "xla", "squared": True, "batch": True}),
+    ("gdl", {"kernels": "xla"}),
+    ("gdl", {"kernels": "xla", "weight_type": "simple"}),
     ("gwdl", {}), ("gwdl", {"weighting": "gdl"}),
-    ("dice_ce", {"implementation": "xla"}),
-    ("tversky", {"alpha": 0.3, "beta": 0.7, "implementation": "xla"}),
+    ("dice_ce", {"kernels": "xla"}),
+    ("tversky", {"alpha": 0.3, "beta": 0.7, "kernels": "xla"}),
     ("focal", {"alpha": 0.25}),
 ]
 
@@ -290,26 +290,52 @@ def test_spatial_rank_agnostic_and_jit():
     close(fn(logits3, labels3), fn(logits, labels), 1e-5)
 
 
-def test_auto_implementation_matches_xla():
+def test_auto_kernels_match_xla():
   logits, labels = _random_case(dtype=np.float32)
   for squared in (False, True):
-    a = losses.soft_dice(logits, labels, squared=squared, implementation="auto")
-    b = losses.soft_dice(logits, labels, squared=squared, implementation="xla")
+    a = losses.soft_dice(logits, labels, squared=squared, kernels="auto")
+    b = losses.soft_dice(logits, labels, squared=squared, kernels="xla")
     close(a, b, 1e-5)
-  stats = losses.dice_statistics(logits, labels, implementation="xla")
+  stats = losses.dice_statistics(logits, labels, kernels="xla")
   assert [s.shape for s in stats] == [(2, 3)] * 3
   close(stats[2].sum(), 24)
 
 
+def test_dice_statistics_of_probabilities_and_sigmoid():
+  # activation=None: the inputs are the probabilities (P2); sigmoid: per channel.
+  inter, psum, tsum = losses.dice_statistics(P2.astype(np.float32), L2, activation=None)
+  close(inter, [[0.8, 0.7]])
+  close(psum, [[1.1, 0.9]])
+  close(tsum, [[1.0, 1.0]])
+  q = 1.0 / (1.0 + np.exp(-LOGITS2[0]))
+  inter, psum, _ = losses.dice_statistics(LOGITS2, L2, activation="sigmoid", squared=True)
+  close(inter, [[q[0, 0], q[1, 1]]])
+  close(psum, [np.sum(q * q, axis=0)])
+
+
+def test_implementation_is_a_deprecated_alias_of_kernels():
+  expected = losses.soft_dice(LOGITS2, L2, kernels="xla")
+  for fn in (losses.soft_dice, losses.generalized_dice, losses.tversky, losses.dice_ce):
+    with pytest.warns(DeprecationWarning, match="kernels="):
+      close(fn(LOGITS2, L2, implementation="xla"), fn(LOGITS2, L2, kernels="xla"))
+  with pytest.warns(DeprecationWarning):
+    close(losses.get_loss("dice", implementation="xla")(LOGITS2, L2), expected)
+  assert {"kernels", "implementation"} <= set(losses.loss_options("dice_ce"))
+  with pytest.raises(ValueError, match="give one"):
+    losses.soft_dice(LOGITS2, L2, kernels="pallas", implementation="xla")
+
+
 def test_bfloat16_logits_computed_in_float32():
   logits, labels = _random_case(dtype=np.float32)
-  a = losses.soft_dice(logits.astype(jnp.bfloat16), labels, implementation="xla")
+  a = losses.soft_dice(logits.astype(jnp.bfloat16), labels, kernels="xla")
   assert a.dtype == jnp.float32
-  close(a, losses.soft_dice(logits, labels, implementation="xla"), 2e-2)
+  close(a, losses.soft_dice(logits, labels, kernels="xla"), 2e-2)
 
 
 def test_invalid_options():
-  with pytest.raises(ValueError, match="implementation"):
+  with pytest.raises(ValueError, match="kernels='cuda': expected one of"):
+    losses.soft_dice(LOGITS2, L2, kernels="cuda")
+  with pytest.raises(ValueError, match="kernels='cuda'"), pytest.warns(DeprecationWarning):
     losses.soft_dice(LOGITS2, L2, implementation="cuda")
   with pytest.raises(ValueError, match="weight_type"):
     losses.generalized_dice(LOGITS2, L2, weight_type="cubic")
@@ -341,13 +367,3 @@ def test_wce_default_weights_inverse_frequency():
   logits = jnp.zeros((1, 4, 3))
   # uniform logits: every voxel's CE is log 3, whatever the weights.
   close(losses.get_loss("wce")(logits, labels), math.log(3))
-
-
-def test_missing_kernel_falls_back_for_auto_only(monkeypatch):
-  def missing():
-    raise ImportError("no medjax_kernels.soft_dice_stats")
-  monkeypatch.setattr(losses, "_kernel_soft_dice_stats", missing)
-  close(losses.soft_dice(LOGITS2, L2, implementation="auto"),
-        losses.soft_dice(LOGITS2, L2, implementation="xla"))
-  with pytest.raises(ImportError, match="implementation='pallas'"):
-    losses.soft_dice(LOGITS2, L2, implementation="pallas")

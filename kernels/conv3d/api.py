@@ -1,20 +1,17 @@
 """`conv3d`: fused 3D convolution + bias + residual + activation, with dispatch.
 
-Implementations:
+`kernels=` is the switch of `medjax_kernels.dispatch` ("auto", "xla",
+"pallas"), decided by the platform the function is lowered for:
 
-* ``"reference"``: `reference.conv3d` (XLA conv + bias + residual + activation).
-* ``"xla"``: the fastest pure-XLA formulation for the platform
-  (`xla.conv_fast`: on CPU a mix of im2col / shifted matmuls chosen per
-  direction; elsewhere `lax.conv_general_dilated`), then the epilogue in XLA.
-* ``"pallas_gpu"`` / ``"pallas_tpu"``: the Triton / Mosaic kernel.
-* ``"pallas"``: the kernel for the platform the function is lowered for (cuda,
-  rocm -> Triton; tpu -> Mosaic). With ``interpret=True`` it runs the Triton
-  kernel in the Pallas interpreter on any backend (slow: for correctness
-  checks, never for speed).
-* ``"auto"``: ``jax.lax.platform_dependent(cuda=Triton, rocm=Triton,
-  tpu=Mosaic, default="xla")``: follows the platform the function is
-  *lowered* for, so a function exported for cuda on a CPU host carries the
-  Triton kernel.
+* the Pallas kernels: Triton (`pallas_gpu`) on cuda/rocm, Mosaic
+  (`pallas_tpu`) on tpu; with "pallas" on any other platform (CPU), the
+  Triton kernel in the Pallas interpreter (slow: for correctness checks);
+* the XLA path: `medjax_kernels.conv_xla.conv_fast` (on CPU a mix of im2col /
+  shifted matmuls chosen per direction; elsewhere `lax.conv_general_dilated`),
+  then the epilogue in XLA.
+
+`backend=` ("pallas_gpu", "pallas_tpu", "reference": `reference.conv3d`)
+runs that implementation whatever the platform, for tests and benchmarks.
 
 What is Pallas and what is XLA in the Pallas implementations:
 
@@ -46,15 +43,15 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from medjax_kernels.conv3d import pallas_gpu, pallas_tpu, reference, xla
+from medjax_kernels import conv_xla, dispatch
+from medjax_kernels.conv3d import pallas_gpu, pallas_tpu, reference
 
-IMPLEMENTATIONS = ("auto", "xla", "reference", "pallas", "pallas_gpu", "pallas_tpu")
 _KERNELS = {"pallas_gpu": pallas_gpu.conv3d_valid, "pallas_tpu": pallas_tpu.conv3d_valid}
 
 
-def _check(x, w, b, activation, prelu_slope, residual, stride, padding, implementation):
-  if implementation not in IMPLEMENTATIONS:
-    raise ValueError(f"implementation={implementation!r}: expected one of {IMPLEMENTATIONS}")
+def _check(x, w, b, activation, prelu_slope, stride, padding, kernels, backend):
+  dispatch.check_kernels(kernels)
+  dispatch.check_backend(backend)
   if x.ndim != 5 or w.ndim != 5:
     raise ValueError(f"conv3d expects x (N,D,H,W,C_in) and w (kd,kh,kw,C_in,C_out), "
                      f"got {x.shape} and {w.shape}")
@@ -72,8 +69,8 @@ def _check(x, w, b, activation, prelu_slope, residual, stride, padding, implemen
     raise ValueError(f"b has shape {b.shape}, expected ({w.shape[4]},)")
 
 
-def _conv3d_xla(x, w, b, activation, prelu_slope, residual, stride, padding):
-  z = xla.conv_fast(x, w.astype(x.dtype), (stride,) * 3, padding).astype(jnp.float32)
+def _conv3d_xla(x, w, b, residual, prelu_slope, *, activation, stride, padding):
+  z = conv_xla.conv_fast(x, w.astype(x.dtype), (stride,) * 3, padding).astype(jnp.float32)
   if b is not None:
     z = z + b.astype(jnp.float32)
   if residual is not None:
@@ -146,10 +143,10 @@ def _fused_bwd(backend, activation, interpret, res, dy):
 _fused.defvjp(_fused_fwd, _fused_bwd)
 
 
-def _conv3d_pallas(x, w, b, activation, prelu_slope, residual, stride, padding,
+def _conv3d_pallas(x, w, b, residual, prelu_slope, *, activation, stride, padding,
                    backend, interpret):
   window = w.shape[:3]
-  pads = xla.explicit_padding(x.shape[1:4], window, (stride,) * 3, padding)
+  pads = conv_xla.explicit_padding(x.shape[1:4], window, (stride,) * 3, padding)
   xp = jnp.pad(x, ((0, 0),) + pads + ((0, 0),))
   w = w.astype(x.dtype)
   if stride == 2:
@@ -158,12 +155,13 @@ def _conv3d_pallas(x, w, b, activation, prelu_slope, residual, stride, padding,
   return _fused(xp, w, b, residual, prelu_slope, backend, activation, interpret)
 
 
-@functools.partial(jax.jit, static_argnames=("activation", "stride", "padding",
-                                             "implementation", "interpret"))
+@functools.partial(jax.jit, static_argnames=("activation", "stride", "padding", "kernels",
+                                             "interpret", "backend"))
 def conv3d(x: jax.Array, w: jax.Array, b: Optional[jax.Array] = None, *,
            activation: Optional[str] = None, prelu_slope: Optional[jax.Array] = None,
            residual: Optional[jax.Array] = None, stride: int = 1, padding: str = "SAME",
-           implementation: str = "auto", interpret: bool = False) -> jax.Array:
+           kernels: str = "auto", interpret: bool = False,
+           backend: Optional[str] = None) -> jax.Array:
   """`activation(conv3d(x, w, stride, padding) + b + residual)`, fused on GPU/TPU.
 
   Args:
@@ -175,27 +173,25 @@ def conv3d(x: jax.Array, w: jax.Array, b: Optional[jax.Array] = None, *,
     residual: `(N, D_out, H_out, W_out, C_out)` added before the activation.
     stride: 1 or 2 (all spatial dims).
     padding: "SAME" or "VALID".
-    implementation: see the module docstring.
-    interpret: run Pallas kernels in the interpreter (any backend; slow).
+    kernels: "auto", "xla" or "pallas" (`medjax_kernels.dispatch`).
+    interpret: run the Pallas kernels in the interpreter (any platform; slow).
+    backend: None, or "pallas_gpu" / "pallas_tpu" / "reference" to run that
+      implementation whatever the platform (tests, benchmarks); overrides `kernels`.
   Returns:
     `(N, D_out, H_out, W_out, C_out)` in `x.dtype`.
   """
-  _check(x, w, b, activation, prelu_slope, residual, stride, padding, implementation)
+  _check(x, w, b, activation, prelu_slope, stride, padding, kernels, backend)
   if activation != "prelu":
     prelu_slope = None  # ignored, as in `reference.activate`
-  args = (x, w, b, activation, prelu_slope, residual, stride, padding)
-  if implementation == "reference":
+  if backend == "reference":
     return reference.conv3d(x, w, b, activation=activation, prelu_slope=prelu_slope,
                             residual=residual, stride=stride, padding=padding)
-  if implementation == "xla":
-    return _conv3d_xla(*args)
-  if implementation in _KERNELS:
-    return _conv3d_pallas(*args, implementation, interpret)
-  gpu = lambda: _conv3d_pallas(*args, "pallas_gpu", interpret)
-  tpu = lambda: _conv3d_pallas(*args, "pallas_tpu", interpret)
-  if implementation == "pallas":
-    if interpret:
-      return gpu()
-    return lax.platform_dependent(cuda=gpu, rocm=gpu, tpu=tpu)
-  return lax.platform_dependent(cuda=gpu, rocm=gpu, tpu=tpu,
-                                default=lambda: _conv3d_xla(*args))
+  arrays = (x, w, b, residual, prelu_slope)
+  static = dict(activation=activation, stride=stride, padding=padding)
+  if backend is not None:
+    return _conv3d_pallas(*arrays, backend=backend, interpret=interpret, **static)
+  return dispatch.by_platform(
+      *arrays, kernels=kernels, interpret=interpret,
+      gpu=functools.partial(_conv3d_pallas, backend="pallas_gpu", **static),
+      tpu=functools.partial(_conv3d_pallas, backend="pallas_tpu", **static),
+      xla=functools.partial(_conv3d_xla, **static))

@@ -33,7 +33,8 @@ def activate(z: jax.Array, activation: Optional[str], prelu_slope=None) -> jax.A
 def conv3d(x: jax.Array, w: jax.Array, b: Optional[jax.Array] = None, *,
            activation: Optional[str] = None, prelu_slope: Optional[jax.Array] = None,
            residual: Optional[jax.Array] = None, stride: int = 1, padding: str = "SAME",
-           implementation: str = "reference", interpret: bool = False) -> jax.Array:
+           kernels: str = "auto", interpret: bool = False,
+           backend: Optional[str] = None) -> jax.Array:
   """`activation(conv(x, w, stride, padding) + b + residual)`, float32 accumulation.
 
   Args:
@@ -44,11 +45,11 @@ def conv3d(x: jax.Array, w: jax.Array, b: Optional[jax.Array] = None, *,
     residual: `(N, D_out, H_out, W_out, C_out)` added before the activation, or None.
     stride: 1 or 2 (every spatial dim).
     padding: "SAME" or "VALID" (XLA's conventions).
-    implementation, interpret: ignored (same signature as `medjax_kernels.conv3d`).
+    kernels, interpret, backend: ignored (same signature as `medjax_kernels.conv3d`).
   Returns:
     `(N, D_out, H_out, W_out, C_out)` in `x.dtype`.
   """
-  del implementation, interpret
+  del kernels, interpret, backend
   z = lax.conv_general_dilated(
       x, w.astype(x.dtype), (stride,) * 3, padding,
       dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),

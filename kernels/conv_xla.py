@@ -1,4 +1,9 @@
-"""Pure-XLA convolution formulations, and the fastest mix of them for CPU.
+"""N-d channels-last convolution in pure XLA: four exact formulations, and the
+fastest mix of them per platform (`conv_fast`).
+
+Every convolution of the 1D/2D/3D models that is not a fused Pallas kernel
+runs here (`medjax.layers.conv_xla`), and `medjax_kernels.conv3d`'s "xla" path
+uses it too.
 
 XLA's CPU convolution (`lax.conv_general_dilated`) is good at the forward pass
 and the input gradient, but its weight gradient (a convolution whose "kernel"
