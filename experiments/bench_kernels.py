@@ -21,7 +21,6 @@ kernels with the XLA baseline.
 """
 from __future__ import annotations
 
-import json
 import time
 from typing import Callable
 
@@ -30,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from experiments import cli
 from medjax import layers
 from medjax_kernels.conv3d import api as conv3d_api
 from medjax_kernels.conv3d import bench_shapes as conv3d_shapes
@@ -37,9 +37,10 @@ from medjax_kernels.conv3d import reference as conv3d_reference
 from medjax_kernels.soft_dice import api as sd_api
 from medjax_kernels.soft_dice import bench_shapes as sd_shapes
 from medjax_kernels.soft_dice import reference as sd_reference
+from medjax.train.workdir import atomic_write_json
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("ops", ["conv3d", "soft_dice", "upconv"], "ops to benchmark")
+flags.DEFINE_list("ops", ["conv3d", "soft_dice", "upconv"], "ops to benchmark: conv3d, soft_dice, upconv")
 flags.DEFINE_string("dtype", "float32", "float32 or bfloat16")
 flags.DEFINE_string("json", None, "write the rows to this JSON file")
 flags.DEFINE_enum("shapes", "small", ["small", "all"], "shape set")
@@ -208,8 +209,15 @@ def print_row(r):
         f"| {r['pct_peak_bw']:.1f} | {r['speedup_vs_xla']:.2f}× |", flush=True)
 
 
+OPS = ("conv3d", "soft_dice", "upconv")
+
+
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  unknown = sorted(set(FLAGS.ops) - set(OPS))
+  if unknown:
+    cli.exit_with_error(f"--ops: unknown {', '.join(unknown)}; expected some of {', '.join(OPS)}")
   peak = measure_peak(FLAGS.reps)
   print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}")
   print(f"peak: matmul {peak['matmul_tflops']:.3f} TFLOP/s (f32 {peak['matmul_n']}^2), "
@@ -227,10 +235,10 @@ def main(argv):
   if "soft_dice" in FLAGS.ops:
     rows += bench_soft_dice(FLAGS.shapes, FLAGS.dtype, FLAGS.reps, peak)
   if FLAGS.json:
-    with open(FLAGS.json, "w") as f:
-      json.dump(dict(peak=peak, backend=jax.default_backend(), jax=jax.__version__,
-                     device=jax.devices()[0].device_kind, rows=rows), f, indent=1)
+    atomic_write_json(FLAGS.json, dict(peak=peak, backend=jax.default_backend(),
+                                       jax=jax.__version__, device=jax.devices()[0].device_kind,
+                                       rows=rows))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -17,7 +17,7 @@ from ml_collections import config_flags
 from experiments import cli
 from medjax import parallel
 from medjax.errors import InputError
-from medjax.train import loop
+from medjax.train import loop, run
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
@@ -39,7 +39,7 @@ def main(argv):
     config.unlock()
     config.data_dir = os.path.expanduser(config.data_dir)
     config.lock()
-    loop.train_and_evaluate(config, FLAGS.workdir)
+    run.train_and_evaluate(config, FLAGS.workdir)
   except (InputError, loop.NonFiniteLossError) as e:
     cli.exit_with_error(e)
 

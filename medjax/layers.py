@@ -28,9 +28,6 @@ from medjax_kernels import conv_xla as _conv_xla
 from medjax_kernels.conv3d import conv3d as _conv3d
 from medjax_kernels.dispatch import check_kernels
 
-# Old name of `check_kernels`, still called by medjax.train.config_check and models.
-check_implementation = check_kernels
-
 Activation = Optional[Union[str, Callable[[jax.Array], jax.Array]]]
 
 

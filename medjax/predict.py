@@ -18,14 +18,13 @@ deleted.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from medjax.data import io, transforms
+from medjax.data import io
 from medjax.errors import InputError
 from medjax.train.predictor import RunPredictor, load_predictor
 from medjax.train.workdir import atomic_write
@@ -91,15 +90,6 @@ def spacing_warning(name: str, spacing: Sequence[float],
           f"{fmt(expected)} mm; segmenting without resampling")
 
 
-@contextlib.contextmanager
-def naming(name: str) -> Iterator[None]:
-  """Prefixes `name` to an InputError raised in the block (the predictor names no file)."""
-  try:
-    yield
-  except InputError as e:
-    raise InputError(f"{name}: {e}") from None
-
-
 def case_prediction(predictor: RunPredictor, image: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
   """`(labels (*S) uint8, probabilities (*S, K) float32)` of one raw image `(*S)`.
 
@@ -107,10 +97,7 @@ def case_prediction(predictor: RunPredictor, image: np.ndarray, name: str) -> tu
   cascade rule, not the argmax of the joint probabilities); an InputError
   about the image (NaN/inf, dimensions, channels) names `name`.
   """
-  image = transforms.check_image(image, name)  # NaN/inf: the message names the file
-  with naming(name):
-    labels, probs = predictor.predict(image)
-  return np.asarray(labels, np.uint8), np.asarray(probs, np.float32)
+  return predictor.predict(image, name=name)
 
 
 def predict_case(predictor: RunPredictor, path: str, output: str, *, probabilities: bool = False,

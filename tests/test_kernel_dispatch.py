@@ -124,7 +124,7 @@ def test_a_bad_switch_value_is_one_line_from_every_entry_point(data):
     with pytest.raises(ValueError) as error:
       call()
     assert str(error.value) == "kernels='bogus': expected one of 'auto', 'xla', 'pallas'", name
-  assert layers.check_implementation is dispatch.check_kernels  # the old name still works
+  assert layers.check_kernels is dispatch.check_kernels  # one check
 
 
 def test_no_default_backend_test_in_the_library():

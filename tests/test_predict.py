@@ -180,10 +180,10 @@ class _FakePredictor:
   """Labels = voxels above 0, probabilities = (1 - x, x): no network, for the file handling."""
   spacing = (2.5, 0.8, 0.8)
 
-  def predict(self, image):
-    image = transforms.check_image(image, "image")
+  def predict(self, image, *, name="image"):
+    image = transforms.check_image(image, name)
     if image.ndim != 3:
-      raise InputError(f"image has shape {image.shape}; the model segments 3D images")
+      raise InputError(f"{name}: image has shape {image.shape}; the model segments 3D images")
     fg = (image > 0).astype(np.float32)
     return fg.astype(np.uint8), np.stack([1 - fg, fg], -1)
 

@@ -59,7 +59,7 @@ class MLP(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-    layers.check_implementation(self.kernels)
+    layers.check_kernels(self.kernels)
     if self.activation not in ACTIVATIONS:
       raise ValueError(f"activation={self.activation!r}: expected one of "
                        f"{', '.join(ACTIVATIONS)}")

@@ -52,7 +52,7 @@ class SoftDecisionTree(nn.Module):
   bn_axis_name: Optional[str] = None
 
   def setup(self):
-    layers.check_implementation(self.kernels)
+    layers.check_kernels(self.kernels)
     if self.depth < 1:
       raise ValueError(f"SoftDecisionTree: depth must be >= 1, got {self.depth}")
     self.inner = nn.Dense(2 ** self.depth - 1, name="inner")  # w_i, b_i for every node

@@ -33,7 +33,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise InputError(f"config.label_map={tuple(config.label_map)} maps to a class id >= "
                      f"config.num_classes={config.num_classes}")
   try:
-    layers.check_implementation(config.kernels)
+    layers.check_kernels(config.kernels)
   except ValueError as e:
     raise InputError(f"config.kernels: {e}") from None
   positive = ["num_steps", "global_batch_size", "log_every", "checkpoint_every", "num_classes"]

@@ -136,27 +136,34 @@ class RunPredictor:
   def class_names(self) -> tuple:
     return tuple(self.config.class_names)
 
-  def _checked(self, image: np.ndarray) -> np.ndarray:
-    image = transforms.check_image(image, "image")
+  def _checked(self, image: np.ndarray, name: str) -> np.ndarray:
+    image = transforms.check_image(image, name)
     if image.ndim == self.spatial_dims:
       image = image[..., None]
     if image.ndim != self.spatial_dims + 1:
-      raise InputError(f"image has shape {image.shape}; the model segments "
-                       f"{self.spatial_dims}D images (config.patch_size={tuple(self.config.patch_size)})")
+      raise InputError(f"{name}: shape {image.shape}; the model segments {self.spatial_dims}D "
+                       f"images (config.patch_size={tuple(self.config.patch_size)})")
     if image.shape[-1] != self.in_channels:
-      raise InputError(f"image has {image.shape[-1]} channel(s); the model expects "
+      raise InputError(f"{name}: {image.shape[-1]} channel(s); the model expects "
                        f"{self.in_channels} (config.in_channels)")
     return image
 
-  def predict(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """`(labels (*S,) uint8, probabilities (*S, K) float32)` of a raw image `(*S[, C])`."""
-    return self.segmenter(self._checked(image))
+  def predict(self, image: np.ndarray, *, name: str = "image") -> tuple[np.ndarray, np.ndarray]:
+    """`(labels (*S,) uint8, probabilities (*S, K) float32)` of a raw image `(*S[, C])`.
 
-  def probabilities(self, image: np.ndarray) -> np.ndarray:
-    return self.predict(image)[1]
+    One pass: for a cascade the labels follow the cascade rule, which is not
+    the argmax of the joint probabilities. `name` (e.g. the file) starts the
+    message of an `InputError` for an image the model cannot take (NaN/inf,
+    wrong dimensions or channels).
+    """
+    labels, probs = self.segmenter(self._checked(image, name))
+    return np.asarray(labels, np.uint8), np.asarray(probs, np.float32)
 
-  def segment(self, image: np.ndarray) -> np.ndarray:
-    return self.predict(image)[0]
+  def probabilities(self, image: np.ndarray, *, name: str = "image") -> np.ndarray:
+    return self.predict(image, name=name)[1]
+
+  def segment(self, image: np.ndarray, *, name: str = "image") -> np.ndarray:
+    return self.predict(image, name=name)[0]
 
 
 def load_predictor(workdir: Union[str, os.PathLike, Workdir], *,
