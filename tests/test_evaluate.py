@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import common
+from medjax.data import transforms
 from medjax.train import evaluate
 from medjax.train.tasks import SegmentationTask
 
@@ -69,7 +70,8 @@ def test_scoring_keeps_examples_for_the_report_and_draws_nothing(tmp_path):
   assert [e.case for e in evaluation.examples] == ["c0", "c1"]
   example = evaluation.examples[0]
   assert example.image.shape == example.label.shape == example.pred.shape == (16, 16)
-  np.testing.assert_array_equal(example.image, source[0]["image"])  # the raw image
+  # the image as the network sees it (normalised), for the report's contrast
+  np.testing.assert_allclose(example.image, transforms.normalize_ct(source[0]["image"]), rtol=1e-6)
   assert example.scores["dice/tumour"] == evaluation.results["per_case"][0]["dice/tumour"]
   assert not list(tmp_path.iterdir())
 

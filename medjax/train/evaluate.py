@@ -23,8 +23,8 @@ Segmenter = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 @dataclasses.dataclass
 class Example:
-  """One evaluated case kept for the report: its id, raw image `(*S)`, truth,
-  prediction and scores."""
+  """One evaluated case kept for the report: its id, image `(*S)` (first channel,
+  as shown to the network), truth, prediction and scores."""
   case: str
   image: np.ndarray
   label: np.ndarray
@@ -41,7 +41,9 @@ class Evaluation:
 
 def score_segmentation(segmenter: Segmenter, cases: Iterable[dict], class_names: Sequence[str], *,
                        label_map: Optional[Sequence[int]] = None, surface: bool = True,
-                       keep: int = 0) -> Evaluation:
+                       keep: int = 0,
+                       display: Optional[Callable[[np.ndarray], np.ndarray]] = None
+                       ) -> Evaluation:
   """Segments and scores every case.
 
   Args:
@@ -53,6 +55,9 @@ def score_segmentation(segmenter: Segmenter, cases: Iterable[dict], class_names:
       that learns merged classes).
     surface: compute the surface metrics (HD, HD95, ASD, NSD).
     keep: keep image, truth and prediction of the first `keep` cases.
+    display: raw image `(*S, C)` -> the image kept for the report (e.g. the
+      normalised network input, whose CT window shows the soft tissue);
+      default the raw image.
   Returns:
     An `Evaluation` whose `results` has `"<metric>/<class>"` keys (means over
     cases; inf distances of a missed structure are left out of the mean and
@@ -79,8 +84,8 @@ def score_segmentation(segmenter: Segmenter, cases: Iterable[dict], class_names:
     present.append({n: bool((label == c).any()) for c, n in foreground.items()})
     logging.info("case %s: %s", case["case"], {k: round(v, 4) for k, v in scores.items()})
     if len(examples) < keep:
-      examples.append(Example(str(case["case"]), np.asarray(case["image"])[..., 0], label,
-                              pred, scores))
+      shown = case["image"] if display is None else display(case["image"])
+      examples.append(Example(str(case["case"]), np.asarray(shown)[..., 0], label, pred, scores))
   results = summarize(per_case)
   for name in foreground.values():
     case_max = np.array([m[name] for m in max_probs])

@@ -7,7 +7,7 @@ import flax.linen as nn
 import ml_collections
 import numpy as np
 
-from medjax.data import pipeline
+from medjax.data import pipeline, transforms
 from medjax.errors import InputError
 from medjax.train import evaluate, report
 from medjax.train.predictor import RunSegmenter, window_predictor
@@ -37,7 +37,7 @@ def score_cases(segmenter, config: ml_collections.ConfigDict, source: Sequence[d
   return evaluate.score_segmentation(
       segmenter, pipeline.eval_cases(source, normalize=_raw), tuple(config.class_names),
       label_map=tuple(config.get("label_map") or ()), surface=config.eval.surface_metrics,
-      keep=int(config.eval.report_cases))
+      keep=int(config.eval.report_cases), display=transforms.normalize_ct_channels)
 
 
 def write_case_reports(config: ml_collections.ConfigDict, evaluation: evaluate.Evaluation,
