@@ -27,6 +27,7 @@ INSTALL_REQUIRES = [
     "nibabel==5.4.2",  # NIfTI
     "pydicom==3.0.2",  # DICOM series
     "pynrrd==1.1.3",  # NRRD
+    "safetensors==0.8.0",  # pretrained weights without PyTorch or pickles (medjax.weights)
 ]
 
 setup(
@@ -37,6 +38,7 @@ setup(
     packages=[
         "medjax",
         "medjax.models",
+        "medjax.weights",
         "medjax.data",
         "medjax.train",
         "medjax.train.tasks",
@@ -55,7 +57,9 @@ setup(
     },
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "test": ["pytest==9.0.3", "pytest-xdist==3.8.0"],
+        # torch (CPU) checks the torchvision importer against PyTorch (tests/test_weights_torchvision.py);
+        # on a CUDA machine install it from https://download.pytorch.org/whl/cpu to avoid the CUDA wheels.
+        "test": ["pytest==9.0.3", "pytest-xdist==3.8.0", "torch==2.13.0"],
         "gpu": ["jax[cuda12]==0.10.2"],
     },
 )

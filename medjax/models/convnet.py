@@ -29,6 +29,14 @@ convs per block; the default is a small medical-image VGG
 `ConvNet.vgg16()` is configuration D of the paper (13 convs 64..512, two 4096
 dense layers; 138,357,544 parameters at 224x224x3 and 1000 classes).
 
+`adaptive_pool=(7, 7)` averages the last feature map onto a fixed grid
+before the flatten, as torchvision's VGG (`AdaptiveAvgPool2d((7, 7))`: bin
+`i` of an axis of length `L` averages `[floor(i L / 7), ceil((i + 1) L / 7))`,
+so a 1x1 map is copied into every bin); at 224x224 the map is already 7x7 and
+the pooling is the identity. With it and torchvision-layout weights
+(`medjax.weights.torchvision.vgg16_variables`) `ConvNet.vgg16(adaptive_pool=(7, 7))`
+reproduces torchvision's `vgg16` at any input size >= 32.
+
 `global_pool="max"` (or "avg") replaces the flatten before the dense layers by
 a global pooling over space (Lin et al. 2014, "Network in network"; the max is
 the multiple-instance view of "is there a lesion anywhere in this image?",
@@ -44,6 +52,7 @@ from typing import Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from medjax import layers
 
@@ -62,6 +71,9 @@ class ConvNet(nn.Module):
     dropout: dropout rate after each dense layer (0.5 in VGG; 0 disables).
     norm: None or "batch"/"instance" after every VGG conv (not used by LeNet).
     global_pool: None (flatten, the papers) or "max" / "avg" over space.
+    adaptive_pool: None, or an output grid (one size per spatial dim) onto
+      which the last feature map is average-pooled before the flatten
+      (torchvision's VGG: (7, 7)); only with `global_pool=None`.
     kernels: "auto" | "xla" | "pallas" convolution implementation.
     bn_axis_name: axis over which BatchNorm statistics are synchronised.
   """
@@ -74,6 +86,7 @@ class ConvNet(nn.Module):
   dropout: float = 0.0
   norm: Optional[str] = None
   global_pool: Optional[str] = None
+  adaptive_pool: Optional[Sequence[int]] = None
   kernels: str = "auto"
   bn_axis_name: Optional[str] = None
 
@@ -116,6 +129,10 @@ class ConvNet(nn.Module):
       dense = (256,) if self.dense is None else self.dense
     else:
       raise ValueError(f"variant={self.variant!r}: expected 'lenet' or 'vgg'")
+    if self.adaptive_pool is not None:
+      if self.global_pool is not None:
+        raise ValueError("adaptive_pool and global_pool exclude each other")
+      x = adaptive_avg_pool(x, self.adaptive_pool)
     if self.global_pool is None:  # (a "None" flag is None by then: train.model_factory)
       x = x.reshape(x.shape[0], -1)
     elif self.global_pool in ("max", "avg"):
@@ -128,3 +145,25 @@ class ConvNet(nn.Module):
       if self.dropout > 0:
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
     return nn.Dense(self.num_classes, name="head")(x)
+
+
+def _adaptive_weights(length: int, out: int) -> np.ndarray:
+  """`(out, length)` averaging matrix of torch's adaptive average pooling:
+  row `i` averages `[floor(i L / out), ceil((i + 1) L / out))`."""
+  w = np.zeros((out, length), np.float32)
+  for i in range(out):
+    start, end = (i * length) // out, -((-(i + 1) * length) // out)
+    w[i, start:end] = 1.0 / (end - start)
+  return w
+
+
+def adaptive_avg_pool(x: jax.Array, output_size: Sequence[int]) -> jax.Array:
+  """Adaptive average pooling of `(N, *S, C)` to `(N, *output_size, C)`, bins as
+  torch's `AdaptiveAvgPool{1,2,3}d` (overlapping where `S` is not a multiple)."""
+  output_size = tuple(output_size)
+  if len(output_size) != x.ndim - 2:
+    raise ValueError(f"adaptive_pool={output_size}: expected one size per spatial dim of {x.shape}")
+  for axis, out in enumerate(output_size, start=1):
+    w = jnp.asarray(_adaptive_weights(x.shape[axis], out), x.dtype)
+    x = jnp.moveaxis(jnp.tensordot(x, w, axes=([axis], [1])), -1, axis)
+  return x

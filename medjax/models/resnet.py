@@ -16,12 +16,21 @@ torchvision's (ResNet-18 with 3 input channels and 1000 classes: 11,689,512):
 
 Convolutions have no bias (BatchNorm with scale and bias follows each);
 a block whose stride or width changes gets a 1x1 strided projection + BN on
-its shortcut. Differences to torchvision: "SAME" padding (for even input
-sizes XLA pads one more pixel at the end than torch's symmetric padding of
-a stride-2 conv), which changes nothing in shapes or parameter counts but
-shifts the sampling grid by one pixel if torchvision weights are loaded.
-No pretrained weights ship with medjax (no network at run time); load your
-own into `variables`.
+its shortcut. Padding: `padding="same"` (the default) is XLA's "SAME",
+which for a stride-2 conv on an even input size pads one more pixel at the
+end than at the start; `padding="torch"` pads every strided conv
+symmetrically by `kernel // 2` as torchvision does (7x7/2 stem: 3; 3x3/2
+convs: 1; 1x1/2 shortcuts: 0), by an explicit `jnp.pad` followed by a
+"VALID" conv (so the same conv implementations, Pallas included, serve both;
+stride-1 convs stay "SAME", which is already symmetric for odd kernels). The
+option changes no shape or parameter, only the sampling grid: use "torch"
+with weights imported by `medjax.weights.torchvision`, with which a
+ResNet reproduces torchvision's logits (tests/test_weights_torchvision.py).
+BatchNorm matches torchvision's in evaluation: epsilon 1e-5, and flax's
+momentum 0.9 is torch's momentum 0.1 (`new = 0.9 old + 0.1 batch`); in
+training flax updates the running variance with the biased batch variance,
+torch with the unbiased one. No pretrained weights ship with medjax (no
+network at run time); import your own (`medjax.weights`).
 
 For deep features (Azizpour et al. 2016) see `medjax.features.extract`, which
 pools the output of a named stage ("stem", "stage1".."stage4"); the same
@@ -49,14 +58,26 @@ class _ConvNorm(nn.Module):
   norm: Optional[str] = "batch"
   kernels: str = "auto"
   bn_axis_name: Optional[str] = None
+  padding: str = "same"
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    padding = "SAME"
+    if self.padding == "torch" and self.strides != 1:
+      x = _pad_symmetric(x, self.kernel_size // 2)
+      padding = "VALID"
     return layers.conv_norm_act(x, self.features, self.kernel_size, train=train,
                                 norm=self.norm, bn_axis_name=self.bn_axis_name,
                                 relu=self.relu, conv_name="conv", norm_name="norm",
                                 spatial_dims=self.spatial_dims, strides=self.strides,
-                                kernels=self.kernels)
+                                padding=padding, kernels=self.kernels)
+
+
+def _pad_symmetric(x: jax.Array, pad: int) -> jax.Array:
+  """Zero-pads every spatial dim of `(N, *S, C)` by `pad` at both ends (torch's `padding=pad`)."""
+  if pad == 0:
+    return x
+  return jnp.pad(x, ((0, 0),) + ((pad, pad),) * (x.ndim - 2) + ((0, 0),))
 
 
 class BasicBlock(nn.Module):
@@ -67,12 +88,14 @@ class BasicBlock(nn.Module):
   norm: Optional[str] = "batch"
   kernels: str = "auto"
   bn_axis_name: Optional[str] = None
+  padding: str = "same"
   expansion = 1
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     cn = functools.partial(_ConvNorm, spatial_dims=self.spatial_dims, norm=self.norm,
-                           kernels=self.kernels, bn_axis_name=self.bn_axis_name)
+                           kernels=self.kernels, bn_axis_name=self.bn_axis_name,
+                           padding=self.padding)
     y = cn(self.features, 3, self.strides, name="unit0")(x, train=train)
     y = cn(self.features, 3, 1, relu=False, name="unit1")(y, train=train)
     if self.strides != 1 or x.shape[-1] != self.features:
@@ -88,12 +111,14 @@ class Bottleneck(nn.Module):
   norm: Optional[str] = "batch"
   kernels: str = "auto"
   bn_axis_name: Optional[str] = None
+  padding: str = "same"
   expansion = 4
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     cn = functools.partial(_ConvNorm, spatial_dims=self.spatial_dims, norm=self.norm,
-                           kernels=self.kernels, bn_axis_name=self.bn_axis_name)
+                           kernels=self.kernels, bn_axis_name=self.bn_axis_name,
+                           padding=self.padding)
     out = self.features * self.expansion
     y = cn(self.features, 1, 1, name="unit0")(x, train=train)
     y = cn(self.features, 3, self.strides, name="unit1")(y, train=train)
@@ -113,13 +138,15 @@ class ResNetStage(nn.Module):
   norm: Optional[str] = "batch"
   kernels: str = "auto"
   bn_axis_name: Optional[str] = None
+  padding: str = "same"
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     for i in range(self.num_blocks):
       x = self.block(self.features, self.strides if i == 0 else 1,
                      spatial_dims=self.spatial_dims, norm=self.norm, kernels=self.kernels,
-                     bn_axis_name=self.bn_axis_name, name=f"block{i}")(x, train=train)
+                     bn_axis_name=self.bn_axis_name, padding=self.padding,
+                     name=f"block{i}")(x, train=train)
     return x
 
 
@@ -131,12 +158,13 @@ class _Stem(nn.Module):
   norm: Optional[str] = "batch"
   kernels: str = "auto"
   bn_axis_name: Optional[str] = None
+  padding: str = "same"
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     x = _ConvNorm(self.width, self.kernel_size, 2, spatial_dims=self.spatial_dims,
                   norm=self.norm, kernels=self.kernels, bn_axis_name=self.bn_axis_name,
-                  name="unit")(x, train=train)
+                  padding=self.padding, name="unit")(x, train=train)
     if self.pool:
       nd = self.spatial_dims
       x = nn.max_pool(x, (3,) * nd, strides=(2,) * nd, padding=((1, 1),) * nd)
@@ -158,6 +186,8 @@ class ResNet(nn.Module):
     norm: "batch" (synchronised over `bn_axis_name`), "instance" or None.
     dropout: dropout rate before the head (0 disables).
     kernels: "auto" | "xla" | "pallas" convolution implementation.
+    padding: "same" (XLA's SAME) or "torch" (symmetric `kernel // 2` padding of
+      the strided convs, as torchvision; see the module docstring).
   """
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
   num_classes: Optional[int] = 1000
@@ -170,6 +200,7 @@ class ResNet(nn.Module):
   dropout: float = 0.0
   kernels: str = "auto"
   bn_axis_name: Optional[str] = None
+  padding: str = "same"
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False, return_features: bool = False):
@@ -182,8 +213,10 @@ class ResNet(nn.Module):
     blocks = {"basic": BasicBlock, "bottleneck": Bottleneck}
     if self.block not in blocks:
       raise ValueError(f"block={self.block!r}: expected 'basic' or 'bottleneck'")
+    if self.padding not in ("same", "torch"):
+      raise ValueError(f"padding={self.padding!r}: expected 'same' or 'torch'")
     common = dict(spatial_dims=nd, norm=self.norm, kernels=self.kernels,
-                  bn_axis_name=self.bn_axis_name)
+                  bn_axis_name=self.bn_axis_name, padding=self.padding)
     feats = {}
     x = _Stem(self.width, self.stem_kernel, self.stem_pool, name="stem", **common)(x, train=train)
     feats["stem"] = x
