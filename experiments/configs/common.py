@@ -24,6 +24,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.foreground_fraction = 0.33  # nnU-Net's oversample_foreground_percent
   c.flip_axes = (1, 2)
   c.data_workers = 0
+  # Warm start (medjax.train.warm_start): a trained workdir or a weights file;
+  # "OLD->NEW" path-prefix renames of its variables; prefixes kept fresh.
+  c.init_from = ""
+  c.init_mapping = ()
+  c.init_exclude = ()
 
   c.model = ml_collections.ConfigDict()
   c.loss = ml_collections.ConfigDict()
@@ -38,6 +43,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer.momentum = 0.99
   c.optimizer.nesterov = True
   c.optimizer.weight_decay = 1e-4
+  # Fine-tuning (medjax.train.freeze / optim): parameter path prefixes with no
+  # update (and BatchNorm in inference mode); when `trainable` is not empty,
+  # everything outside it is frozen; {prefix: learning-rate factor}.
+  c.optimizer.frozen = ()
+  c.optimizer.trainable = ()
+  c.optimizer.lr_multipliers = ml_collections.ConfigDict()
 
   c.num_steps = 600
   c.log_every = 10

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from medjax import losses, parallel
 from medjax.errors import InputError
-from medjax.train import config_check, report, tasks
+from medjax.train import config_check, report, tasks, warm_start
 from medjax.train.checkpoint import StopRequest
 from medjax.train.model_factory import build_model
 from medjax.train.optim import make_optimizer
@@ -64,7 +64,7 @@ def init_state(config: ml_collections.ConfigDict, model, tx, input_shape: Sequen
   with jax.default_device(jax.local_devices(backend="cpu")[0]):
     variables = jax.jit(lambda k: model.init(k, jnp.zeros(input_shape, jnp.float32), train=False))(
         jax.random.key(config.seed))
-    variables = jax.device_get(variables)
+    variables = warm_start.apply(config, jax.device_get(variables), model)
     state = TrainState.create(params=variables["params"],
                               batch_stats=variables.get("batch_stats", {}), tx=tx)
     return jax.device_get(state)

@@ -6,6 +6,7 @@ import ml_collections
 
 from medjax import models
 from medjax.errors import InputError
+from medjax.train import freeze
 
 # config.model.name -> class name in medjax.models
 MODEL_CLASSES = {
@@ -44,4 +45,6 @@ def build_model(config: ml_collections.ConfigDict, *, training: bool = True) -> 
       cfg[key] = tuple(value)
     elif isinstance(value, str) and value.lower() == "none":  # `--config.model.norm=None`
       cfg[key] = None
-  return cls(**cfg)
+  model = cls(**cfg)
+  # Frozen stages (config.optimizer.frozen/trainable) keep their BatchNorm statistics.
+  return freeze.freeze_batch_norm(model, config.optimizer) if training else model

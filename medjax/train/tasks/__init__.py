@@ -11,10 +11,13 @@ from medjax.errors import InputError
 from medjax.train.tasks.base import Task
 from medjax.train.tasks.classification import ClassificationTask
 from medjax.train.tasks.segmentation import SegmentationTask
+from medjax.train.tasks.transfer import FinetuneTask, LinearProbeTask
 
 TASKS: dict[str, type[Task]] = {
     "segmentation": SegmentationTask,
     "classification": ClassificationTask,
+    "finetune": FinetuneTask,
+    "linear_probe": LinearProbeTask,
 }
 
 
@@ -26,4 +29,5 @@ def get_task(name: str) -> Task:
   return TASKS[name]()
 
 
-__all__ = ["Task", "TASKS", "get_task", "SegmentationTask", "ClassificationTask"]
+__all__ = ["Task", "TASKS", "get_task", "SegmentationTask", "ClassificationTask",
+           "FinetuneTask", "LinearProbeTask"]
