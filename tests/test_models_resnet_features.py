@@ -67,3 +67,28 @@ def test_linear_probe_fits_separable_features():
   probe = features.linear_probe_fit(feats, labels, l2=1e-3)
   pred = np.asarray(features.linear_probe_predict(probe, feats)).argmax(-1)
   assert (pred == labels).mean() == 1.0
+
+
+# ----------------------------------------------------------------------------- torchvision padding
+
+def test_resnet_torch_padding_same_params_and_odd_size_equivalence():
+  """`padding="torch"` changes no parameter; it differs from "SAME" only where a
+  strided conv sees an even size (XLA's SAME pads the extra pixel at the end):
+  at 32x32 they do not (tests/test_weights_torchvision.py: torch's outputs)."""
+  same = ResNet(stage_sizes=(1, 1, 1, 1), num_classes=3, width=4)
+  torch_pad = same.clone(padding="torch")
+  variables, _ = _abstract_init(ResNet18(num_classes=1000, padding="torch"), (1, 224, 224, 3))
+  assert _count(variables) == 11_689_512
+  x33 = _normal((2, 33, 33, 3), 3)
+  abstract, _ = _abstract_init(same, x33.shape)  # random values without compiling init
+  rng = np.random.default_rng(0)
+  variables = jax.tree_util.tree_map_with_path(
+      lambda path, s: (0.5 + rng.random(s.shape) if path[-1].key == "var"
+                       else 0.5 * rng.normal(size=s.shape)).astype(np.float32), abstract)
+  both = jax.jit(lambda v, x: (same.apply(v, x), torch_pad.apply(v, x)))
+  a, b = both(variables, x33)
+  np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+  a, b = both(variables, x33[:, :32, :32])
+  assert float(jnp.abs(a - b).max()) > 1e-4
+  with pytest.raises(ValueError, match="padding='reflect'"):
+    _abstract_init(same.clone(padding="reflect"), (1, 32, 32, 3))
