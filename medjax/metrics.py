@@ -24,6 +24,8 @@ References:
     anatomy for radiotherapy: deep learning algorithm development and
     validation study. JMIR. (normalised surface Dice)
   Guo C. et al. (2017) On calibration of modern neural networks. ICML. (ECE)
+  Kull M. et al. (2019) Beyond temperature scaling: obtaining well-calibrated
+    multiclass probabilities with Dirichlet calibration. NeurIPS. (class-wise ECE)
   Brier G. W. (1950) Verification of forecasts expressed in terms of
     probability. Monthly Weather Review.
   Mann H. B., Whitney D. R. (1947) On a test of whether one of two random
@@ -328,6 +330,24 @@ def roc_auc(scores, labels) -> float:
   return float(u / (n_pos * n_neg))
 
 
+def roc_auc_from_counts(positive_counts, negative_counts) -> float:
+  """Binary ROC AUC from histograms of the scores of positives and negatives
+  over the same ordered bins (ties inside a bin count 1/2): the Mann-Whitney
+  statistic of the binned scores, for data too large to rank (every voxel of
+  a test set). NaN if either class is empty.
+  """
+  pos = np.asarray(positive_counts, np.float64).reshape(-1)
+  neg = np.asarray(negative_counts, np.float64).reshape(-1)
+  if pos.shape != neg.shape:
+    raise InputError(f"positive_counts ({pos.size}) and negative_counts ({neg.size}): "
+                     "expected the same bins")
+  n_pos, n_neg = pos.sum(), neg.sum()
+  if n_pos == 0 or n_neg == 0:
+    return float("nan")
+  below = np.cumsum(neg) - neg  # negatives in lower bins
+  return float((pos * (below + 0.5 * neg)).sum() / (n_pos * n_neg))
+
+
 def _probs_labels(probs, labels) -> tuple[np.ndarray, np.ndarray]:
   probs = np.asarray(probs, np.float64)
   labels = np.asarray(labels).astype(np.int64)
@@ -336,6 +356,46 @@ def _probs_labels(probs, labels) -> tuple[np.ndarray, np.ndarray]:
                      f"{labels.shape}: expected probs (M, K) or (N, *S, K) "
                      "and labels (M,) or (N, *S)")
   return probs.reshape(-1, probs.shape[-1]), labels.reshape(-1)
+
+
+def calibration_bins(confidence, n_bins: int) -> np.ndarray:
+  """Bin index in `[0, n_bins)` of each confidence: equal-width bins
+  `(i/n, (i+1)/n]` (0 falls in the first), as in Guo 2017."""
+  if n_bins < 1:
+    raise InputError(f"n_bins={n_bins}: expected >= 1")
+  edges = np.linspace(0.0, 1.0, n_bins + 1)
+  return np.clip(np.searchsorted(edges, np.asarray(confidence), side="left") - 1, 0, n_bins - 1)
+
+
+def reliability_bins(confidence, correct, *, n_bins: int = 15) -> dict[str, np.ndarray]:
+  """Reliability-diagram data (Guo 2017): per confidence bin, the number of
+  samples and the sums of their confidences and of their correctness.
+
+  Args:
+    confidence: `(M,)` predicted probabilities in [0, 1].
+    correct: `(M,)` 1 where the prediction is right (for a class-wise diagram:
+      where the label is that class).
+  Returns:
+    `{"count", "confidence_sum", "correct_sum"}`, each `(n_bins,)` float64;
+    the bin means are the sums over the counts.
+  """
+  confidence = np.asarray(confidence, np.float64).reshape(-1)
+  correct = np.asarray(correct, np.float64).reshape(-1)
+  bins = calibration_bins(confidence, n_bins)
+  return {"count": np.bincount(bins, minlength=n_bins).astype(np.float64),
+          "confidence_sum": np.bincount(bins, confidence, minlength=n_bins),
+          "correct_sum": np.bincount(bins, correct, minlength=n_bins)}
+
+
+def ece_from_bins(count, confidence_sum, correct_sum) -> float:
+  """`ECE = Σ_b |B_b| / M · |accuracy(B_b) - confidence(B_b)|` from per-bin
+  counts and sums (`reliability_bins`); 0 for no samples."""
+  count = np.asarray(count, np.float64)
+  total = count.sum()
+  if total == 0:
+    return 0.0
+  gaps = np.abs(np.asarray(correct_sum, np.float64) - np.asarray(confidence_sum, np.float64))
+  return float(gaps.sum() / total)  # |B| * |acc - conf| = |Σ correct - Σ conf|
 
 
 def expected_calibration_error(probs, labels, *, n_bins: int = 15) -> float:
@@ -354,17 +414,26 @@ def expected_calibration_error(probs, labels, *, n_bins: int = 15) -> float:
   if n_bins < 1:
     raise InputError(f"n_bins={n_bins}: expected >= 1")
   probs, labels = _probs_labels(probs, labels)
-  confidence = probs.max(axis=-1)
-  correct = (probs.argmax(axis=-1) == labels).astype(np.float64)
-  edges = np.linspace(0.0, 1.0, n_bins + 1)
-  bins = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, n_bins - 1)
-  ece = 0.0
-  for b in range(n_bins):
-    in_bin = bins == b
-    if in_bin.any():
-      gap = abs(correct[in_bin].mean() - confidence[in_bin].mean())
-      ece += in_bin.mean() * gap
-  return float(ece)
+  bins = reliability_bins(probs.max(axis=-1), probs.argmax(axis=-1) == labels, n_bins=n_bins)
+  return ece_from_bins(**bins)
+
+
+def classwise_expected_calibration_error(probs, labels, *, n_bins: int = 15) -> np.ndarray:
+  """Class-wise ECE (Kull et al. 2019, NeurIPS): for each class k, the ECE of
+  the one-vs-rest forecast `p_k` against `1[y = k]` over all samples, binned
+  on `p_k`. Its mean over classes is the class-wise ECE.
+
+  Args:
+    probs: `(M, K)` or `(N, *S, K)` class probabilities.
+    labels: `(M,)` or `(N, *S)` integer labels.
+  Returns:
+    `(K,)` per-class ECEs in [0, 1].
+  """
+  if n_bins < 1:
+    raise InputError(f"n_bins={n_bins}: expected >= 1")
+  probs, labels = _probs_labels(probs, labels)
+  return np.array([ece_from_bins(**reliability_bins(probs[:, k], labels == k, n_bins=n_bins))
+                   for k in range(probs.shape[-1])])
 
 
 def brier_score(probs, labels) -> float:

@@ -6,6 +6,10 @@
   cases, the image, truth and prediction a report can draw.
 * `score_classification(predict_batch, images, ...)`: image-level accuracy,
   ROC AUC and calibration, in the source's order.
+* Both take optional calibration / uncertainty scoring (`medjax.calibration`):
+  ECE and class-wise ECE before and after temperature scaling, error
+  detection by uncertainty (AUROC, retained Dice / accuracy), and the
+  reliability-diagram data in `Evaluation.reliability`.
 * `summarize(per_case)`: means over cases (non-finite values counted, not averaged).
 """
 from __future__ import annotations
@@ -16,9 +20,10 @@ from typing import Callable, Iterable, Mapping, Optional, Sequence
 import numpy as np
 from absl import logging
 
-from medjax import metrics
+from medjax import calibration, metrics, uncertainty
 
-Segmenter = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+# raw image -> (labels, probabilities[, uncertainty maps])
+Segmenter = Callable[[np.ndarray], tuple]
 
 
 @dataclasses.dataclass
@@ -34,20 +39,32 @@ class Example:
 
 @dataclasses.dataclass
 class Evaluation:
-  """`results`: the `eval.json` dict; `examples`: the cases kept for drawing."""
+  """`results`: the `eval.json` dict; `examples`: the cases kept for drawing;
+  `reliability`: reliability-diagram data (`calibration.SegmentationTrust.reliability`)
+  when calibration was scored."""
   results: dict
   examples: list = dataclasses.field(default_factory=list)
+  reliability: Optional[dict] = None
+
+
+def uncertainty_maps(output: tuple) -> dict:
+  """The maps of a segmenter's output `(labels, probs[, maps])`; without
+  maps, the predictive entropy of `probs` (`{"entropy": (*S,)}`)."""
+  if len(output) > 2:
+    return dict(output[2])
+  return {"entropy": np.asarray(uncertainty.predictive_entropy(output[1]), np.float32)}
 
 
 def score_segmentation(segmenter: Segmenter, cases: Iterable[dict], class_names: Sequence[str], *,
                        label_map: Optional[Sequence[int]] = None, surface: bool = True,
                        keep: int = 0,
-                       display: Optional[Callable[[np.ndarray], np.ndarray]] = None
-                       ) -> Evaluation:
+                       display: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+                       trust: Optional[calibration.SegmentationTrust] = None) -> Evaluation:
   """Segments and scores every case.
 
   Args:
-    segmenter: raw image `(*S, C)` -> `(labels (*S,), probabilities (*S, K))`.
+    segmenter: raw image `(*S, C)` -> `(labels (*S,), probabilities (*S, K))`
+      (or with a third element, uncertainty maps name -> `(*S,)`).
     cases: dicts with `image` `(*S, C)` raw, `label` `(*S,)`, `spacing`, `case`
       (`medjax.data.pipeline.eval_cases` with the identity normalisation).
     class_names: name of each class id (index 0 is the background).
@@ -58,6 +75,11 @@ def score_segmentation(segmenter: Segmenter, cases: Iterable[dict], class_names:
     display: raw image `(*S, C)` -> the image kept for the report (e.g. the
       normalised network input, whose CT window shows the soft tissue);
       default the raw image.
+    trust: voxel-level calibration and error detection to accumulate (its
+      per-case `retained_dice@<r>%/<class>` go into `per_case` and their
+      means into `results`, its test-set numbers into `results`; rejection
+      and `uncertainty_auroc` use the segmenter's maps, else the predictive
+      entropy of the probabilities).
   Returns:
     An `Evaluation` whose `results` has `"<metric>/<class>"` keys (means over
     cases; inf distances of a missed structure are left out of the mean and
@@ -72,12 +94,15 @@ def score_segmentation(segmenter: Segmenter, cases: Iterable[dict], class_names:
   foreground = {i: n for i, n in enumerate(class_names) if i > 0}
   per_case, max_probs, present, examples = [], [], [], []
   for case in cases:
-    pred, probs = segmenter(case["image"])
+    output = segmenter(case["image"])
+    pred, probs = output[0], output[1]
     label = np.asarray(case["label"])
     if lut is not None:
       label = lut[label]
     scores = metrics.segmentation_metrics(pred, label, foreground, spacing=tuple(case["spacing"]),
                                           surface=surface)
+    if trust is not None:
+      scores.update(trust.score_case(pred, probs, label, uncertainty_maps(output)))
     scores = {k: float(v) for k, v in scores.items()}
     per_case.append({"case": str(case["case"]), **scores})
     max_probs.append({n: float(probs[..., c].max()) for c, n in foreground.items()})
@@ -94,28 +119,47 @@ def score_segmentation(segmenter: Segmenter, cases: Iterable[dict], class_names:
       results[f"detection_auc/{name}"] = float(metrics.roc_auc(case_max, is_present))
   for case, m in zip(results["per_case"], max_probs):
     case.update({f"max_prob/{name}": v for name, v in m.items()})
-  return Evaluation(results, examples)
+  if trust is None:
+    return Evaluation(results, examples)
+  per_case_results = results.pop("per_case")
+  results.update(trust.results())
+  results["per_case"] = per_case_results
+  return Evaluation(results, examples, reliability=trust.reliability())
 
 
 def score_classification(predict_batch: Callable[[np.ndarray], np.ndarray],
                          images: Iterable[tuple[str, np.ndarray, int]],
-                         class_names: Sequence[str], *, batch_size: int) -> Evaluation:
-  """Image-level classification of every image: accuracy, ROC AUC of the positive
-  class (binary tasks), expected calibration error (Guo 2017, 15 bins).
+                         class_names: Sequence[str], *, batch_size: int,
+                         calibrate: bool = False, temperature: Optional[float] = None
+                         ) -> Evaluation:
+  """Image-level classification of every image: accuracy, ROC AUC, expected
+  calibration error (Guo 2017, 15 bins).
 
   Args:
-    predict_batch: images `(B, *S, C)` -> probabilities `(B, K)`.
+    predict_batch: images `(B, *S, C)` -> probabilities `(B, K)`, or
+      `(probabilities, {map name: (B,)})` with uncertainty maps (MC dropout, TTA).
     images: `(case id, image (*S, C), label)` in the source's order.
     batch_size: images per call of `predict_batch`.
+    calibrate: also score calibration and error detection
+      (`calibration.classification_trust`: class-wise ECE, NLL,
+      `uncertainty_auroc`, `retained_accuracy@<r>%`; rejection by the
+      predictor's entropy map, else the entropy of the probabilities), and,
+      with a `temperature` (fitted on the validation split), the same after
+      temperature scaling; the reliability data go to `Evaluation.reliability`.
   Returns:
-    `results` with `accuracy`, `ece`, `auc/<positive class>` and `per_case`
+    `results` with `accuracy`, `ece`, `auc/<class>` (binary tasks: the
+    positive class; K > 2: one-vs-rest for every class) and `per_case`
     (`case`, `label`, `pred`, `prob` of the positive / predicted class).
   """
-  names, probs, labels, batch = [], [], [], []
+  names, probs, labels, batch, maps = [], [], [], [], []
 
   def flush():
     if batch:
-      probs.append(np.asarray(predict_batch(np.stack(batch))))
+      out = predict_batch(np.stack(batch))
+      if isinstance(out, tuple):
+        out, batch_maps = out
+        maps.append({k: np.asarray(v) for k, v in batch_maps.items()})
+      probs.append(np.asarray(out))
       batch.clear()
 
   for name, image, label in images:
@@ -133,10 +177,20 @@ def score_classification(predict_batch: Callable[[np.ndarray], np.ndarray],
   binary = probs.shape[-1] == 2
   if binary:
     results[f"auc/{class_names[1]}"] = float(metrics.roc_auc(probs[:, 1], labels))
+  else:
+    for k, name in enumerate(class_names):
+      results[f"auc/{name}"] = float(metrics.roc_auc(probs[:, k], labels == k))
+  reliability = None
+  if calibrate:
+    all_maps = ({k: np.concatenate([m[k] for m in maps]) for k in maps[0]} if maps else
+                {"entropy": np.asarray(uncertainty.predictive_entropy(probs), np.float32)})
+    trust, reliability = calibration.classification_trust(
+        probs, labels, class_names, all_maps, temperature=temperature)
+    results.update({k: float(v) for k, v in trust.items()})
   results["per_case"] = [{"case": n, "label": int(l), "pred": int(p),
                           "prob": float(probs[i, 1] if binary else probs[i, p])}
                          for i, (n, l, p) in enumerate(zip(names, labels, pred))]
-  return Evaluation(results)
+  return Evaluation(results, reliability=reliability)
 
 
 def summarize(per_case: list[Mapping]) -> dict:

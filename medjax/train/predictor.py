@@ -11,6 +11,12 @@ the cascade and `experiments.predict` share.
 * `load_predictor(workdir)`: the segmenter of a trained workdir, an
   ordinary run or a cascade (`stage1/`, `stage2/`), with the metadata a
   prediction tool needs and one-line errors for images it cannot take.
+* Uncertainty (`medjax.uncertainty`): `run_segmenter(..., uncertainty=
+  "mc_dropout" | "tta")` slides one compiled window function whose windows
+  carry the samples (`uncertainty.window_moments_fn`) and returns
+  `(labels, mean probabilities, {"entropy", "mutual_information",
+  "variance"})`; `load_ensemble(workdirs)` averages several runs (deep
+  ensembles) with the same maps over the members.
 """
 from __future__ import annotations
 
@@ -23,19 +29,27 @@ import jax
 import ml_collections
 import numpy as np
 
-from medjax import inference
+from medjax import inference, uncertainty
 from medjax.data import transforms
 from medjax.errors import InputError
 from medjax.train import restore
 from medjax.train.step import make_predict_fn
 from medjax.train.workdir import Workdir
 
-Segmenter = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+# raw image -> (labels, probabilities), or (labels, probabilities, uncertainty maps)
+Segmenter = Callable[[np.ndarray], tuple]
 CASCADE_STAGES = ("stage1", "stage2")
 
 
+def tta_axes(config: ml_collections.ConfigDict) -> tuple:
+  """The flips of test-time-augmentation uncertainty: `config.eval.mirror_axes`,
+  else the training flips `config.flip_axes` (flips the network has seen)."""
+  return tuple(config.eval.get("mirror_axes", ()) or config.get("flip_axes", ()) or ())
+
+
 def window_predictor(config: ml_collections.ConfigDict, model: nn.Module, variables: dict, *,
-                     mirror_axes: Optional[tuple] = None) -> inference.WindowPredictor:
+                     mirror_axes: Optional[tuple] = None, uncertainty_method: str = "none",
+                     samples: Optional[int] = None) -> inference.WindowPredictor:
   """The trained network of `config` over whole raw images `(*S, C)` -> `(*S, K)`.
 
   The image is normalised as the training pipeline does
@@ -43,13 +57,30 @@ def window_predictor(config: ml_collections.ConfigDict, model: nn.Module, variab
   `config.patch_size` and `config.eval`'s overlap, blending and batch size.
   `mirror_axes` (default `config.eval.mirror_axes`) are flipped for
   test-time augmentation.
+
+  With `uncertainty_method` "mc_dropout" (`samples`, default
+  `config.eval.uncertainty_samples`, dropout keys from `config.seed`) or
+  "tta" (the flips of `tta_axes`, done inside the window function, so no
+  further mirroring), each window gives `uncertainty.moments`
+  `(*roi, K + 2)`: split the blended output with `uncertainty.maps_from_moments`.
   """
-  predict = make_predict_fn(model)
-  variables = jax.device_put(variables, jax.local_devices()[0])
   ecfg = config.eval
   axes = tuple(ecfg.get("mirror_axes", ()) or ()) if mirror_axes is None else tuple(mirror_axes)
+  variables = jax.device_put(variables, jax.local_devices()[0])
+  method = uncertainty.check_method(uncertainty_method, "uncertainty")
+  if method == "none":
+    predict = make_predict_fn(model)
+    predict_fn = lambda x: predict(variables, x)
+  else:
+    samples = int(ecfg.get("uncertainty_samples", 20) if samples is None else samples)
+    predict_fn = uncertainty.window_moments_fn(
+        model.apply, variables, method, samples=samples,
+        rng=jax.random.fold_in(jax.random.key(int(config.get("seed", 0))), 0x4D43),
+        axes=tta_axes(config))
+    if method == "tta":
+      axes = ()
   return inference.WindowPredictor(
-      predict_fn=lambda x: predict(variables, x), roi_size=tuple(int(r) for r in config.patch_size),
+      predict_fn=predict_fn, roi_size=tuple(int(r) for r in config.patch_size),
       overlap=float(ecfg.overlap), mode=ecfg.mode, batch_size=int(ecfg.batch_size),
       mirror_axes=axes, normalize=transforms.normalize_ct_channels)
 
@@ -62,6 +93,52 @@ class RunSegmenter:
   def __call__(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     probs = self.predictor(image)
     return probs.argmax(-1).astype(np.uint8), probs
+
+
+@dataclasses.dataclass(frozen=True)
+class UncertaintySegmenter:
+  """One network sampled per window (MC dropout or TTA, `window_predictor`):
+  `(labels (*S,) uint8, mean probabilities (*S, K), maps name -> (*S,) float32)`,
+  labels the argmax of the mean."""
+  predictor: inference.WindowPredictor
+
+  def __call__(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+    mean, maps = uncertainty.maps_from_moments(self.predictor(image))
+    mean = np.asarray(mean, np.float32)
+    return (mean.argmax(-1).astype(np.uint8), mean,
+            {k: np.asarray(v, np.float32) for k, v in maps.items()})
+
+
+@dataclasses.dataclass(frozen=True)
+class EnsembleSegmenter:
+  """Deep ensemble (Lakshminarayanan et al. 2017): the mean of the members'
+  probabilities, labels its argmax, and the members' entropy / mutual
+  information / variance maps (`uncertainty.summarize_samples` over members)."""
+  members: tuple
+
+  def __call__(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+    probs = np.stack([np.asarray(m(image)[1], np.float32) for m in self.members])
+    mean, maps = uncertainty.maps_from_moments(np.asarray(uncertainty.moments(probs)))
+    return (mean.argmax(-1).astype(np.uint8), mean.astype(np.float32),
+            {k: np.asarray(v, np.float32) for k, v in maps.items()})
+
+
+def run_segmenter(config: ml_collections.ConfigDict, model: nn.Module, variables: dict, *,
+                  mirror_axes: Optional[tuple] = None, uncertainty_method: Optional[str] = None,
+                  samples: Optional[int] = None) -> Segmenter:
+  """The segmenter of one trained network: `RunSegmenter`, or with
+  `uncertainty_method` (default `config.eval.uncertainty`) "mc_dropout" /
+  "tta" an `UncertaintySegmenter` (see `window_predictor`)."""
+  method = (config.eval.get("uncertainty", "none") if uncertainty_method is None
+            else uncertainty_method)
+  predictor = window_predictor(config, model, variables, mirror_axes=mirror_axes,
+                               uncertainty_method=method, samples=samples)
+  return RunSegmenter(predictor) if method == "none" else UncertaintySegmenter(predictor)
+
+
+def has_dropout(config: ml_collections.ConfigDict) -> bool:
+  """The run's model has dropout (`config.model.dropout > 0`), so MC dropout samples."""
+  return "cascade" not in config and float(config.model.get("dropout", 0.0) or 0.0) > 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,8 +233,20 @@ class RunPredictor:
     message of an `InputError` for an image the model cannot take (NaN/inf,
     wrong dimensions or channels).
     """
-    labels, probs = self.segmenter(self._checked(image, name))
-    return np.asarray(labels, np.uint8), np.asarray(probs, np.float32)
+    labels, probs, _ = self.predict_uncertainty(image, name=name)
+    return labels, probs
+
+  def predict_uncertainty(self, image: np.ndarray, *, name: str = "image"
+                          ) -> tuple[np.ndarray, np.ndarray, dict]:
+    """`(labels, probabilities, maps)`: `predict` plus per-voxel uncertainty
+    maps `(*S,)` float32: the segmenter's (`"entropy"`, `"mutual_information"`,
+    `"variance"` of MC dropout, TTA or an ensemble), else `"entropy"`, the
+    predictive entropy of the deterministic probabilities."""
+    out = self.segmenter(self._checked(image, name))
+    labels, probs = np.asarray(out[0], np.uint8), np.asarray(out[1], np.float32)
+    maps = out[2] if len(out) > 2 else {
+        "entropy": np.asarray(uncertainty.predictive_entropy(probs), np.float32)}
+    return labels, probs, maps
 
   def probabilities(self, image: np.ndarray, *, name: str = "image") -> np.ndarray:
     return self.predict(image, name=name)[1]
@@ -167,7 +256,8 @@ class RunPredictor:
 
 
 def load_predictor(workdir: Union[str, os.PathLike, Workdir], *,
-                   mirror: bool = False) -> RunPredictor:
+                   mirror: bool = False, uncertainty_method: str = "none",
+                   samples: Optional[int] = None) -> RunPredictor:
   """The trained run or cascade in `workdir`, as a `RunPredictor`.
 
   Args:
@@ -175,18 +265,52 @@ def load_predictor(workdir: Union[str, os.PathLike, Workdir], *,
       (`config.json`, `stage1/`, `stage2/`).
     mirror: flip every spatial axis (test-time mirroring); otherwise each
       run's `config.eval.mirror_axes`.
+    uncertainty_method: "none", "mc_dropout" or "tta" (an ordinary run only;
+      see `run_segmenter`); `samples` MC-dropout passes (default
+      `config.eval.uncertainty_samples`, else 20).
   Raises:
-    InputError: a missing or unreadable workdir, config or checkpoint.
+    InputError: a missing or unreadable workdir, config or checkpoint, or an
+      uncertainty method the run cannot do (MC dropout without dropout, a cascade).
   """
   workdir = workdir if isinstance(workdir, Workdir) else Workdir(os.fspath(workdir))
   config = workdir.read_config()
   axes = tuple(range(len(config.patch_size))) if mirror else None
+  uncertainty.check_method(uncertainty_method, "uncertainty")
+  if uncertainty_method != "none" and is_cascade(config):
+    raise InputError(f"{workdir.path}: a cascade has no {uncertainty_method} uncertainty "
+                     "(its predictive entropy is available with uncertainty 'none')")
+  if uncertainty_method == "mc_dropout" and not has_dropout(config):
+    raise InputError(f"{workdir.path}: config.model.dropout is 0; MC dropout needs a model "
+                     "trained with dropout")
   if not is_cascade(config):
     config, model, variables = restore.load_run(workdir)
-    return RunPredictor(config, RunSegmenter(window_predictor(config, model, variables,
-                                                              mirror_axes=axes)))
+    return RunPredictor(config, run_segmenter(config, model, variables, mirror_axes=axes,
+                                              uncertainty_method=uncertainty_method,
+                                              samples=samples))
   stages = []
   for stage in CASCADE_STAGES:
     stage_config, model, variables = restore.load_run(workdir.stage(stage))
     stages.append(window_predictor(stage_config, model, variables, mirror_axes=axes))
   return RunPredictor(config, CascadeSegmenter(*stages, margin=cascade_margin(config)))
+
+
+def load_ensemble(workdirs, *, mirror: bool = False) -> RunPredictor:
+  """A deep ensemble (Lakshminarayanan et al. 2017) of trained runs or cascades:
+  `load_predictor` per workdir, mean of the probabilities, and the members'
+  entropy, mutual information and variance maps (`predict_uncertainty`).
+
+  Raises:
+    InputError: fewer than two workdirs, or members that differ in classes,
+      dimensions or input channels.
+  """
+  members = [load_predictor(w, mirror=mirror) for w in workdirs]
+  if len(members) < 2:
+    raise InputError(f"ensemble of {len(members)} workdir(s): expected at least 2")
+  first = members[0]
+  for w, m in zip(workdirs, members):
+    if (m.class_names, m.spatial_dims, m.in_channels) != (
+        first.class_names, first.spatial_dims, first.in_channels):
+      raise InputError(f"{w}: classes {m.class_names}, {m.spatial_dims}D, {m.in_channels} "
+                       f"channel(s); the first member has {first.class_names}, "
+                       f"{first.spatial_dims}D, {first.in_channels}")
+  return RunPredictor(first.config, EnsembleSegmenter(tuple(m.segmenter for m in members)))

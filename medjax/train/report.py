@@ -86,3 +86,44 @@ def write_learning_curves(workdir) -> None:
   rows = read_metrics(workdir)
   if rows:
     plot_learning_curves(rows, workdir.report_path("learning_curves.png"))
+
+
+def plot_reliability(reliability: dict, path: str, *, title: str = "") -> None:
+  """Reliability diagram (Guo 2017): accuracy against mean confidence per
+  confidence bin (the diagonal is perfect calibration) and the number of
+  samples per bin (log scale), before and, if given, after temperature scaling.
+
+  Args:
+    reliability: `{"before": bins[, "after": bins with "temperature"]}`, bins
+      as `medjax.calibration.CalibrationHistogram.reliability` (`edges`,
+      `count`, `confidence`, `accuracy`, `ece`).
+  """
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+  edges = np.asarray(reliability["before"]["edges"])
+  width = np.diff(edges)
+  axes[0].plot([0, 1], [0, 1], color="gray", lw=1, ls=":", label="perfect calibration")
+  for i, (key, colour) in enumerate((("before", "C0"), ("after", "C3"))):
+    bins = reliability.get(key)
+    if not bins:
+      continue
+    label = (f"T = {bins['temperature']:.2f}: ECE {bins['ece']:.4f}" if key == "after"
+             else f"uncalibrated: ECE {bins['ece']:.4f}")
+    acc = np.array([np.nan if v is None else v for v in bins["accuracy"]], float)
+    conf = np.array([np.nan if v is None else v for v in bins["confidence"]], float)
+    axes[0].bar(edges[:-1] + i * width / 2, np.nan_to_num(acc), width=width / 2, align="edge",
+                color=colour, alpha=0.6, label=label)
+    axes[0].plot(conf, acc, "o", color=colour, ms=3)
+    axes[1].bar(edges[:-1] + i * width / 2, np.asarray(bins["count"]), width=width / 2,
+                align="edge", color=colour, alpha=0.6, label=key)
+  axes[0].set(xlabel="confidence (bin; dots: mean confidence)", ylabel="accuracy", xlim=(0, 1),
+              ylim=(0, 1), title="reliability")
+  axes[0].legend(fontsize=8, loc="upper left")
+  axes[1].set(xlabel="confidence", ylabel="samples", yscale="log", xlim=(0, 1),
+              title="samples per bin")
+  axes[0].grid(alpha=0.3)
+  axes[1].grid(alpha=0.3)
+  if title:
+    fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)

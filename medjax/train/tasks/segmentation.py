@@ -1,16 +1,18 @@
 """Semantic segmentation: patches in training, whole volumes with sliding windows in evaluation."""
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Iterator, Optional, Sequence
 
 import flax.linen as nn
 import ml_collections
 import numpy as np
 
+from medjax import calibration, uncertainty
 from medjax.data import pipeline, transforms
 from medjax.errors import InputError
 from medjax.train import evaluate, report
-from medjax.train.predictor import RunSegmenter, window_predictor
+from medjax.train.predictor import has_dropout, run_segmenter
+from medjax.train.sources import load_split
 from medjax.train.tasks.base import Task
 from medjax.train.workdir import Workdir
 
@@ -30,14 +32,79 @@ def _raw(image: np.ndarray) -> np.ndarray:
   return image  # the segmenter normalises what it is given, as in training
 
 
-def score_cases(segmenter, config: ml_collections.ConfigDict, source: Sequence[dict]
-                ) -> evaluate.Evaluation:
+def score_cases(segmenter, config: ml_collections.ConfigDict, source: Sequence[dict], *,
+                trust: Optional[calibration.SegmentationTrust] = None) -> evaluate.Evaluation:
   """`evaluate.score_segmentation` of `segmenter` over `source`, with `config`'s
-  class names, label map, surface-metric and report settings."""
+  class names, label map, surface-metric and report settings (and `trust`:
+  calibration / uncertainty scoring, see `trust_scoring`)."""
   return evaluate.score_segmentation(
       segmenter, pipeline.eval_cases(source, normalize=_raw), tuple(config.class_names),
       label_map=tuple(config.get("label_map") or ()), surface=config.eval.surface_metrics,
-      keep=int(config.eval.report_cases), display=transforms.normalize_ct_channels)
+      keep=int(config.eval.report_cases), display=transforms.normalize_ct_channels, trust=trust)
+
+
+# validation voxels per case for temperature scaling (4 cases of 64x96x96: 800k of 2.4M voxels)
+TEMPERATURE_VOXELS_PER_CASE = 200_000
+
+
+def fit_case_temperature(segmenter, config: ml_collections.ConfigDict, source: Sequence[dict], *,
+                         voxels_per_case: int = TEMPERATURE_VOXELS_PER_CASE) -> float:
+  """Temperature scaling (Guo 2017) of a segmenter's probabilities, fitted on
+  `source` (the validation split): NLL of `softmax(ln p / T)` minimised over
+  a random subsample of `voxels_per_case` voxels of each case (seeded by the
+  case's position)."""
+  lut = np.asarray(config.label_map, np.int32) if config.get("label_map") else None
+  logits, labels = [], []
+  for i, case in enumerate(pipeline.eval_cases(source, normalize=_raw)):
+    probs = segmenter(case["image"])[1]
+    label = case["label"] if lut is None else lut[case["label"]]
+    p, y = calibration.subsample_voxels(probs, label, max_voxels=voxels_per_case, seed=i)
+    logits.append(calibration.log_probabilities(p))
+    labels.append(y)
+  if not labels:
+    raise InputError("config.eval.calibration: the validation split is empty; temperature "
+                     "scaling needs validation cases")
+  return calibration.fit_temperature(np.concatenate(logits), np.concatenate(labels))
+
+
+def trust_scoring(config: ml_collections.ConfigDict, segmenter
+                  ) -> Optional[calibration.SegmentationTrust]:
+  """The calibration / uncertainty scoring `config.eval` asks for, or None.
+
+  `eval.calibration=True`: ECE before and after temperature scaling (T fitted
+  on the validation split), reliability data, and error detection by the
+  predictive entropy; `eval.uncertainty="mc_dropout"|"tta"`: error
+  detection by the sampled maps (entropy, mutual information, variance), with
+  temperature scaling only when `eval.calibration` is also set.
+  """
+  method = config.eval.get("uncertainty", "none")
+  calibrate = bool(config.eval.get("calibration", False))
+  if method == "none" and not calibrate:
+    return None
+  temperature = (fit_case_temperature(segmenter, config, load_split(config, "validation"))
+                 if calibrate else None)
+  return calibration.SegmentationTrust(tuple(config.class_names), temperature=temperature)
+
+
+def check_uncertainty_config(config: ml_collections.ConfigDict) -> None:
+  """InputError for `config.eval.uncertainty` / `uncertainty_samples` a run cannot take."""
+  method = uncertainty.check_method(config.eval.get("uncertainty", "none"))
+  if method == "mc_dropout" and not has_dropout(config):
+    raise InputError("config.eval.uncertainty='mc_dropout': config.model.dropout is 0; MC "
+                     "dropout needs a model with dropout (e.g. --config.model.dropout=0.1)")
+  samples = config.eval.get("uncertainty_samples", 20)
+  if int(samples) < 1:
+    raise InputError(f"config.eval.uncertainty_samples={samples}: expected at least 1")
+
+
+def write_reliability(evaluation: evaluate.Evaluation, workdir: Workdir, *,
+                      title: str) -> Optional[str]:
+  """`report/reliability.png` when the evaluation scored calibration."""
+  if not evaluation.reliability:
+    return None
+  path = workdir.report_path("reliability.png")
+  report.plot_reliability(evaluation.reliability, path, title=title)
+  return path
 
 
 def write_case_reports(config: ml_collections.ConfigDict, evaluation: evaluate.Evaluation,
@@ -52,7 +119,7 @@ class SegmentationTask(Task):
   training (foreground oversampling, flips), sliding-window evaluation with
   overlap/mirroring of `config.eval`, per-class Dice and surface metrics."""
 
-  summary_metrics = ("dice", "hd95")
+  summary_metrics = ("dice", "hd95", "ece", "uncertainty_auroc")
   item_name = "cases"
 
   def validate(self, config: ml_collections.ConfigDict) -> None:
@@ -60,6 +127,7 @@ class SegmentationTask(Task):
     if len(config.patch_size) != dims:
       raise InputError(f"config.patch_size={tuple(config.patch_size)}: expected {dims} sizes "
                        "(model.spatial_dims)")
+    check_uncertainty_config(config)
 
   def train_batches(self, config, source, *, start_step, process_index, process_count
                     ) -> Iterator[dict[str, np.ndarray]]:
@@ -74,7 +142,10 @@ class SegmentationTask(Task):
     return batches
 
   def evaluate(self, config, model: nn.Module, variables: dict, source) -> evaluate.Evaluation:
-    return score_cases(RunSegmenter(window_predictor(config, model, variables)), config, source)
+    segmenter = run_segmenter(config, model, variables)
+    return score_cases(segmenter, config, source, trust=trust_scoring(config, segmenter))
 
   def write_outputs(self, config, evaluation, workdir):
-    return write_case_reports(config, evaluation, workdir)
+    paths = write_case_reports(config, evaluation, workdir)
+    reliability = write_reliability(evaluation, workdir, title="voxels of the test cases")
+    return paths + ([reliability] if reliability else [])
