@@ -5,13 +5,18 @@ import os
 import pytest
 
 from experiments.configs import (convnet_synthetic2d, fcn_synthetic2d, mlp_synthetic2d,
-                                 unet2d_synthetic, unet3d_synthetic, vnet_synthetic)
+                                 resnet_patches2d, unet2d_synthetic, unet3d_synthetic,
+                                 vnet_synthetic)
 from medjax.train import loop
 
 CONFIGS = [
     (mlp_synthetic2d, "smoke", "accuracy"),
     (convnet_synthetic2d, "smoke", "accuracy"),
     (convnet_synthetic2d, "vgg,smoke", "accuracy"),
+    (mlp_synthetic2d, "patches,smoke", "accuracy"),
+    (convnet_synthetic2d, "vgg,patches,smoke", "accuracy"),
+    (resnet_patches2d, "smoke", "accuracy"),
+    (resnet_patches2d, "3d,smoke", "accuracy"),
     (fcn_synthetic2d, "smoke", "dice/tumour"),
     (unet2d_synthetic, "smoke", "dice/tumour"),
     (unet3d_synthetic, "smoke", "dice/tumour"),

@@ -30,10 +30,15 @@ from experiments.configs import common
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
-  """`variant`: "" or "lenet" (LeCun 1989), "vgg" (Simonyan 2015, small), and
-  "smoke" / "vgg,smoke" for a seconds-long run."""
+  """`variant`: "" or "lenet" (LeCun 1989), "vgg" (Simonyan 2015, small), each
+  with "patches" for the class of the patch centre (`synthetic_organs/patches2d`)
+  instead of "lesion in the slice?", and "smoke" for a seconds-long run, e.g.
+  "vgg,patches,smoke"."""
   parts = set(filter(None, variant.split(",")))
-  c = common.lesion_classification_2d()
+  if "patches" in parts:
+    c = common.patch_classification_2d()
+  else:
+    c = common.lesion_classification_2d()
   c.model.name = "convnet"
   c.model.variant = "vgg" if "vgg" in parts else "lenet"
   if c.model.variant == "vgg":
@@ -43,9 +48,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.model.dropout = 0.1
   # None: flatten before the dense layers (the papers); "max" / "avg": global pooling.
   c.model.global_pool = ml_collections.FieldReference(None, field_type=str)
-  unknown = parts - {"lenet", "vgg", "smoke"}
+  unknown = parts - {"lenet", "vgg", "patches", "smoke"}
   if unknown:
-    raise ValueError(f"unknown config variant {sorted(unknown)}: expected lenet, vgg, smoke")
+    raise ValueError(f"unknown config variant {sorted(unknown)}: expected lenet, vgg, patches, smoke")
   if "smoke" in parts:
     common.smoke(c)
   return c

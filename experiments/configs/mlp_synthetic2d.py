@@ -18,13 +18,20 @@ from experiments.configs import common
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
-  c = common.lesion_classification_2d()
+  """`variant`: "" (lesion in the slice?), "patches" (class of the patch centre,
+  `synthetic_organs/patches2d`), and "smoke" / "patches,smoke" for a seconds-long run."""
+  parts = set(filter(None, variant.split(",")))
+  unknown = parts - {"patches", "smoke"}
+  if unknown:
+    raise ValueError(f"unknown config variant {sorted(unknown)}: expected patches, smoke")
+  if "patches" in parts:
+    c = common.patch_classification_2d()
+  else:
+    c = common.lesion_classification_2d()
   c.model.name = "mlp"
   c.model.hidden = (256, 128)
   c.model.activation = "relu"
   c.model.dropout = 0.1
-  if variant == "smoke":
+  if "smoke" in parts:
     common.smoke(c)
-  elif variant:
-    raise ValueError(f"unknown config variant {variant!r}: expected '' or 'smoke'")
   return c

@@ -169,16 +169,27 @@ def classification_batches(source: Sequence[dict[str, Any]], *, global_batch_siz
                            label_key: str = "lesion",
                            normalize: Normalize = transforms.normalize_ct,
                            flip_axes: Sequence[int] = (),
+                           image_shape: Optional[Sequence[int]] = None,
                            worker_count: int = 0) -> Iterator[dict[str, np.ndarray]]:
-  """Image-level classification batches (e.g. lesion present) over shuffled epochs.
+  """Image-level classification batches (e.g. lesion present, patch class) over shuffled epochs.
 
   Global sample position `t = step * global_batch_size + g` reads image
   `perm_e[t % N]` with `perm_e = default_rng([seed, e]).permutation(N)` and
   epoch `e = t // N`: every image is seen once per epoch, and the batch is a
-  pure function of `(seed, step, process_index)`.
+  pure function of `(seed, step, process_index)`. 2D and 3D images alike
+  (all of one shape); each is flipped along each of `flip_axes` (spatial
+  axes) with probability 1/2.
+
+  Args:
+    label_key: the example's image-level integer label (``"lesion"`` for
+      ``synthetic_organs/2d``, ``"label"`` for the patch configs).
+    normalize: applied to every image once (default: per-image z-score in
+      the [-200, 300] HU window).
+    image_shape: when given, the shape every image must have (the model's
+      input size, e.g. `config.patch_size`).
 
   Yields:
-    `{"image": float32 (B, H, W, 1), "label": int32 (B,)}`.
+    `{"image": float32 (B, *S, 1), "label": int32 (B,)}`.
   """
   local = _local_batch_size(global_batch_size, process_index, process_count)
   _check_seed(seed)
@@ -186,6 +197,16 @@ def classification_batches(source: Sequence[dict[str, Any]], *, global_batch_siz
   images = [image[..., 0] for _, image, _ in loaded]
   targets = [label for _, _, label in loaded]
   count = len(images)
+  shape = images[0].shape if image_shape is None else tuple(int(n) for n in image_shape)
+  for (name, _, _), image in zip(loaded, images):
+    if image.shape != shape:
+      raise InputError(f"{name}: image shape {image.shape}; expected {shape} "
+                       f"({'the first image' if image_shape is None else 'image_shape'}): "
+                       "images of one shape, the model's input size")
+  for axis in flip_axes:
+    if not -len(shape) <= axis < len(shape):
+      raise InputError(f"flip_axes={tuple(flip_axes)}: axis {axis} out of range for "
+                       f"{len(shape)}D images")
 
   @functools.lru_cache(maxsize=4)
   def permutation(epoch: int) -> np.ndarray:
@@ -216,7 +237,8 @@ def classification_images(source: Sequence[dict[str, Any]], *, label_key: str = 
 
   Yields:
     `(case id, float32 image (*S, 1) normalised, image-level label)`; the
-    case id is the example's `case` feature (else `case_<index>`).
+    case id is the example's `case` feature (else `case_<index>`), the label
+    the integer feature `label_key`.
   """
   if len(source) == 0:
     raise InputError("classification source is empty: expected at least one image")
@@ -224,6 +246,21 @@ def classification_images(source: Sequence[dict[str, Any]], *, label_key: str = 
     example = source[index]
     name = _case_id(example, index)
     if label_key not in example:
-      raise InputError(f"{name}: no {label_key!r} feature; expected an image-level label")
+      raise InputError(f"{name}: no {label_key!r} feature; expected an image-level label "
+                       f"(features: {', '.join(sorted(example))})")
+    target = np.asarray(example[label_key])
+    if target.ndim != 0 or target.dtype.kind not in "iub":
+      raise InputError(f"{name}: feature {label_key!r} has shape {target.shape} and dtype "
+                       f"{target.dtype}; expected one integer class per image")
     image = normalize(transforms.check_image(example["image"], name))
-    yield name, image[..., None].astype(np.float32), int(example[label_key])
+    yield name, image[..., None].astype(np.float32), int(target)
+
+
+def fixed_window(mean: float, std: float, clip: tuple[float, float] = (-200.0, 300.0)) -> Normalize:
+  """`normalize_ct` with fixed statistics: every image clipped to `clip` HU, then
+  `(x - mean) / std`. For small patches, whose own statistics would erase
+  their HU level (which tells muscle from organ)."""
+  if not std > 0:
+    raise InputError(f"intensity std={std}: expected > 0")
+  return functools.partial(transforms.normalize_ct, clip=tuple(clip), mean=float(mean),
+                           std=float(std))
