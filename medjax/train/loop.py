@@ -131,7 +131,8 @@ def train(config: ml_collections.ConfigDict, workdir, *,
   batches = task.train_batches(config, source, start_step=start,
                                process_index=jax.process_index(),
                                process_count=jax.process_count())
-  step_fn = dp.spmd(make_train_step(model, loss_fn, seed=config.seed),
+  step_fn = dp.spmd(make_train_step(model, loss_fn, seed=config.seed,
+                                    objective=task.objective(config, loss_fn)),
                     batch_argnums=(1,), donate_argnums=(0,))
   dstate = dp.replicate(state)
   writer = MetricWriter(workdir) if is_writer else None

@@ -9,7 +9,8 @@ survive and the loop can stop cleanly.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import dataclasses
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -20,6 +21,18 @@ from medjax import parallel
 from medjax.train.state import TrainState
 
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """A task's own training loss, replacing the loss of `batch["label"]`.
+
+  `loss(outputs, batch) -> scalar` is applied to the outputs of
+  `model.apply(variables, batch["image"], train=True, **apply_kwargs)` and may
+  read any field of the batch (e.g. distillation's `batch["teacher_logits"]`).
+  """
+  loss: Callable[[Any, dict], jax.Array]
+  apply_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def downsample_labels(labels: jax.Array, shape: Sequence[int]) -> jax.Array:
@@ -44,14 +57,18 @@ def supervised_loss(loss_fn: LossFn, outputs, labels: jax.Array) -> jax.Array:
   return total / sum(weights)
 
 
-def make_train_step(model: nn.Module, loss_fn: LossFn, *, seed: int
+def make_train_step(model: nn.Module, loss_fn: LossFn, *, seed: int,
+                    objective: Optional[Objective] = None
                     ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   """Returns the per-device `step(state, batch) -> (state, metrics)`.
 
-  `batch` holds this device's `image (B, *S, C)` and `label (B, *S)`; the
-  returned metrics (`loss`, `grad_norm`, `finite`) are already averaged
-  over devices.
+  `batch` holds this device's `image (B, *S, C)` and `label (B, *S)` (plus
+  whatever fields `objective` reads); the loss is
+  `supervised_loss(loss_fn, outputs, batch["label"])`, or `objective`'s when
+  given. The returned metrics (`loss`, `grad_norm`, `finite`) are already
+  averaged over devices.
   """
+  apply_kwargs = dict(objective.apply_kwargs) if objective else {}
   base_key = jax.random.key(seed)
 
   def step(state: TrainState, batch: dict):
@@ -64,8 +81,11 @@ def make_train_step(model: nn.Module, loss_fn: LossFn, *, seed: int
         variables["batch_stats"] = state.batch_stats
         mutable = ["batch_stats"]
       outputs, updates = model.apply(variables, batch["image"], train=True,
-                                     rngs={"dropout": rng}, mutable=mutable)
-      loss = supervised_loss(loss_fn, outputs, batch["label"])
+                                     rngs={"dropout": rng}, mutable=mutable, **apply_kwargs)
+      if objective:
+        loss = objective.loss(outputs, batch)
+      else:
+        loss = supervised_loss(loss_fn, outputs, batch["label"])
       return loss, updates.get("batch_stats", state.batch_stats)
 
     (loss, batch_stats), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
@@ -90,4 +110,4 @@ def make_predict_fn(model: nn.Module) -> Callable[[dict, jax.Array], jax.Array]:
   return predict
 
 
-__all__ = ["make_train_step", "make_predict_fn", "supervised_loss", "downsample_labels"]
+__all__ = ["Objective", "make_train_step", "make_predict_fn", "supervised_loss", "downsample_labels"]

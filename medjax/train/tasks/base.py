@@ -9,6 +9,7 @@ import ml_collections
 import numpy as np
 
 from medjax.train.evaluate import Evaluation
+from medjax.train.step import LossFn, Objective
 from medjax.train.workdir import Workdir
 
 
@@ -31,6 +32,13 @@ class Task(abc.ABC):
   def input_shape(self, config: ml_collections.ConfigDict) -> tuple[int, ...]:
     """The shape of one input batch used to initialise the model."""
     return (1,) + tuple(config.patch_size) + (config.in_channels,)
+
+  def objective(self, config: ml_collections.ConfigDict, label_loss: LossFn
+                ) -> Optional[Objective]:
+    """The task's own training loss of `(outputs, batch)` and model call, or None
+    (the default): `label_loss` (the loop's `build_loss(config)`) of
+    `batch["label"]`, with deep supervision."""
+    return None
 
   @abc.abstractmethod
   def train_batches(self, config: ml_collections.ConfigDict, source: Sequence[dict], *,
