@@ -70,22 +70,27 @@ class _TorchResNet18(nn.Module):
     return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def _torch_vgg16(dense=4096, num_classes=1000):
-  """torchvision.models.vgg16's `features` / `avgpool` / `classifier` keys
-  (configuration D), with `dense`-wide classifier layers (4096 in torchvision)."""
+_VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
+              512, 512, 512, "M")
+
+
+def _torch_vgg(cfg=_VGG16_CFG, batch_norm=False, dense=4096, num_classes=1000):
+  """torchvision.models.vgg's `features` / `avgpool` / `classifier` keys (`cfg`
+  as torchvision's, default configuration D = vgg16; `batch_norm` as vgg16_bn),
+  with `dense`-wide classifier layers (4096 in torchvision)."""
   layers, cin = [], 3
-  for v in (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
-            512, 512, 512, "M"):
+  for v in cfg:
     if v == "M":
       layers.append(nn.MaxPool2d(2, 2))
     else:
-      layers += [nn.Conv2d(cin, v, 3, padding=1), nn.ReLU(inplace=True)]
+      layers += [nn.Conv2d(cin, v, 3, padding=1)] + ([nn.BatchNorm2d(v)] if batch_norm else [])
+      layers.append(nn.ReLU(inplace=True))
       cin = v
   model = nn.Module()
   model.features = nn.Sequential(*layers)
   model.avgpool = nn.AdaptiveAvgPool2d((7, 7))
   model.classifier = nn.Sequential(
-      nn.Linear(512 * 7 * 7, dense), nn.ReLU(True), nn.Dropout(),
+      nn.Linear(cin * 7 * 7, dense), nn.ReLU(True), nn.Dropout(),
       nn.Linear(dense, dense), nn.ReLU(True), nn.Dropout(), nn.Linear(dense, num_classes))
   model.forward = lambda x: model.classifier(torch.flatten(model.avgpool(model.features(x)), 1))
   return model
@@ -212,7 +217,7 @@ def test_vgg16_matches_torch(tmp_path):
   is the same) at 64x64, where AdaptiveAvgPool2d spreads the 2x2 map over 7x7
   bins, so a wrong (C, H, W) -> (H, W, C) reordering of classifier.0 shows."""
   torch.manual_seed(0)
-  module = _torch_vgg16(dense=64, num_classes=5).eval()
+  module = _torch_vgg(dense=64, num_classes=5).eval()
   path = tmp_path / "vgg16.safetensors"
   save_file(_state_numpy(module), str(path))
   model = ConvNet.vgg16(num_classes=5, dense=(64, 64), adaptive_pool=(7, 7))
@@ -222,6 +227,23 @@ def test_vgg16_matches_torch(tmp_path):
   assert np.abs(expected).max() > 1e-3
   got = np.asarray(_apply(model, variables, _nhwc(x)))
   np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_vgg_bn_matches_torch():
+  """A small vgg*_bn-style network (BatchNorm after each conv: features indices
+  shift by 3 per conv) through `torchvision_variables`."""
+  torch.manual_seed(0)
+  module = _randomise_bn(_torch_vgg((8, "M", 16, 16, "M"), batch_norm=True, dense=16,
+                                    num_classes=3), 2).eval()
+  model = ConvNet(variant="vgg", num_classes=3, vgg_blocks=((8, 1), (16, 2)), dense=(16, 16),
+                  norm="batch", adaptive_pool=(7, 7))
+  variables = torchvision_variables(_state_numpy(module), model)
+  assert set(variables) == {"params", "batch_stats"}
+  x = np.random.default_rng(2).normal(size=(2, 3, 20, 20)).astype(np.float32)
+  expected = _torch_logits(module, x)
+  assert np.abs(expected).max() > 1e-2
+  np.testing.assert_allclose(np.asarray(_apply(model, variables, _nhwc(x))), expected,
+                             atol=1e-5, rtol=1e-4)
 
 
 # ----------------------------------------------------------------------------- full-size key maps
@@ -309,7 +331,8 @@ def test_errors_are_one_line_and_name_the_key(tmp_path, torch_resnet18):
   assert "unexpected key extra.weight with shape (3,)" in error(
       dict(state, **{"extra.weight": np.zeros(3, np.float32)}))
   head = dict(state, **{"fc.weight": np.zeros((1000, 512), np.float32)})
-  assert "fc.weight has shape (1000, 512), expected (10, 512)" in error(head)
+  assert error(head) == ("state dict: fc.weight has shape (1000, 512), expected (10, 512) "
+                         "(a new classifier: include_head=False)")
   # a new head: drop the file's fc, the result has no "head"
   no_head = resnet_variables(head, ResNet18(num_classes=2, padding="torch"), include_head=False)
   assert "head" not in no_head["params"]

@@ -34,7 +34,7 @@ before the flatten, as torchvision's VGG (`AdaptiveAvgPool2d((7, 7))`: bin
 `i` of an axis of length `L` averages `[floor(i L / 7), ceil((i + 1) L / 7))`,
 so a 1x1 map is copied into every bin); at 224x224 the map is already 7x7 and
 the pooling is the identity. With it and torchvision-layout weights
-(`medjax.weights.torchvision.vgg16_variables`) `ConvNet.vgg16(adaptive_pool=(7, 7))`
+(`medjax.weights.torchvision.vgg_variables`) `ConvNet.vgg16(adaptive_pool=(7, 7))`
 reproduces torchvision's `vgg16` at any input size >= 32.
 
 `global_pool="max"` (or "avg") replaces the flatten before the dense layers by

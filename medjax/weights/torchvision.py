@@ -11,7 +11,8 @@ API (stable; `medjax.train` warm start calls it for a file path):
     resnet_variables(state_dict_or_path, model: ResNet, *, in_channels=3,
                      include_head=True) -> {"params": ..., "batch_stats": ...}
     vgg_variables(state_dict_or_path, model: ConvNet, *, in_channels=3,
-                  include_head=True) -> {"params": ...} (+ "batch_stats" for vgg*_bn)
+                  include_head=True) -> {"params": ...} (+ "batch_stats" for vgg*_bn,
+                  whose conv biases are folded into the BatchNorm means)
     torchvision_variables(state_dict_or_path, model, **kw) -> variables
         (dispatches on the model: ResNet -> resnet_variables, ConvNet(variant="vgg")
         -> vgg_variables)
@@ -222,8 +223,9 @@ def _convert(state: StateDict, entries: list[_Entry], source: str, *,
       # a 3-channel (RGB) first conv may feed a model with another channel count
       expected_torch = (e.torch_shape[0], value.shape[1]) + tuple(e.torch_shape[2:])
     if tuple(value.shape) != tuple(expected_torch):
+      hint = " (a new classifier: include_head=False)" if e.path[0] == "head" else ""
       raise InputError(f"{source}: {e.key} has shape {tuple(value.shape)}, expected "
-                       f"{tuple(expected_torch)}")
+                       f"{tuple(expected_torch)}{hint}")
     if not np.issubdtype(value.dtype, np.floating):
       raise InputError(f"{source}: {e.key} has dtype {value.dtype}, expected floating point")
     converted = e.to_flax(value.astype(np.float32, copy=False))
@@ -318,7 +320,8 @@ def vgg_variables(state_dict: Source, model: ConvNet, *, in_channels: int = 3,
   """torchvision `vgg11/13/16/19` (and `*_bn`) weights -> variables of a 2D `ConvNet`.
 
   The model must be `ConvNet(variant="vgg")` with the file's blocks (e.g.
-  `ConvNet.vgg16()`), `norm=None` (`"batch"` for `vgg16_bn`), no
+  `ConvNet.vgg16()`), `norm=None` (`"batch"` for `vgg16_bn`, whose conv biases
+  are folded into the BatchNorm running means, exactly), no
   `global_pool`, and two dense layers (`classifier.0`, `.3`; the head is
   `classifier.6`). torchvision flattens a 7x7 map: use `adaptive_pool=(7, 7)`
   (any input size, as torchvision) or 224x224 inputs.
@@ -352,6 +355,8 @@ def vgg_variables(state_dict: Source, model: ConvNet, *, in_channels: int = 3,
     names[f"dense{i}"] = (f"classifier.{3 * i}", "dense")  # Linear ReLU Dropout
   head_key = f"classifier.{3 * len(dense)}"
   names["head"] = (head_key, "dense")
+  if batch:
+    state = _fold_conv_bias_into_bn(state, names, source)
   entries = []
   for (collection, *path), shape in _expected_leaves(model, (1, 224, 224, in_channels)).items():
     if path[0] == "head" and not include_head:
@@ -365,6 +370,26 @@ def vgg_variables(state_dict: Source, model: ConvNet, *, in_channels: int = 3,
             else (lambda k: _is_counter(k) or k.startswith(head_key + ".")))
   return _convert(state, entries, source, ignore=ignore, first_conv="features.0.weight",
                   in_channels=in_channels)
+
+
+def _fold_conv_bias_into_bn(state: StateDict, names: dict, source: str) -> dict:
+  """torchvision's vgg*_bn convs keep a bias before their BatchNorm; medjax's
+  conv has none (the norm's offset replaces it). In evaluation
+  `BN(conv + b) = BN'(conv)` with `running_mean' = running_mean - b` (exact), and
+  in training the batch mean absorbs `b` anyway, so the bias is folded there."""
+  state = dict(state)
+  for module, (key, kind) in names.items():
+    if kind != "conv" or f"{key}.bias" not in state:
+      continue
+    bn_key = names[module.replace("_conv", "_norm")][0]
+    mean_key = f"{bn_key}.running_mean"
+    if mean_key not in state:
+      continue  # reported as missing by _convert
+    bias, mean = np.asarray(state.pop(f"{key}.bias")), np.asarray(state[mean_key])
+    if bias.shape != mean.shape:
+      raise InputError(f"{source}: {key}.bias has shape {bias.shape}, expected {mean.shape}")
+    state[mean_key] = mean.astype(np.float32) - bias.astype(np.float32)
+  return state
 
 
 def torchvision_variables(state_dict: Source, model, **kw) -> Variables:
