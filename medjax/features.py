@@ -11,11 +11,17 @@ to tasks far from the source (e.g. medical images from ImageNet features).
   output of the named submodule, `(N, F)`.
 * `linear_probe_fit` / `linear_probe_predict`: a linear classifier on those
   features (closed-form ridge regression on one-hot targets).
-* Fine-tuning (Tajbakhsh et al. 2016) is ordinary training of the whole model
-  starting from the source weights; nothing special is needed here.
+* In a training run, the same two ideas are tasks
+  (`medjax.train.tasks.transfer`): `linear_probe` trains only the head on the
+  frozen network loaded from `config.init_from` (by SGD/Adam in the loop,
+  instead of the closed-form ridge probe here), `finetune` trains it all or
+  all but some frozen stages (Tajbakhsh et al. 2016); warm start in
+  `medjax.train.warm_start`, frozen stages and per-stage learning rates in
+  `medjax.train.freeze` / `medjax.train.optim`.
 
 No pretrained weights are downloaded (there is no network at run time); load
-your own checkpoint into `variables`.
+your own checkpoint (`medjax.train.restore.load_run`) or weights file
+(`medjax.weights`) into `variables`.
 """
 from __future__ import annotations
 

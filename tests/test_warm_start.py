@@ -189,3 +189,28 @@ def test_frozen_gradients_do_not_count_in_clipping_and_typos_are_refused():
   tx, _ = optim.make_optimizer(cfg, 10)
   with pytest.raises(InputError, match=r"optimizer.frozen: 'stage9' matches no parameter"):
     tx.init(params)
+
+
+def test_torchvision_layout_file_goes_through_medjax_weights(tmp_path):
+  """A state dict with torchvision's names (here a one-block, 8-wide ResNet) loads
+  with its RGB first conv summed to one channel and without its classifier."""
+  from medjax.models import ResNet
+
+  def bn(name, c):
+    return {f"{name}.weight": np.ones(c), f"{name}.bias": np.zeros(c),
+            f"{name}.running_mean": np.full(c, 0.5), f"{name}.running_var": np.full(c, 2.0)}
+
+  rgb = np.random.default_rng(0).normal(size=(8, 3, 7, 7)).astype(np.float32)
+  state = {"conv1.weight": rgb, **bn("bn1", 8),
+           "layer1.0.conv1.weight": np.zeros((8, 8, 3, 3)), **bn("layer1.0.bn1", 8),
+           "layer1.0.conv2.weight": np.zeros((8, 8, 3, 3)), **bn("layer1.0.bn2", 8),
+           "fc.weight": np.zeros((5, 8)), "fc.bias": np.zeros(5)}
+  path = str(tmp_path / "tv.npz")
+  np.savez(path, **{k: np.asarray(v, np.float32) for k, v in state.items()})
+  model = ResNet(stage_sizes=(1,), width=8, num_classes=2, norm="batch")
+  flat_vars = warm_start.load_source(path, model, in_channels=1, include_head=False)
+  np.testing.assert_allclose(flat_vars["params/stem/unit/conv/kernel"][..., 0, :],
+                             rgb.sum(1).transpose(1, 2, 0), rtol=1e-6)
+  np.testing.assert_array_equal(flat_vars["batch_stats/stage1/block0/unit1/norm/var"],
+                                np.full(8, 2.0))
+  assert not any(k.startswith("params/head") for k in flat_vars)

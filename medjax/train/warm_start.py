@@ -8,9 +8,12 @@
   collection, e.g. `params/stage1/block0/unit0/conv/kernel`,
   `batch_stats/stem/unit/norm/mean` (a key without `params/` or
   `batch_stats/` in front is a parameter), as written by `save_npz`;
-* any other file (torchvision `.pth`, `.safetensors`) goes through
-  `medjax.weights.torchvision` when that module exists
-  (`load_state_dict(path)`, then `resnet_variables(state_dict, model)`).
+* a torchvision-layout file (`.safetensors`, `.pth`, or an `.npz` with
+  torchvision's dotted names such as `layer1.0.conv1.weight`):
+  `medjax.weights.torchvision_variables(load_state_dict(path), model,
+  in_channels=config.in_channels, include_head=...)` (ResNet-18/34/50 and
+  VGG; the RGB first conv is adapted to `config.in_channels`; the file's
+  classifier is dropped when `"head"` is in `config.init_exclude`).
 
 The source's paths are renamed with `config.init_mapping`, a sequence of
 `"OLD->NEW"` path-prefix rules (the first matching rule applies, e.g.
@@ -80,16 +83,24 @@ def save_npz(path: str, variables: Any) -> str:
   return path
 
 
-def _from_npz(path: str) -> dict[str, np.ndarray]:
+def _is_medjax_npz(path: str) -> bool:
+  """An `.npz` of '/'-separated medjax paths (not torchvision's dotted names)."""
   try:
     with np.load(path, allow_pickle=False) as data:
-      flat = {k: np.asarray(data[k]) for k in data.files}
+      return any("/" in k for k in data.files)
   except (OSError, ValueError) as e:
     raise InputError(f"config.init_from={path}: not a readable .npz of arrays ({e})") from None
+
+
+def _from_npz(path: str) -> dict[str, np.ndarray]:
+  with np.load(path, allow_pickle=False) as data:
+    flat = {k: np.asarray(data[k]) for k in data.files}
   return {k if k.split("/")[0] in COLLECTIONS else f"params/{k}": v for k, v in flat.items()}
 
 
-def _from_weights_file(path: str, model: Optional[nn.Module]) -> dict[str, np.ndarray]:
+def _from_weights_file(path: str, model: Optional[nn.Module], *, in_channels: int,
+                       include_head: bool) -> dict[str, np.ndarray]:
+  """torchvision-layout weights through `medjax.weights.torchvision_variables`."""
   try:
     from medjax.weights import torchvision as tv  # pylint: disable=import-outside-toplevel
   except ImportError:
@@ -98,20 +109,28 @@ def _from_weights_file(path: str, model: Optional[nn.Module]) -> dict[str, np.nd
                      "medjax.weights.torchvision)") from None
   if model is None:
     raise InputError(f"config.init_from={path}: a weights file needs the model to map its names")
-  return flatten_variables(tv.resnet_variables(tv.load_state_dict(path), model))
+  return flatten_variables(tv.torchvision_variables(tv.load_state_dict(path), model,
+                                                    in_channels=in_channels,
+                                                    include_head=include_head))
 
 
-def load_source(path: str, model: Optional[nn.Module] = None) -> dict[str, np.ndarray]:
-  """The flattened variables (`"params/..."`, `"batch_stats/..."`) of `config.init_from`."""
+def load_source(path: str, model: Optional[nn.Module] = None, *, in_channels: int = 3,
+                include_head: bool = True) -> dict[str, np.ndarray]:
+  """The flattened variables (`"params/..."`, `"batch_stats/..."`) of `config.init_from`.
+
+  `model`, `in_channels` and `include_head` are used for torchvision-layout files only
+  (`medjax.weights.torchvision_variables`: RGB first conv adapted to `in_channels`;
+  `include_head=False` drops the file's classifier).
+  """
   path = os.path.expanduser(str(path))
   if os.path.isdir(path):
     _, tree = Workdir(path).latest_checkpoint()
     return flatten_variables({c: tree[c] for c in COLLECTIONS if tree.get(c)})
   if not os.path.isfile(path):
     raise InputError(f"config.init_from={path}: no such workdir or file")
-  if path.endswith(".npz"):
+  if path.endswith(".npz") and _is_medjax_npz(path):
     return _from_npz(path)
-  return _from_weights_file(path, model)
+  return _from_weights_file(path, model, in_channels=in_channels, include_head=include_head)
 
 
 def merge(variables: dict, source: dict[str, np.ndarray], *, mapping: Sequence[str] = (),
@@ -166,9 +185,12 @@ def apply(config: ml_collections.ConfigDict, variables: dict,
   source = config.get("init_from", "") or ""
   if not source:
     return variables
-  merged, report = merge(variables, load_source(source, model),
-                         mapping=config.get("init_mapping", ()),
-                         exclude=config.get("init_exclude", ()), name=source)
+  exclude = config.get("init_exclude", ())
+  include_head = not any(str(p).strip("/") == "head" for p in exclude)
+  loaded = load_source(source, model, in_channels=int(config.get("in_channels", 3)),
+                       include_head=include_head)
+  merged, report = merge(variables, loaded, mapping=config.get("init_mapping", ()),
+                         exclude=exclude, name=source)
   if jax.process_index() == 0:
     fresh = [k for k in report["fresh"] if k.startswith("params/")]
     shown = ", ".join(k[len("params/"):] for k in fresh[:4]) + (" ..." if len(fresh) > 4 else "")
