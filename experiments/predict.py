@@ -1,7 +1,7 @@
 r"""Segment volumes with a trained workdir (an ordinary run or a cascade).
 
   python -m experiments.predict --workdir=runs/unet3d --input=scans/ --output=segs/ \
-      [--mirror] [--probabilities]
+      [--mirror] [--probabilities] [--uncertainty [--samples=20]]
 
 `--input` is one NIfTI (.nii/.nii.gz), NRRD (.nrrd/.nhdr) or MetaImage
 (.mha/.mhd) file, one DICOM series folder, or a folder of such files and
@@ -9,7 +9,11 @@ DICOM series sub-folders. For each case `<case>` (the file name without its
 extension, or the DICOM folder's name) it writes `DIR/<case>_seg.nii.gz`
 (uint8 labels, the input's shape and affine, so it overlays the input) and,
 with `--probabilities`, `DIR/<case>_probs.nii.gz` (float32 softmax, 4D: the
-input's voxel axes then the class axis).
+input's voxel axes then the class axis). With `--uncertainty` it also
+writes `DIR/<case>_entropy.nii.gz` (float32 predictive entropy per voxel, in
+nats): MC dropout over `--samples` passes when the run's model has dropout
+(`config.model.dropout > 0`), otherwise the entropy of the deterministic
+prediction; each case's output line says which.
 
 Each volume is preprocessed exactly as evaluation does and segmented with
 sliding windows (window `config.patch_size`, overlap/mode/batch size from
@@ -45,6 +49,9 @@ flags.DEFINE_string("input", None, "Image file, DICOM folder, or folder of image
 flags.DEFINE_string("output", None, "Folder for <case>_seg.nii.gz (and <case>_probs.nii.gz).")
 flags.DEFINE_bool("mirror", False, "Test-time mirroring over every spatial axis.")
 flags.DEFINE_bool("probabilities", False, "Also write <case>_probs.nii.gz (float32, last axis = class).")
+flags.DEFINE_bool("uncertainty", False, "Also write <case>_entropy.nii.gz (MC dropout when the "
+                  "model has dropout, else the entropy of the deterministic prediction).")
+flags.DEFINE_integer("samples", 20, "MC-dropout passes for --uncertainty.")
 flags.mark_flags_as_required(["workdir", "input", "output"])
 
 
@@ -55,7 +62,8 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   try:
     failed = predict.predict_folder(FLAGS.workdir, FLAGS.input, FLAGS.output, mirror=FLAGS.mirror,
-                                    probabilities=FLAGS.probabilities)
+                                    probabilities=FLAGS.probabilities,
+                                    uncertainty=FLAGS.uncertainty, samples=FLAGS.samples)
   except InputError as e:
     cli.exit_with_error(e)
   if failed:

@@ -4,8 +4,11 @@ For each case `<case>` (the file name without its extension, or the DICOM
 folder's name) `predict_folder` writes `<case>_seg.nii.gz` (uint8 labels, the
 input's shape and affine, so it overlays the input) and, when asked,
 `<case>_probs.nii.gz` (float32 class probabilities, 4D: the input's voxel
-axes then the class axis). The model side (normalisation as in evaluation,
-sliding windows, mirroring, the cascade rule) is `medjax.train.predictor`'s;
+axes then the class axis) and `<case>_entropy.nii.gz` (float32 predictive
+entropy per voxel, nats: MC dropout when the run's model has dropout,
+otherwise the entropy of the deterministic prediction; `uncertainty_source`).
+The model side (normalisation as in evaluation, sliding windows, mirroring,
+the cascade rule, MC dropout) is `medjax.train.predictor`'s;
 this module finds the cases, reads them, checks them and writes the results.
 
 No resampling is done: a volume whose voxel spacing differs from the training
@@ -26,14 +29,15 @@ import numpy as np
 
 from medjax.data import io
 from medjax.errors import InputError
-from medjax.train.predictor import RunPredictor, load_predictor
-from medjax.train.workdir import atomic_write
+from medjax.train.predictor import RunPredictor, has_dropout, load_predictor
+from medjax.train.workdir import Workdir, atomic_write
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 DICOM_SUFFIXES = (".dcm", ".dicom")
 SPACING_TOLERANCE = 1.5  # warn when a spacing is more than 1.5x off the training spacing
 SEG_SUFFIX = "_seg.nii.gz"
 PROBS_SUFFIX = "_probs.nii.gz"
+ENTROPY_SUFFIX = "_entropy.nii.gz"
 
 Log = Callable[[str], None]
 
@@ -101,7 +105,7 @@ def case_prediction(predictor: RunPredictor, image: np.ndarray, name: str) -> tu
 
 
 def predict_case(predictor: RunPredictor, path: str, output: str, *, probabilities: bool = False,
-                 warn: Log = _stderr) -> list[str]:
+                 entropy: bool = False, warn: Log = _stderr) -> list[str]:
   """Reads, checks, segments and writes one case; returns the paths written.
 
   Args:
@@ -109,6 +113,7 @@ def predict_case(predictor: RunPredictor, path: str, output: str, *, probabiliti
     path: an image file or a DICOM series folder.
     output: the folder for `<case>_seg.nii.gz` (and `<case>_probs.nii.gz`).
     probabilities: also write the class probabilities.
+    entropy: also write the predictive entropy map (`predictor.predict_uncertainty`).
     warn: receives the spacing warning, if any.
   Raises:
     InputError naming `path`: unreadable, NaN/inf, wrong dimensions or channels.
@@ -117,10 +122,15 @@ def predict_case(predictor: RunPredictor, path: str, output: str, *, probabiliti
   warning = spacing_warning(path, volume.spacing, predictor.spacing)
   if warning:
     warn(warning)
-  labels, probs = case_prediction(predictor, volume.array, path)
+  if entropy:
+    labels, probs, maps = predictor.predict_uncertainty(volume.array, name=path)
+  else:
+    labels, probs = case_prediction(predictor, volume.array, path)
   outputs = [(case_name(path) + SEG_SUFFIX, labels, False)]
   if probabilities:
     outputs.append((case_name(path) + PROBS_SUFFIX, probs, True))
+  if entropy:
+    outputs.append((case_name(path) + ENTROPY_SUFFIX, maps["entropy"].astype(np.float32), False))
   written = []
   for name, array, channels in outputs:
     written.append(os.path.join(output, name))
@@ -129,9 +139,22 @@ def predict_case(predictor: RunPredictor, path: str, output: str, *, probabiliti
   return written
 
 
+def uncertainty_source(config, samples: int) -> tuple[str, str]:
+  """`(method, description)` of `--uncertainty` for a run's config: MC dropout
+  (`samples` passes) when its model has dropout, else the entropy of the
+  deterministic prediction."""
+  if has_dropout(config):
+    return "mc_dropout", f"MC dropout, {samples} samples"
+  return "none", "entropy of the deterministic prediction (the model has no dropout)"
+
+
 def predict_folder(workdir: str, input_path: str, output: str, *, mirror: bool = False,
-                   probabilities: bool = False, log: Log = _stdout, error: Log = _stderr) -> int:
+                   probabilities: bool = False, uncertainty: bool = False, samples: int = 20,
+                   log: Log = _stdout, error: Log = _stderr) -> int:
   """Segments every case under `input_path` with the run in `workdir` into `output`.
+
+  With `uncertainty`, also `<case>_entropy.nii.gz` (see `uncertainty_source`;
+  the log line of each case says which entropy it is).
 
   One line per case on `log` (`<input> -> <outputs>`) and a summary; one
   `error: <file>: ...` line per failed case on `error` (a bad case does not
@@ -144,7 +167,13 @@ def predict_folder(workdir: str, input_path: str, output: str, *, mirror: bool =
       created; raised before any case is read.
   """
   inputs = find_inputs(input_path)
-  predictor = load_predictor(workdir, mirror=mirror)
+  options, source = {}, ""
+  if uncertainty:
+    if int(samples) < 1:
+      raise InputError(f"--samples={samples}: expected at least 1")
+    method, source = uncertainty_source(Workdir(workdir).read_config(), int(samples))
+    options = {"uncertainty_method": method, "samples": int(samples)}
+  predictor = load_predictor(workdir, mirror=mirror, **options)
   try:
     os.makedirs(output, exist_ok=True)
   except OSError as e:
@@ -159,12 +188,13 @@ def predict_folder(workdir: str, input_path: str, output: str, *, mirror: bool =
       continue
     names[name] = path
     try:
-      written = predict_case(predictor, path, output, probabilities=probabilities, warn=error)
+      written = predict_case(predictor, path, output, probabilities=probabilities,
+                             entropy=uncertainty, warn=error)
     except Exception as e:  # pylint: disable=broad-except  # one bad case must not stop the rest
       message = str(e) if isinstance(e, InputError) else f"{path}: {type(e).__name__}: {e}"
       error(f"error: {message}".splitlines()[0])
       failed += 1
       continue
-    log(f"{path} -> {', '.join(written)}")
+    log(f"{path} -> {', '.join(written)}" + (f" (entropy: {source})" if uncertainty else ""))
   log(f"segmented {len(inputs) - failed} of {len(inputs)} case(s) into {output}")
   return failed

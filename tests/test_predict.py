@@ -236,3 +236,19 @@ def test_write_nifti_channels_puts_the_class_axis_last_in_2d_and_3d(tmp_path):
   np.testing.assert_array_equal(np.asarray(saved.dataobj).transpose(2, 1, 0, 3), probs3d)
   with pytest.raises(InputError, match="plus a channel axis"):
     io.write_nifti(tmp_path / "bad.nii.gz", probs2d[..., 0], np.eye(4), channels=True)
+
+
+def test_predict_uncertainty_writes_the_entropy_of_the_deterministic_prediction(run_dir, tmp_path):
+  image, _ = synthetic.make_volume(2, shape=SHAPE)
+  io.write_nifti(tmp_path / "scan.nii.gz", image, _affine(0.0))
+  lines = []
+  failed = predict.predict_folder(run_dir, str(tmp_path / "scan.nii.gz"), str(tmp_path / "out"),
+                                  uncertainty=True, log=lines.append)
+  assert failed == 0
+  assert "entropy of the deterministic prediction (the model has no dropout)" in lines[0]
+  entropy = io.read_image(tmp_path / "out" / "scan_entropy.nii.gz").array
+  assert entropy.dtype == np.float32 and entropy.shape == SHAPE
+  probs = load_predictor(run_dir).probabilities(image)
+  expected = -(probs * np.log(np.maximum(probs, 1e-30))).sum(-1)
+  np.testing.assert_allclose(entropy, expected, atol=1e-5)
+  assert 0.0 <= entropy.min() and entropy.max() <= np.log(3) + 1e-6

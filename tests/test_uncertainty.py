@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from experiments.configs import unet3d_synthetic
-from medjax import inference, uncertainty
+from medjax import inference, predict, uncertainty
+from medjax.data import io
 from medjax.errors import InputError
 from medjax.models import UNet
 from medjax.train import loop
@@ -185,6 +186,21 @@ def test_predictor_uncertainty_maps_and_ensemble_of_identical_members(mc_run):
   np.testing.assert_allclose(e_maps["mutual_information"], 0.0, atol=1e-5)
   with pytest.raises(InputError, match="at least 2"):
     load_ensemble([workdir])
+
+
+def test_predict_uncertainty_uses_mc_dropout_when_the_model_has_dropout(mc_run, tmp_path):
+  _, workdir, _ = mc_run
+  image = np.random.default_rng(5).normal(0.0, 100.0, size=(12, 20, 20)).astype(np.float32)
+  io.write_nifti(tmp_path / "scan.nii.gz", image, np.eye(4))
+  lines = []
+  assert predict.predict_folder(workdir, str(tmp_path / "scan.nii.gz"), str(tmp_path / "out"),
+                                uncertainty=True, samples=2, log=lines.append) == 0
+  assert lines[0].endswith("(entropy: MC dropout, 2 samples)")
+  entropy = io.read_image(tmp_path / "out" / "scan_entropy.nii.gz").array
+  assert entropy.shape == image.shape and entropy.dtype == np.float32
+  _, _, maps = load_predictor(workdir, uncertainty_method="mc_dropout",
+                              samples=2).predict_uncertainty(image)
+  np.testing.assert_allclose(entropy, maps["entropy"], atol=1e-5)
 
 
 def test_mc_dropout_without_dropout_is_refused():
