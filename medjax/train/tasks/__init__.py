@@ -10,6 +10,7 @@ from __future__ import annotations
 from medjax.errors import InputError
 from medjax.train.tasks.base import Task
 from medjax.train.tasks.classification import ClassificationTask
+from medjax.train.tasks.distillation import DistillationTask
 from medjax.train.tasks.segmentation import SegmentationTask
 from medjax.train.tasks.transfer import FinetuneTask, LinearProbeTask
 
@@ -18,6 +19,7 @@ TASKS: dict[str, type[Task]] = {
     "classification": ClassificationTask,
     "finetune": FinetuneTask,
     "linear_probe": LinearProbeTask,
+    "distillation": DistillationTask,
 }
 
 
@@ -30,4 +32,4 @@ def get_task(name: str) -> Task:
 
 
 __all__ = ["Task", "TASKS", "get_task", "SegmentationTask", "ClassificationTask",
-           "FinetuneTask", "LinearProbeTask"]
+           "DistillationTask", "FinetuneTask", "LinearProbeTask"]
