@@ -65,7 +65,8 @@ def _teacher_error(config: ml_collections.ConfigDict, what: str) -> InputError:
 
 def check_teacher(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The teacher run's config, after checking that it is a trained
-  classification run whose inputs and classes match `config`'s."""
+  classification run whose inputs (shape, channels, intensity normalisation)
+  and classes match `config`'s."""
   path = str(config.distill.teacher)
   expected = "expected the workdir of a trained classification run"
   if not path or not os.path.isdir(path):
@@ -79,7 +80,7 @@ def check_teacher(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
     raise _teacher_error(config, f"no checkpoints; {expected}")
   if teacher.get("task") != "classification":
     raise _teacher_error(config, f"a {teacher.get('task')!r} run; {expected}")
-  for key in ("num_classes", "in_channels", "patch_size"):
+  for key in ("num_classes", "in_channels", "patch_size", "intensity_stats"):
     mine, theirs = config.get(key), teacher.get(key)
     if (tuple(mine) if isinstance(mine, (list, tuple)) else mine) != (
         tuple(theirs) if isinstance(theirs, (list, tuple)) else theirs):
