@@ -205,11 +205,13 @@ def tta_samples(apply_fn: ApplyFn, variables: Mapping, x: jax.Array, *,
                 axes: Sequence[int]) -> jax.Array:
   """Softmax samples `(2^len(axes), B, *S, K)` of every flip of `axes` (spatial,
   0-based) of inputs `(B, *S, C)`, in one batched `apply_fn(variables, x, train=False)`
-  and flipped back. Traceable."""
+  and flipped back (image-level outputs `(B, K)` give `(2^len(axes), B, K)`). Traceable."""
   combos = flip_combinations(axes)
   flipped = [jnp.flip(x, tuple(a + 1 for a in c)) if c else x for c in combos]
   probs = _softmax(apply_fn(variables, jnp.concatenate(flipped), train=False))
-  probs = probs.reshape((len(combos),) + x.shape[:-1] + probs.shape[-1:])
+  probs = probs.reshape((len(combos), x.shape[0]) + probs.shape[1:])
+  if probs.ndim - 1 != x.ndim:  # image-level outputs (B, K): nothing to flip back
+    return probs
   return jnp.stack([jnp.flip(p, tuple(a + 1 for a in c)) if c else p
                     for p, c in zip(probs, combos)])
 

@@ -145,3 +145,39 @@ def test_segmentation_trust_results():
   assert results["uncertainty_auroc"] == pytest.approx(metrics.roc_auc(entropy, pred != label),
                                                        abs=1e-3)
   assert set(trust.reliability()) == {"before", "after"}
+
+
+def test_score_classification_three_classes_with_calibration_and_maps():
+  from medjax.train import evaluate  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(4)
+  labels = np.repeat([0, 1, 2], 20)
+  logits = np.eye(3)[labels] * 2.0 + rng.normal(size=(60, 3))
+  probs = np.exp(4 * logits) / np.exp(4 * logits).sum(-1, keepdims=True)  # over-confident
+  images = [(f"img{i}", np.full((2, 2, 1), i, np.float32), int(l)) for i, l in enumerate(labels)]
+
+  def predict_batch(batch):
+    index = batch[:, 0, 0, 0].astype(int)
+    entropy = -(probs[index] * np.log(probs[index])).sum(-1)
+    return probs[index], {"entropy": entropy, "mutual_information": 0.5 * entropy}
+
+  t = calibration.fit_temperature(calibration.log_probabilities(probs), labels)
+  ev = evaluate.score_classification(predict_batch, images, ("a", "b", "c"), batch_size=16,
+                                     calibrate=True, temperature=t)
+  r = ev.results
+  for k, name in enumerate("abc"):
+    assert r[f"auc/{name}"] == pytest.approx(metrics.roc_auc(probs[:, k], labels == k))
+  assert r["ece"] == pytest.approx(metrics.expected_calibration_error(probs, labels))
+  assert r["ece_classwise"] == pytest.approx(
+      metrics.classwise_expected_calibration_error(probs, labels).mean())
+  assert r["temperature"] == t
+  assert r["nll_after_temperature"] < r["nll"]  # T fitted on the same images
+  wrong = probs.argmax(-1) != labels
+  entropy = -(probs * np.log(probs)).sum(-1)
+  assert r["uncertainty_auroc"] == pytest.approx(metrics.roc_auc(entropy, wrong))
+  assert r["uncertainty_auroc_mi"] == pytest.approx(r["uncertainty_auroc"])
+  assert r["retained_accuracy@10%"] == pytest.approx(
+      calibration.retained_accuracy(~wrong, entropy, 0.1))
+  assert set(ev.reliability) == {"before", "after"}
+  plain = evaluate.score_classification(lambda b: predict_batch(b)[0], images, ("a", "b", "c"),
+                                        batch_size=16)
+  assert "temperature" not in plain.results and plain.reliability is None

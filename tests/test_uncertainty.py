@@ -212,3 +212,37 @@ def test_mc_dropout_without_dropout_is_refused():
   c.eval.uncertainty_samples = 0
   with pytest.raises(InputError, match="uncertainty_samples=0"):
     SegmentationTask().validate(c)
+
+
+def test_classification_evaluation_with_tta_and_temperature(monkeypatch):
+  from experiments.configs import convnet_synthetic2d  # pylint: disable=import-outside-toplevel
+  from medjax.train.model_factory import build_model  # pylint: disable=import-outside-toplevel
+  from medjax.train.tasks import classification  # pylint: disable=import-outside-toplevel
+  ClassificationTask = classification.ClassificationTask
+  fit_image_temperature = classification.fit_image_temperature
+  image_predictor = classification.image_predictor
+  c = convnet_synthetic2d.get_config("smoke")
+  c.eval.uncertainty = "tta"
+  c.eval.batch_size = 4
+  ClassificationTask().validate(c)
+  model = build_model(c, training=False)
+  x = np.zeros((1,) + tuple(c.patch_size) + (1,), np.float32)
+  variables = jax.jit(lambda x: model.init(jax.random.key(0, impl="rbg"), x, train=False))(x)
+  rng = np.random.default_rng(6)
+  source = [{"image": rng.normal(0, 50, size=tuple(c.patch_size)).astype(np.float32),
+             "lesion": int(i % 2), "case": f"img{i}"} for i in range(6)]
+  predict_batch = image_predictor(c, model, variables)
+  probs, maps = predict_batch(np.stack([rng.normal(size=tuple(c.patch_size) + (1,))
+                                        for _ in range(3)]).astype(np.float32))
+  assert probs.shape == (3, 2) and set(maps) == set(uncertainty.MAP_NAMES)
+  assert maps["mutual_information"].shape == (3,)
+  t = fit_image_temperature(predict_batch, c, source)
+  assert 0.05 <= t <= 20.0
+  with c.unlocked():
+    c.eval.calibration = True
+  monkeypatch.setattr(classification, "load_split", lambda config, split: source)
+  ev = ClassificationTask().evaluate(c, model, variables, source)
+  for key in ("accuracy", "ece", "ece_classwise", "temperature", "ece_after_temperature",
+              "uncertainty_auroc_mi", "retained_accuracy@20%"):
+    assert key in ev.results, key
+  assert ev.results["temperature"] == pytest.approx(t)  # validation = the same 6 images here

@@ -64,6 +64,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.mirror_axes = ()
   c.eval.surface_metrics = True
   c.eval.report_cases = 3
+  # Uncertainty and calibration (medjax.uncertainty / medjax.calibration), off by default:
+  c.eval.uncertainty = "none"  # "none" | "mc_dropout" (needs model.dropout > 0) | "tta" (flips)
+  c.eval.uncertainty_samples = 20  # MC-dropout passes
+  c.eval.calibration = False  # ECE, temperature scaling on validation, report/reliability.png
   return c
 
 

@@ -141,6 +141,17 @@ def has_dropout(config: ml_collections.ConfigDict) -> bool:
   return "cascade" not in config and float(config.model.get("dropout", 0.0) or 0.0) > 0
 
 
+def check_uncertainty_config(config: ml_collections.ConfigDict) -> None:
+  """InputError for `config.eval.uncertainty` / `uncertainty_samples` a run cannot take."""
+  method = uncertainty.check_method(config.eval.get("uncertainty", "none"))
+  if method == "mc_dropout" and not has_dropout(config):
+    raise InputError("config.eval.uncertainty='mc_dropout': config.model.dropout is 0; MC "
+                     "dropout needs a model with dropout (e.g. --config.model.dropout=0.1)")
+  samples = config.eval.get("uncertainty_samples", 20)
+  if int(samples) < 1:
+    raise InputError(f"config.eval.uncertainty_samples={samples}: expected at least 1")
+
+
 @dataclasses.dataclass(frozen=True)
 class CascadeSegmenter:
   """Cascaded FCNs (Christ 2016): `inference.cascade_predict` over two stage predictors."""

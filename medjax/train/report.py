@@ -127,3 +127,13 @@ def plot_reliability(reliability: dict, path: str, *, title: str = "") -> None:
   fig.tight_layout()
   fig.savefig(path, dpi=90)
   plt.close(fig)
+
+
+def write_reliability(workdir, reliability, *, title: str = ""):
+  """`report/reliability.png` from an evaluation's reliability data; None (and
+  nothing drawn) when the evaluation scored no calibration."""
+  if not reliability:
+    return None
+  path = workdir.report_path("reliability.png")
+  plot_reliability(reliability, path, title=title)
+  return path

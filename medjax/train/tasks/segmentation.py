@@ -7,11 +7,11 @@ import flax.linen as nn
 import ml_collections
 import numpy as np
 
-from medjax import calibration, uncertainty
+from medjax import calibration
 from medjax.data import pipeline, transforms
 from medjax.errors import InputError
 from medjax.train import evaluate, report
-from medjax.train.predictor import has_dropout, run_segmenter
+from medjax.train.predictor import check_uncertainty_config, run_segmenter
 from medjax.train.sources import load_split
 from medjax.train.tasks.base import Task
 from medjax.train.workdir import Workdir
@@ -86,27 +86,6 @@ def trust_scoring(config: ml_collections.ConfigDict, segmenter
   return calibration.SegmentationTrust(tuple(config.class_names), temperature=temperature)
 
 
-def check_uncertainty_config(config: ml_collections.ConfigDict) -> None:
-  """InputError for `config.eval.uncertainty` / `uncertainty_samples` a run cannot take."""
-  method = uncertainty.check_method(config.eval.get("uncertainty", "none"))
-  if method == "mc_dropout" and not has_dropout(config):
-    raise InputError("config.eval.uncertainty='mc_dropout': config.model.dropout is 0; MC "
-                     "dropout needs a model with dropout (e.g. --config.model.dropout=0.1)")
-  samples = config.eval.get("uncertainty_samples", 20)
-  if int(samples) < 1:
-    raise InputError(f"config.eval.uncertainty_samples={samples}: expected at least 1")
-
-
-def write_reliability(evaluation: evaluate.Evaluation, workdir: Workdir, *,
-                      title: str) -> Optional[str]:
-  """`report/reliability.png` when the evaluation scored calibration."""
-  if not evaluation.reliability:
-    return None
-  path = workdir.report_path("reliability.png")
-  report.plot_reliability(evaluation.reliability, path, title=title)
-  return path
-
-
 def write_case_reports(config: ml_collections.ConfigDict, evaluation: evaluate.Evaluation,
                        workdir: Workdir, *, title: str = "case") -> list[str]:
   """`report/case_*.png` of the evaluation's kept cases."""
@@ -147,5 +126,6 @@ class SegmentationTask(Task):
 
   def write_outputs(self, config, evaluation, workdir):
     paths = write_case_reports(config, evaluation, workdir)
-    reliability = write_reliability(evaluation, workdir, title="voxels of the test cases")
+    reliability = report.write_reliability(workdir, evaluation.reliability,
+                                           title="voxels of the test cases")
     return paths + ([reliability] if reliability else [])
