@@ -160,14 +160,18 @@ def test_the_tree_trains_as_a_plain_classifier(runs, tmp_path):
   assert len(rows) == 2 and all(np.isfinite(r["loss"]) for r in rows)
 
 
-@pytest.mark.parametrize("make_teacher, expected", [
-    (lambda root: str(root / "no_such_run"), "no such folder"),
-    (lambda root: str(root / "datasets"), "config.json: missing"),
-    (lambda root: str(root / "tree"), "a 'distillation' run"),
+@pytest.mark.parametrize("make_teacher, student_change, expected", [
+    (lambda root: str(root / "no_such_run"), {}, "no such folder"),
+    (lambda root: str(root / "datasets"), {}, "config.json: missing"),
+    (lambda root: str(root / "tree"), {}, "a 'distillation' run"),
+    (lambda root: str(root / "teacher"), {"intensity_stats": (0.0, 100.0)},
+     "the teacher has intensity_stats=(50.0, 125.0), the student (0.0, 100.0)"),
 ])
-def test_bad_teacher_is_a_one_line_error_naming_it(runs, tmp_path, make_teacher, expected):
+def test_bad_teacher_is_a_one_line_error_naming_it(runs, tmp_path, make_teacher, student_change,
+                                                   expected):
   teacher = make_teacher(runs["root"])
   config = ml_collections.ConfigDict(runs["student"].to_dict())
+  config.update(student_change)
   config.distill.teacher = teacher
   workdir = tmp_path / "student"
   with pytest.raises(InputError) as error:

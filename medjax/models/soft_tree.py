@@ -24,7 +24,9 @@ from routing all its inputs to one side. Two losses are provided:
 cross-entropy of every leaf's distribution to the targets,
 `sum_l P_l(x) CE(T(x), Q_l)`; `distillation_loss(tree_logits, teacher_logits, T)`
 is the cross-entropy of the mixture output (a lower bound of the former by
-Jensen's inequality, and the loss any trainer applies to logits).
+Jensen's inequality, and the loss any trainer applies to logits). The
+`distillation` task (`medjax.train.tasks.distillation`) trains the tree with
+them from a trained run's soft targets, or on hard labels.
 """
 from __future__ import annotations
 
