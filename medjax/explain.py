@@ -39,6 +39,7 @@ gradient vanishes exactly where the network is sure.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Optional, Sequence, Union
 
 import flax.linen as nn
@@ -61,11 +62,18 @@ def _logits(model: nn.Module, variables: Any, x: jax.Array) -> jax.Array:
   return out.astype(jnp.float32)
 
 
+# The compiled functions below take the model as a static argument, so a second call
+# with the same model and shapes reuses the compilation (Flax modules hash by their
+# fields: give tuples, not lists, as a model's sizes).
+_forward = jax.jit(_logits, static_argnums=0)
+
+
 def _score(logits: jax.Array, classes: jax.Array, weights: Optional[jax.Array]) -> jax.Array:
   """`(N,)` target of each example: `z_c` of a classifier, the weighted sum of
   class-c logits over space of a segmentation network (`weights` sum to 1)."""
-  picked = jnp.take_along_axis(logits, classes.reshape((-1,) + (1,) * (logits.ndim - 1)),
-                               axis=-1)[..., 0]
+  onehot = jax.nn.one_hot(classes, logits.shape[-1], dtype=logits.dtype)
+  picked = jnp.sum(logits * onehot.reshape((-1,) + (1,) * (logits.ndim - 2) + onehot.shape[-1:]),
+                   axis=-1)
   if weights is None:
     return picked
   return jnp.sum(picked * weights, axis=tuple(range(1, picked.ndim)))
@@ -83,7 +91,7 @@ def _region_weights(mask: jax.Array) -> jax.Array:
 def _resolve_target(model: nn.Module, variables: Any, x: jax.Array, target_class: TargetClass,
                     mask: Mask) -> tuple[jax.Array, Optional[jax.Array]]:
   """`(classes (N,) int32, region weights (N, *S_out) or None)` for `x` (module docstring)."""
-  logits = jax.jit(lambda v, a: _logits(model, v, a))(variables, x)
+  logits = _forward(model, variables, x)
   n, k = logits.shape[0], logits.shape[-1]
   segmentation = logits.ndim > 2
   if target_class is None:
@@ -112,7 +120,7 @@ def _resolve_target(model: nn.Module, variables: Any, x: jax.Array, target_class
 def predicted_region(model: nn.Module, variables: Any, x: jax.Array, target_class: int
                      ) -> jax.Array:
   """`(N, *S)` bool: the output voxels a segmentation model predicts as `target_class` for `x`."""
-  logits = jax.jit(lambda v, a: _logits(model, v, a))(variables, x)
+  logits = _forward(model, variables, jnp.asarray(x, jnp.float32))
   return jnp.argmax(logits, axis=-1) == target_class
 
 
@@ -126,7 +134,12 @@ def target_score(model: nn.Module, variables: Any, x: jax.Array, *,
   """
   x = jnp.asarray(x, jnp.float32)
   classes, weights = _resolve_target(model, variables, x, target_class, mask)
-  return jax.jit(lambda v, a: _score(_logits(model, v, a), classes, weights))(variables, x)
+  return _target_scores(model, variables, x, classes, weights)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _target_scores(model, variables, x, classes, weights):
+  return _score(_logits(model, variables, x), classes, weights)
 
 
 def _flatten_stack(xs: jax.Array, classes: jax.Array, weights: Optional[jax.Array]):
@@ -155,16 +168,17 @@ def _stack_grads(model: nn.Module, variables: Any, xs: jax.Array, classes: jax.A
   return grad(flat).reshape(xs.shape)
 
 
-def _chunks(values: np.ndarray, weights: np.ndarray, batch_size: int
-            ) -> tuple[np.ndarray, np.ndarray]:
+def _chunks(values: jax.Array, weights: np.ndarray, batch_size: int
+            ) -> tuple[jax.Array, jax.Array]:
   """`values`/`weights` `(T, ...)` padded with zero-weight copies to `(T', ...)` and
-  reshaped to `(T' / B, B, ...)` chunks."""
+  reshaped to `(T' / B, B, ...)` chunks (`values` may be PRNG keys)."""
+  values = jnp.asarray(values)
   t = values.shape[0]
   b = max(1, min(int(batch_size), t))
   pad = (-t) % b
-  values = np.concatenate([values, np.repeat(values[-1:], pad, axis=0)], axis=0)
+  values = jnp.concatenate([values] + [values[-1:]] * pad, axis=0)
   weights = np.concatenate([weights, np.zeros((pad,), weights.dtype)])
-  return values.reshape((-1, b) + values.shape[1:]), weights.reshape(-1, b)
+  return values.reshape((-1, b) + values.shape[1:]), jnp.asarray(weights.reshape(-1, b))
 
 
 # --- gradient methods ------------------------------------------------------------------------
@@ -182,8 +196,12 @@ def saliency(model: nn.Module, variables: Any, x: jax.Array, *,
   """
   x = jnp.asarray(x, jnp.float32)
   classes, weights = _resolve_target(model, variables, x, target_class, mask)
-  run = jax.jit(lambda v, a: _stack_grads(model, v, a[None], classes, weights)[0])
-  return run(variables, x)
+  return _saliency(model, variables, x, classes, weights)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _saliency(model, variables, x, classes, weights):
+  return _stack_grads(model, variables, x[None], classes, weights)[0]
 
 
 def smoothgrad(model: nn.Module, variables: Any, x: jax.Array, *,
@@ -206,23 +224,25 @@ def smoothgrad(model: nn.Module, variables: Any, x: jax.Array, *,
   if samples < 1:
     raise InputError(f"samples={samples}: expected at least 1 noisy copy")
   classes, weights = _resolve_target(model, variables, x, target_class, mask)
-  keys = np.asarray(jax.random.split(jax.random.PRNGKey(0) if rng is None else rng, samples))
+  keys = jax.random.split(jax.random.PRNGKey(0) if rng is None else rng, samples)
   key_chunks, w_chunks = _chunks(keys, np.ones((samples,), np.float32) / samples, batch_size)
+  return _smoothgrad(model, variables, x, classes, weights, jnp.float32(sigma),
+                     key_chunks, w_chunks)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _smoothgrad(model, variables, x, classes, weights, sigma, key_chunks, w_chunks):
   axes = tuple(range(1, x.ndim))
+  scale = sigma * (jnp.max(x, axis=axes, keepdims=True) - jnp.min(x, axis=axes, keepdims=True))
 
-  def run(v, a, key_chunks, w_chunks):
-    scale = sigma * (jnp.max(a, axis=axes, keepdims=True) - jnp.min(a, axis=axes, keepdims=True))
+  def chunk(total, keys_and_weights):
+    keys, ws = keys_and_weights
+    noise = jax.vmap(lambda k: jax.random.normal(k, x.shape, x.dtype))(keys)
+    g = _stack_grads(model, variables, x[None] + scale[None] * noise, classes, weights)
+    return total + jnp.tensordot(ws, g, axes=1), None
 
-    def chunk(carry, kw):
-      ks, ws = kw
-      noise = jax.vmap(lambda k: jax.random.normal(k, a.shape, a.dtype))(ks)
-      g = _stack_grads(model, v, a[None] + scale[None] * noise, classes, weights)
-      return carry + jnp.tensordot(ws, g, axes=1), None
-
-    total, _ = jax.lax.scan(chunk, jnp.zeros_like(a), (key_chunks, w_chunks))
-    return total
-
-  return jax.jit(run)(variables, x, jnp.asarray(key_chunks), jnp.asarray(w_chunks))
+  total, _ = jax.lax.scan(chunk, jnp.zeros_like(x), (key_chunks, w_chunks))
+  return total
 
 
 def _ig_alphas(steps: int, rule: str) -> tuple[np.ndarray, np.ndarray]:
@@ -271,19 +291,22 @@ def integrated_gradients(model: nn.Module, variables: Any, x: jax.Array, *,
   alphas, quad = _ig_alphas(steps, rule)
   a_chunks, w_chunks = _chunks(alphas, quad, batch_size)
 
-  def run(v, a, b, a_chunks, w_chunks):
-    delta = a - b
+  return _integrated_gradients(model, variables, x, base, classes, weights,
+                               a_chunks, w_chunks)
 
-    def chunk(carry, aw):
-      al, ws = aw
-      path = b[None] + al.reshape((-1,) + (1,) * a.ndim) * delta[None]
-      g = _stack_grads(model, v, path, classes, weights)
-      return carry + jnp.tensordot(ws, g, axes=1), None
 
-    total, _ = jax.lax.scan(chunk, jnp.zeros_like(a), (a_chunks, w_chunks))
-    return delta * total
+@functools.partial(jax.jit, static_argnums=0)
+def _integrated_gradients(model, variables, x, base, classes, weights, a_chunks, w_chunks):
+  delta = x - base
 
-  return jax.jit(run)(variables, x, base, jnp.asarray(a_chunks), jnp.asarray(w_chunks))
+  def chunk(total, alphas_and_weights):
+    alphas, ws = alphas_and_weights
+    path = base[None] + alphas.reshape((-1,) + (1,) * x.ndim) * delta[None]
+    g = _stack_grads(model, variables, path, classes, weights)
+    return total + jnp.tensordot(ws, g, axes=1), None
+
+  total, _ = jax.lax.scan(chunk, jnp.zeros_like(x), (a_chunks, w_chunks))
+  return delta * total
 
 
 # --- Grad-CAM --------------------------------------------------------------------------------
@@ -315,9 +338,20 @@ def spatial_layers(model: nn.Module, variables: Any, x: jax.Array) -> dict[str, 
   return found
 
 
-def default_layer(layers: dict[str, tuple]) -> str:
-  """The last-finishing layer among those of lowest resolution (a classifier's last
-  conv layer, a U-Net's bottleneck): Selvaraju et al.'s choice of layer."""
+def default_layer(layers: dict[str, tuple], *, segmentation: bool = False) -> str:
+  """The Grad-CAM layer when none is named.
+
+  A classifier: the last-finishing layer among those of lowest resolution
+  (its last conv layer, Selvaraju et al.'s choice). A segmentation network:
+  the last layer before the output layer (a U-Net's last decoder block,
+  `up0`): in its encoder and bottleneck the class-c evidence is often carried
+  by negative weights alpha_k, and the ReLU then leaves an all-zero map
+  (measured on the default 3D U-Net run), while the last decoder features
+  localise the structure.
+  """
+  names = list(layers)
+  if segmentation and len(names) > 1:
+    return names[-2]
   if not layers:
     raise InputError("grad_cam: the model has no layer with a spatial output")
   smallest = min(int(np.prod(s[1:-1])) for s in layers.values())
@@ -364,7 +398,8 @@ def grad_cam(model: nn.Module, variables: Any, x: jax.Array, *, layer: Optional[
     layer: '/'-separated module path from the root, e.g. "down0/conv0",
       "bottleneck" or "up1" for `UNet`, "conv1" for the LeNet `ConvNet`,
       "stage4" or "stage4/block1/unit1/conv" for `ResNet`; `spatial_layers`
-      lists them. None: `default_layer`.
+      lists them. None: `default_layer` (for a model whose logits are
+      `(N, *S, K)`, the segmentation choice).
   Returns:
     `(N, *S')` float32, non-negative, at the layer's resolution
     (`resize_map` brings it to the input's).
@@ -373,22 +408,24 @@ def grad_cam(model: nn.Module, variables: Any, x: jax.Array, *, layer: Optional[
   """
   x = jnp.asarray(x, jnp.float32)
   layers = spatial_layers(model, variables, x)
-  name = default_layer(layers) if layer is None else check_layer(layers, layer)
-  path = _layer_path(name)
   classes, weights = _resolve_target(model, variables, x, target_class, mask)
+  name = (default_layer(layers, segmentation=weights is not None) if layer is None
+          else check_layer(layers, layer))
+  path = _layer_path(name)
   shape = layers[name]
 
-  def run(v, a):
-    def target(delta):
-      logits, act = _forward_with_layer(model, v, a, path, delta)
-      return jnp.sum(_score(logits, classes, weights)), act
+  return _grad_cam(model, path, variables, x, classes, weights, jnp.zeros(shape, jnp.float32))
 
-    grads, act = jax.grad(target, has_aux=True)(jnp.zeros(shape, jnp.float32))
-    alpha = jnp.mean(grads, axis=tuple(range(1, grads.ndim - 1)))  # (N, K')
-    cam = jnp.einsum("n...k,nk->n...", act.astype(jnp.float32), alpha)
-    return jax.nn.relu(cam)
 
-  return jax.jit(run)(variables, x)
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _grad_cam(model, path, variables, x, classes, weights, zeros):
+  def target(delta):
+    logits, act = _forward_with_layer(model, variables, x, path, delta)
+    return jnp.sum(_score(logits, classes, weights)), act
+
+  grads, act = jax.grad(target, has_aux=True)(zeros)
+  alpha = jnp.mean(grads, axis=tuple(range(1, grads.ndim - 1)))  # (N, K')
+  return jax.nn.relu(jnp.einsum("n...k,nk->n...", act.astype(jnp.float32), alpha))
 
 
 def resize_map(heat: jax.Array, spatial_shape: Sequence[int]) -> jax.Array:
@@ -442,31 +479,37 @@ def occlusion(model: nn.Module, variables: Any, x: jax.Array, *,
   o_chunks, w_chunks = _chunks(origins, np.ones((len(origins),), np.float32), batch_size)
   classes, weights = _resolve_target(model, variables, x, target_class, mask)
 
+  return _occlusion(model, patch_t, variables, x, jnp.float32(value), classes, weights,
+                    o_chunks, w_chunks)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _occlusion(model, patch, variables, x, value, classes, weights, o_chunks, w_chunks):
+  spatial = x.shape[1:-1]
+  nd = len(spatial)
+
   def patch_mask(origin):  # (*S) bool
     inside = jnp.ones(spatial, bool)
     for d in range(nd):
       idx = jax.lax.broadcasted_iota(jnp.int32, spatial, d)
-      inside &= (idx >= origin[d]) & (idx < origin[d] + patch_t[d])
+      inside &= (idx >= origin[d]) & (idx < origin[d] + patch[d])
     return inside
 
-  def run(v, a, o_chunks, w_chunks):
-    base = _score(_logits(model, v, a), classes, weights)  # (N,)
+  base = _score(_logits(model, variables, x), classes, weights)  # (N,)
 
-    def chunk(carry, ow):
-      total, count = carry
-      origins, ws = ow
-      masks = jax.vmap(patch_mask)(origins)  # (B, *S)
-      occluded = jnp.where(masks[:, None, ..., None], value, a[None])  # (B, N, *S, C)
-      scores = _stack_scores(model, v, occluded, classes, weights)  # (B, N)
-      m = masks.astype(jnp.float32) * ws.reshape((-1,) + (1,) * nd)
-      total = total + jnp.einsum("b...,bn->n...", m, base[None] - scores)
-      return (total, count + jnp.sum(m, axis=0)), None
+  def chunk(carry, origins_and_weights):
+    total, count = carry
+    origins, ws = origins_and_weights
+    masks = jax.vmap(patch_mask)(origins)  # (B, *S)
+    occluded = jnp.where(masks[:, None, ..., None], value, x[None])  # (B, N, *S, C)
+    scores = _stack_scores(model, variables, occluded, classes, weights)  # (B, N)
+    m = masks.astype(jnp.float32) * ws.reshape((-1,) + (1,) * nd)
+    total = total + jnp.einsum("b...,bn->n...", m, base[None] - scores)
+    return (total, count + jnp.sum(m, axis=0)), None
 
-    init = (jnp.zeros((a.shape[0],) + spatial, jnp.float32), jnp.zeros(spatial, jnp.float32))
-    (total, count), _ = jax.lax.scan(chunk, init, (o_chunks, w_chunks))
-    return total / jnp.maximum(count, 1.0)[None]
-
-  return jax.jit(run)(variables, x, jnp.asarray(o_chunks), jnp.asarray(w_chunks))
+  init = (jnp.zeros((x.shape[0],) + spatial, jnp.float32), jnp.zeros(spatial, jnp.float32))
+  (total, count), _ = jax.lax.scan(chunk, init, (o_chunks, w_chunks))
+  return total / jnp.maximum(count, 1.0)[None]
 
 
 __all__ = ["METHODS", "saliency", "smoothgrad", "integrated_gradients", "grad_cam", "occlusion",
