@@ -23,6 +23,26 @@ smoothed value inside it) reaches only AUC 0.70 on the builder's 100 test
 slices. Pixel labels make the same question easy: on those 100 slices the 2D
 U-Net's largest tumour probability per slice reaches `detection_auc/tumour`
 0.996 (`experiments/configs/unet2d_synthetic.py`).
+
+`:patches` (and `:vgg,patches`) ask what is at the centre of a 32x32 patch
+instead (`synthetic_organs/patches2d`: background / organ / tumour, 1000
+each in training, 1000 test patches, same contrast and noise as the slices):
+
+  python -m experiments.main --config=experiments/configs/convnet_synthetic2d.py:patches --workdir=runs/lenet_patches
+  python -m experiments.main --config=experiments/configs/convnet_synthetic2d.py:vgg,patches --workdir=runs/vgg_patches
+
+Measured on a 2-core CPU CI-type machine shared with other jobs and loaded
+at the time (load average 9-14, so the wall times are 2-4x the CPU time;
+jax 0.10.2, 2026-11-26, one seed, dataset already prepared; 1000 steps of 64,
+21 epochs; AUC one-vs-rest per class):
+
+| variant | training | test accuracy | AUC background / organ / tumour | ECE | recall bg / organ / tumour |
+|---|---|---|---|---|---|
+| LeNet (`:patches`) | 76 s | 0.917 | 0.990 / 0.983 / 0.982 | 0.022 | 0.93 / 0.90 / 0.91 |
+| VGG (`:vgg,patches`, batch norm) | 489 s | 0.958 | 0.998 / 0.993 / 0.995 | 0.023 | 0.97 / 0.94 / 0.96 |
+
+Half the remaining errors confuse organ and tumour (VGG: 22 of 42; LeNet: 37
+of 83); VGG calls no background centre tumour, and 2 tumour centres background.
 """
 import ml_collections
 

@@ -11,6 +11,19 @@ lesion AUC 0.50 on the 1000 test slices, i.e. chance. A fully connected net on
 raw 128x128 slices does not find a lesion of ~1 % of the pixels at ~30 HU
 contrast from 4000 image-level labels (no translation invariance; the earlier
 400-slice training set gave the same: accuracy 0.51, AUC 0.50).
+
+`:patches` asks what is at the centre of a 32x32 patch instead
+(`synthetic_organs/patches2d`: background / organ / tumour, 1000 each in
+training, 1000 test patches, same contrast and noise as the slices):
+
+  python -m experiments.main --config=experiments/configs/mlp_synthetic2d.py:patches --workdir=runs/mlp_patches
+
+Measured on a 2-core CPU CI-type machine shared with other jobs and loaded
+at the time (load average ~10; jax 0.10.2, 2026-11-26, one seed): 1000 steps
+of 64 (21 epochs), 41 s training (+ 17 s generating the dataset the first
+time), test accuracy 0.900, one-vs-rest AUC background 0.988 / organ 0.962 /
+tumour 0.968, ECE 0.021; recall background 0.94, organ 0.87, tumour 0.89
+(61 of the 100 errors confuse organ and tumour).
 """
 import ml_collections
 
