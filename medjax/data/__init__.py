@@ -3,7 +3,8 @@
 Modules (each with one job):
 
 * `synthetic`: deterministic synthetic CT (organ + small hypodense tumours).
-* `synthetic_organs`: TFDS builder `synthetic_organs/{3d,2d}` (array_record).
+* `synthetic_patches`: background / organ / tumour patches cut from it (patch classification).
+* `synthetic_organs`: TFDS builder `synthetic_organs/{3d,2d,patches2d,patches3d}` (array_record).
 * `datasets`: `load_source(name, split, data_dir)`, prepares once under a lock.
 * `transforms`: `normalize_ct`, `random_flip`, `check_image`, `check_labels`.
 * `patches`: nnU-Net foreground-oversampled patch sampling.
@@ -22,7 +23,7 @@ import importlib
 from typing import Any
 
 _SUBMODULES = ("crop", "datasets", "io", "patches", "pipeline", "synthetic", "synthetic_organs",
-               "transforms")
+               "synthetic_patches", "transforms")
 
 
 def __getattr__(name: str) -> Any:
