@@ -9,7 +9,8 @@ background, 1 organ, 2 tumour; balanced: train 3000 / validation 500 / test
 1000, i.e. 1000/1000/1000 in train) -- definitions in
 `medjax.data.synthetic_patches`. Open a split with
 ``medjax.data.datasets.load_source("synthetic_organs/patches2d", "train",
-data_dir)`` (generated on first use, ~5 s in 2D, ~30 s in 3D); in a config
+data_dir)`` (generated on first use: 9-17 s in 2D, 16 MB; 34-65 s in 3D,
+260 MB, on a loaded 2-core CPU machine); in a config
 start from `experiments.configs.common.patch_classification_2d()`
 (`config.label_key = "label"`, a fixed HU window instead of per-image
 z-scoring); shrink it for tests with ``dataset_kwargs`` overrides such as
@@ -17,7 +18,9 @@ z-scoring); shrink it for tests with ``dataset_kwargs`` overrides such as
 ``shape=(48, 48), patch_size=(16, 16)``). Images are raw HU float32 `(*P)`;
 `mask` is the label map of the patch; `source` is the id of the image the
 patch was cut from (the `case` of ``2d``/``3d`` at that index when the shapes
-agree: splits share no source image).
+agree: splits share no source image). Measured baselines (test accuracy,
+1000 steps): `mlp_synthetic2d.py:patches` 0.900, `convnet_synthetic2d.py:patches`
+(LeNet) 0.917, `:vgg,patches` 0.958, `resnet_patches2d.py` 0.958.
 
 Configs, all written as `array_record` (read back with
 `tfds.data_source` / `builder.as_data_source()`, no TensorFlow needed):
