@@ -15,6 +15,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, Optional, Sequence
 
@@ -69,9 +70,9 @@ def _draw(ax, img: np.ndarray, heat: Optional[np.ndarray], *, signed: bool,
     else:
       image = ax.imshow(np.ma.masked_less(heat, 0.05 * scale), cmap="inferno", vmin=0,
                         vmax=scale, alpha=0.6)
-  for m, style in ((truth, "solid"), (pred, "dashed")):
+  for m, style, colour in ((truth, "solid", "lime"), (pred, "dashed", "cyan")):
     if m is not None and m.any():
-      ax.contour(m, levels=[0.5], colors="lime", linestyles=style, linewidths=1.0)
+      ax.contour(m, levels=[0.5], colors=colour, linestyles=style, linewidths=1.0)
   ax.set_title(title, fontsize=8)
   ax.axis("off")
   return image
@@ -88,23 +89,27 @@ def _slices(image, heats, truth, pred):
 
 
 def plot_methods(image: np.ndarray, heats: dict[str, np.ndarray], path: str, *, title: str,
-                 truth: Optional[np.ndarray] = None, pred: Optional[np.ndarray] = None) -> str:
+                 truth: Optional[np.ndarray] = None, pred: Optional[np.ndarray] = None,
+                 notes: Optional[dict[str, str]] = None) -> str:
   """The image, then one panel per method with its map overlaid, in one PNG.
 
   Args:
     image: `(*S)` the (normalised) input channel to show, 2D or 3D.
     heats: method -> `(*S)` map (`display_map`).
     truth, pred: optional `(*S)` bool masks of the target structure, outlined
-      solid (ground truth) and dashed (prediction).
+      solid green (ground truth) and dashed cyan (prediction).
+    notes: method -> a second title line (e.g. the completeness check).
   """
   img, planes, t, p, z = _slices(np.asarray(image), heats, truth, pred)
   n = len(planes) + 1
   fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.6), squeeze=False)
-  _draw(axes[0, 0], img, None, signed=False, truth=t, pred=p, title="input")
+  outlines = "input" if t is None and p is None else "input: truth solid, prediction dashed"
+  _draw(axes[0, 0], img, None, signed=False, truth=t, pred=p, title=outlines)
   for ax, (method, heat) in zip(axes[0, 1:], planes.items()):
     zero = "" if np.any(heats[method]) else " (all zero)"
+    note = (notes or {}).get(method)
     shown = _draw(ax, img, heat, signed=method in SIGNED, truth=t, pred=p,
-                  title=TITLES.get(method, method) + zero)
+                  title=TITLES.get(method, method) + zero + (f"\n{note}" if note else ""))
     fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
   fig.suptitle(title if z is None else f"{title} (slice {z})", fontsize=9)
   fig.tight_layout()
@@ -115,9 +120,11 @@ def plot_methods(image: np.ndarray, heats: dict[str, np.ndarray], path: str, *, 
 
 
 def plot_attribution(image: np.ndarray, heat: np.ndarray, path: str, *, method: str, title: str,
-                     truth: Optional[np.ndarray] = None, pred: Optional[np.ndarray] = None) -> str:
+                     truth: Optional[np.ndarray] = None, pred: Optional[np.ndarray] = None,
+                     note: Optional[str] = None) -> str:
   """`plot_methods` with one method: the image and its map overlaid."""
-  return plot_methods(image, {method: heat}, path, title=title, truth=truth, pred=pred)
+  return plot_methods(image, {method: heat}, path, title=title, truth=truth, pred=pred,
+                      notes={method: note} if note else None)
 
 
 # --- one case of a trained run -------------------------------------------------------------------
@@ -173,6 +180,74 @@ def _run_method(method: str, model, variables, x, *, layer, target_class, mask) 
   return np.asarray(explain.occlusion(model, variables, x, patch=patch, **kw))
 
 
+@dataclasses.dataclass(frozen=True)
+class CaseInput:
+  """What the network is explained on: `x` `(1, *S, C)`; the target (`target_class`,
+  region `mask` `(1, *S)` or None, described by `target_text`); the ground truth and
+  predicted target structure `(*S)` to outline (None for a classifier)."""
+  x: np.ndarray
+  target_class: int
+  mask: Optional[np.ndarray]
+  target_text: str
+  truth: Optional[np.ndarray] = None
+  pred: Optional[np.ndarray] = None
+
+
+def _segmentation_input(config, model, variables, image: np.ndarray,
+                        label: Optional[np.ndarray], target_class: Optional[int]) -> CaseInput:
+  """A window of `config.patch_size` centred on the target structure; the region is
+  the window's voxels predicted as the target class."""
+  cls = int(config.num_classes) - 1 if target_class is None else int(target_class)
+  name = config.class_names[cls]
+  if label is None:
+    focus = np.zeros(image.shape[:-1], bool)
+  else:
+    focus = (label == cls) if (label == cls).any() else (label > 0)
+  box = window_around(image.shape[:-1], config.patch_size, focus)
+  x = _pad_to(image[box], config.patch_size)[None]
+  truth = None if label is None else _pad_to(label[box], config.patch_size) == cls
+  mask = np.asarray(explain.predicted_region(model, variables, x, cls))
+  region = (f"{int(mask.sum())} predicted {name} voxels" if mask.any()
+            else f"no {name} predicted: whole window")
+  return CaseInput(x, cls, mask, f"mean {name} logit over {region}", truth,
+                   mask[0] if mask.shape[1:] == x.shape[1:-1] else None)
+
+
+def _classification_input(config, model, variables, image: np.ndarray,
+                          label: Optional[np.ndarray], target_class: Optional[int]) -> CaseInput:
+  """The whole image; the target is the logit of `target_class` (default: the predicted one)."""
+  del label
+  x = image[None]
+  logits = jax.jit(lambda v, a: model.apply(v, a, train=False))(variables, x)
+  predicted = int(np.argmax(np.asarray(logits)[0]))
+  cls = predicted if target_class is None else int(target_class)
+  return CaseInput(x, cls, None, f"logit of {config.class_names[cls]} (predicted: "
+                                 f"{config.class_names[predicted]})")
+
+
+def load_case(config, case: str) -> tuple[np.ndarray, Optional[np.ndarray]]:
+  """Test case `case` of `config`'s dataset as the network sees it: the image
+  `(*S, C)` normalised as in training, and its dense labels `(*S)` after
+  `config.label_map` (None for an image-level label)."""
+  example = find_case(sources.load_split(config, "test"), case)
+  raw = transforms.check_image(example["image"], case)
+  image = transforms.normalize_ct_channels(raw[..., None] if raw.ndim == len(config.patch_size)
+                                           else raw).astype(np.float32)
+  label = np.asarray(example["label"]) if np.ndim(example.get("label")) else None
+  if label is not None and config.get("label_map"):
+    label = np.asarray(config.label_map, np.int32)[label]
+  return image, label
+
+
+def _completeness_note(model, variables, x, attribution, target_class, mask) -> str:
+  """`sum IG` against `f(x) - f(0)` (Sundararajan 2017's check), for the panel title."""
+  score = lambda a: float(np.asarray(explain.target_score(model, variables, a,
+                                                          target_class=target_class,
+                                                          mask=mask))[0])
+  return (f"sum {float(np.sum(attribution)):.3g}, f(x) - f(0) = "
+          f"{score(x) - score(np.zeros_like(x)):.3g}")
+
+
 def check_methods(methods: Sequence[str]) -> tuple[str, ...]:
   """`methods` as a tuple; a one-line InputError naming the unknown ones and the known ones."""
   methods = tuple(m.strip() for m in methods if m.strip())
@@ -208,13 +283,7 @@ def explain_case(workdir: str, case: str, *, methods: Sequence[str] = explain.ME
     raise InputError(f"--workdir={workdir}: a cascade; explain one of its stages "
                      f"(--workdir={os.path.join(os.fspath(workdir), 'stage2')})")
   config, model, variables = restore.load_run(run_dir)
-  example = find_case(sources.load_split(config, "test"), case)
-  raw = transforms.check_image(example["image"], case)
-  image = transforms.normalize_ct_channels(raw[..., None] if raw.ndim == len(config.patch_size)
-                                           else raw).astype(np.float32)
-  label = np.asarray(example["label"]) if np.ndim(example.get("label")) else None
-  if label is not None and config.get("label_map"):
-    label = np.asarray(config.label_map, np.int32)[label]
+  image, label = load_case(config, case)
   num_classes = int(config.num_classes)
   if target_class is not None and not 0 <= int(target_class) < num_classes:
     raise InputError(f"--target_class={target_class}: expected a class in [0, {num_classes}) "
@@ -222,46 +291,32 @@ def explain_case(workdir: str, case: str, *, methods: Sequence[str] = explain.ME
   apply = lambda v, a: model.apply(v, a, train=False)
   segmentation = len(jax.eval_shape(apply, variables,
                                     jax.ShapeDtypeStruct((1,) + image.shape, np.float32)).shape) > 2
-  truth = pred = mask = None
-  if segmentation:
-    cls = num_classes - 1 if target_class is None else int(target_class)
-    focus = (label == cls) if label is not None and (label == cls).any() else (
-        (label > 0) if label is not None else np.zeros(image.shape[:-1], bool))
-    box = window_around(image.shape[:-1], config.patch_size, focus)
-    image = _pad_to(image[box], config.patch_size)
-    truth = None if label is None else _pad_to(label[box], config.patch_size) == cls
-    x = image[None]
-    mask = np.asarray(explain.predicted_region(model, variables, x, cls))
-    pred = mask[0] if mask.shape[1:] == image.shape[:-1] else None
-    region = (f"{int(mask.sum())} predicted {config.class_names[cls]} voxels" if mask.any()
-              else f"no {config.class_names[cls]} predicted: whole window")
-    target_text = f"mean {config.class_names[cls]} logit over {region}"
-    target_class = cls
-  else:
-    x = image[None]
-    predicted = int(np.argmax(jax.jit(apply)(variables, x)[0]))
-    target_class = predicted if target_class is None else int(target_class)
-    target_text = (f"logit of {config.class_names[target_class]} (predicted: "
-                   f"{config.class_names[predicted]})")
+  prepare = _segmentation_input if segmentation else _classification_input
+  inputs = prepare(config, model, variables, image, label, target_class)
+  x, mask, truth, pred = inputs.x, inputs.mask, inputs.truth, inputs.pred
+  image, target_class = inputs.x[0], inputs.target_class
   layers = explain.spatial_layers(model, variables, x)
   layer = (explain.default_layer(layers, segmentation=segmentation) if layer is None
            else explain.check_layer(layers, layer))
-  heats = {}
+  heats, notes = {}, {}
   for method in methods:
     attribution = _run_method(method, model, variables, x, layer=layer,
                               target_class=target_class, mask=mask)
     heats[method] = display_map(method, attribution[0], image.shape[:-1])
+    if method == "integrated_gradients":
+      notes[method] = _completeness_note(model, variables, x, attribution, target_class, mask)
   folder = output or run_dir.report_path("explain")
   os.makedirs(folder, exist_ok=True)
   layer_text = f", Grad-CAM layer {layer}" if "grad_cam" in methods else ""
-  title = f"{case}: {target_text}{layer_text}"
+  title = f"{case}: {inputs.target_text}{layer_text}"
   paths = [plot_attribution(image[..., 0], heats[m], os.path.join(folder, f"{case}_{m}.png"),
-                            method=m, title=title, truth=truth, pred=pred) for m in methods]
+                            method=m, title=title, truth=truth, pred=pred, note=notes.get(m))
+           for m in methods]
   if len(methods) > 1:
     paths.append(plot_methods(image[..., 0], heats, os.path.join(folder, f"{case}_methods.png"),
-                              title=title, truth=truth, pred=pred))
+                              title=title, truth=truth, pred=pred, notes=notes))
   return paths
 
 
 __all__ = ["explain_case", "plot_methods", "plot_attribution", "display_map", "find_case",
-           "window_around", "check_methods"]
+           "window_around", "check_methods", "load_case", "CaseInput"]
