@@ -247,16 +247,16 @@ def _smoothgrad(model, variables, x, classes, weights, sigma, key_chunks, w_chun
 
 def _ig_alphas(steps: int, rule: str) -> tuple[np.ndarray, np.ndarray]:
   """Path positions `alpha` and quadrature weights for `int_0^1 g(alpha) d alpha`."""
+  if rule not in IG_RULES:
+    raise InputError(f"rule={rule!r}: expected one of {', '.join(IG_RULES)}")
   if rule == "trapezoid":
     alphas = np.linspace(0.0, 1.0, steps + 1)
     weights = np.full(steps + 1, 1.0 / steps)
     weights[[0, -1]] *= 0.5
-  elif rule.startswith("riemann_"):
+  else:
     offset = {"riemann_left": 0.0, "riemann_right": 1.0, "riemann_middle": 0.5}[rule]
     alphas = (np.arange(steps) + offset) / steps
     weights = np.full(steps, 1.0 / steps)
-  else:
-    raise InputError(f"rule={rule!r}: expected one of {', '.join(IG_RULES)}")
   return alphas.astype(np.float32), weights.astype(np.float32)
 
 
