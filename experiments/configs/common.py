@@ -56,6 +56,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.progress_bar = True
   c.kernels = "auto"  # "auto" | "xla" | "pallas"
   c.parallel = "shard_map"  # "shard_map" | "pmap"
+  # Speed (medjax.train.compile_cache, model_factory): JAX's persistent
+  # compilation cache (a second launch skips compiling); the compute dtype
+  # ("bfloat16": bf16 activations, float32 parameters, optimizer state and
+  # loss); rematerialisation of each U-Net/V-Net stage in the backward pass.
+  c.compilation_cache = True
+  c.compilation_cache_dir = ""  # "" -> ~/.cache/medjax/jax_cache
+  c.dtype = "float32"  # "float32" | "bfloat16"
+  c.remat = False
+  c.remat_policy = "nothing_saveable"  # a jax.checkpoint_policies name, e.g. "dots_saveable"
 
   c.eval = ml_collections.ConfigDict()
   c.eval.overlap = 0.25

@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import ml_collections
 
-from medjax.train import cascade, loop
+from medjax.train import cascade, compile_cache, loop
 from medjax.train.predictor import is_cascade
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
-  """Trains (or resumes) and evaluates; returns the eval dict (also in `eval.json`)."""
+  """Trains (or resumes) and evaluates; returns the eval dict (also in `eval.json`).
+
+  First points JAX's persistent compilation cache at the config's directory
+  (`medjax.train.compile_cache`), so that a second launch skips compiling.
+  """
+  compile_cache.setup(config)
   if is_cascade(config):
     return cascade.train_and_evaluate(config, workdir)
   return loop.train_and_evaluate(config, workdir)
