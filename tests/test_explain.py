@@ -12,7 +12,7 @@ import pytest
 
 from conftest import _init, _normal
 from experiments.configs import unet2d_synthetic
-from medjax import explain
+from medjax import explain, explain_report
 from medjax.errors import InputError
 from medjax.models import ConvNet, UNet
 from medjax.train import loop
@@ -215,14 +215,19 @@ def test_launcher_writes_one_png_per_method(run_dir, tmp_path):
   assert sorted(os.listdir(out)) == sorted(os.path.basename(p) for p in printed)
 
 
-def test_launcher_unknown_case_or_layer_is_one_line_exit_2(run_dir, tmp_path):
+def test_launcher_unknown_case_is_one_line_exit_2(run_dir, tmp_path):
   result = _explain(f"--workdir={run_dir}", "--case=test_99999", f"--output={tmp_path}")
   assert result.returncode == 2
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: --case=test_99999")
   assert "test_00000" in lines[0] and "test_00003" in lines[0]
-  result = _explain(f"--workdir={run_dir}", "--case=test_00000", "--method=grad_cam,lime",
-                    f"--output={tmp_path}")
-  assert result.returncode == 2 and result.stderr.strip().startswith("error: --method=")
-  assert "unknown method lime" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+  assert os.listdir(tmp_path) == []
+
+
+def test_unknown_method_or_layer_of_a_run_is_one_line_listing_what_exists(run_dir, tmp_path):
+  with pytest.raises(InputError, match="unknown method lime; expected some of saliency"):
+    explain_report.explain_case(run_dir, "test_00000", methods=["grad_cam", "lime"])
+  with pytest.raises(InputError, match=r"layer='up7': .* down0/conv0, .*, up0"):
+    explain_report.explain_case(run_dir, "test_00000", methods=["grad_cam"], layer="up7",
+                                output=str(tmp_path))
   assert os.listdir(tmp_path) == []
