@@ -28,7 +28,7 @@ Everything is a pure function of the image seeds.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -111,10 +111,7 @@ def class_counts(size: int, num_classes: int = 3) -> tuple[int, ...]:
 
 def generate(first_seed: int, size: int, *, ndim: int, shape: Sequence[int],
              spacing: Sequence[float], patch_size: Sequence[int], per_image: int,
-             background_band_mm: float = 20.0, max_images: int = 100_000,
-             make_image: Callable[[int, int, Sequence[int], Sequence[float]],
-                                  tuple[np.ndarray, np.ndarray]] = source_image,
-             ) -> Iterator[dict]:
+             background_band_mm: float = 20.0, max_images: int = 100_000) -> Iterator[dict]:
   """`size` patches, class-balanced (`class_counts`), from images `first_seed, first_seed + 1, ...`.
 
   Image `i` (seed `first_seed + i`) gives up to `per_image` patches of each
@@ -132,7 +129,7 @@ def generate(first_seed: int, size: int, *, ndim: int, shape: Sequence[int],
     if not any(needed):
       return
     seed = first_seed + i
-    image, label = make_image(seed, ndim, shape, spacing)
+    image, label = source_image(seed, ndim, shape, spacing)
     candidates = candidate_centres(image, label, spacing, patch_size,
                                    background_band_mm=background_band_mm)
     if any(len(candidates[c]) < min(per_image, needed[c]) for c in range(3)):
