@@ -245,20 +245,21 @@ def conv_norm_act(x: jax.Array, features: int, kernel_size: Union[int, Sequence[
                   train: bool, norm: Optional[str] = None, bn_axis_name: Optional[str] = None,
                   relu: bool = True, conv_name: str, norm_name: str, spatial_dims: int = 3,
                   strides: Union[int, Sequence[int]] = 1, padding: str = "SAME",
-                  kernels: str = "auto") -> jax.Array:
+                  kernels: str = "auto", dtype: Optional[jnp.dtype] = None) -> jax.Array:
   """conv -> norm -> ReLU, the unit every conv model repeats.
 
   Call it inside a `nn.compact` method: the `ConvND` (named `conv_name`) and
   the norm (named `norm_name`) become submodules of the caller. Without a norm
   the conv has a bias and the ReLU fuses into it; with one, the conv has no
-  bias (the norm's offset replaces it).
+  bias (the norm's offset replaces it). `dtype` is the compute dtype of the
+  conv and the norm's output (parameters stay float32; None: the input's).
   """
-  layer = normalization(norm, bn_axis_name, name=norm_name)
+  layer = normalization(norm, bn_axis_name, name=norm_name, dtype=dtype)
   fuse = layer is None
   x = ConvND(features, kernel_size, strides=strides, padding=padding.upper(),
              spatial_dims=spatial_dims, use_bias=fuse,
              activation="relu" if (fuse and relu) else None, kernels=kernels,
-             name=conv_name)(x)
+             dtype=dtype, name=conv_name)(x)
   if not fuse:
     x = layer(x, use_running_average=not train) if norm == "batch" else layer(x)
     if relu:
@@ -267,12 +268,17 @@ def conv_norm_act(x: jax.Array, features: int, kernel_size: Union[int, Sequence[
 
 
 def normalization(norm: Optional[str], axis_name: Optional[str] = None,
-                  name: Optional[str] = None) -> Optional[nn.Module]:
-  """None, "batch" (statistics synchronised over `axis_name`) or "instance"."""
+                  name: Optional[str] = None, dtype: Optional[jnp.dtype] = None
+                  ) -> Optional[nn.Module]:
+  """None, "batch" (statistics synchronised over `axis_name`) or "instance".
+
+  `dtype` is the output dtype (None: promoted from input and float32
+  parameters); flax computes the statistics in float32 either way.
+  """
   if norm is None or str(norm).lower() == "none":  # "None" from a command-line flag
     return None
   if norm == "batch":
-    return nn.BatchNorm(momentum=0.9, axis_name=axis_name, name=name)
+    return nn.BatchNorm(momentum=0.9, axis_name=axis_name, dtype=dtype, name=name)
   if norm == "instance":
-    return nn.GroupNorm(num_groups=None, group_size=1, name=name)
+    return nn.GroupNorm(num_groups=None, group_size=1, dtype=dtype, name=name)
   raise ValueError(f"norm={norm!r}: expected None, 'batch' or 'instance'")

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from medjax import layers
+from medjax.models import remat as remat_lib
 
 
 class ConvBlock(nn.Module):
@@ -32,14 +33,16 @@ class ConvBlock(nn.Module):
   dropout: float = 0.0
   kernels: str = "auto"
   bn_axis_name: Optional[str] = None
+  dtype: Optional[str] = None
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    # `train` is positional so that `flax.linen.remat` can hold it static.
     for i, f in enumerate((self.first_features or self.features, self.features)):
       x = layers.conv_norm_act(x, f, self.kernel_size, train=train, norm=self.norm,
                                bn_axis_name=self.bn_axis_name, conv_name=f"conv{i}",
                                norm_name=f"norm{i}", spatial_dims=self.spatial_dims,
-                               padding=self.padding, kernels=self.kernels)
+                               padding=self.padding, kernels=self.kernels, dtype=self.dtype)
     if self.dropout > 0:
       x = nn.Dropout(self.dropout, deterministic=not train)(x)
     return x
@@ -69,6 +72,13 @@ class UNet(nn.Module):
       them (Ronneberger 2015: 1024 -> 512).
     upconv_bias: whether the up-convs have a bias (Cicek 2016's parameter
       count, 19,069,955, has none there).
+    dtype: compute dtype of the activations, e.g. "bfloat16" (None: the
+      input's). Parameters stay float32 and are cast where used; the logits
+      are returned in float32, so the loss and its Dice statistics are float32.
+      bf16 has float32's exponent range, so no loss scaling is needed.
+    remat: recompute each encoder/decoder block in the backward pass
+      (`jax.checkpoint`, see `medjax.models.remat`) instead of storing its
+      activations; `remat_policy` names what is still saved.
   """
   spatial_dims: int = 3
   features: Sequence[int] = (16, 32, 64, 128)
@@ -83,6 +93,9 @@ class UNet(nn.Module):
   pool_sizes: Optional[Sequence[Union[int, Sequence[int]]]] = None
   double_in_level: bool = False
   upconv_bias: bool = True
+  dtype: Optional[str] = None
+  remat: bool = False
+  remat_policy: str = "nothing_saveable"
 
   @classmethod
   def original(cls, **overrides) -> "UNet":
@@ -118,17 +131,20 @@ class UNet(nn.Module):
     if len(kernel_sizes) != levels or len(pool_sizes) != levels - 1:
       raise ValueError(f"UNet: {levels} levels need {levels} kernel_sizes and {levels - 1} "
                        f"pool_sizes, got {kernel_sizes} and {pool_sizes}")
-    block = lambda level, name, first=None: ConvBlock(
+    block_cls = remat_lib.stage(ConvBlock, self.remat, self.remat_policy, static_argnums=(2,))
+    block = lambda level, name, first=None: block_cls(
         self.features[level], first_features=first, spatial_dims=nd, kernel_size=kernel_sizes[level],
         padding=self.padding, norm=self.norm, dropout=self.dropout,
-        kernels=self.kernels, bn_axis_name=self.bn_axis_name, name=name)
+        kernels=self.kernels, bn_axis_name=self.bn_axis_name, dtype=self.dtype, name=name)
     encoder_first = lambda level: self.features[level] // 2 if self.double_in_level else None
+    cast = (lambda h: h) if self.dtype is None else (lambda h: h.astype(self.dtype))
+    x = cast(x)
     skips = []
     for level in range(levels - 1):
-      x = block(level, f"down{level}", encoder_first(level))(x, train=train)
+      x = cast(block(level, f"down{level}", encoder_first(level))(x, train))
       skips.append(x)
       x = layers.max_pool(x, nd, pool_sizes[level])
-    x = block(levels - 1, "bottleneck", encoder_first(levels - 1))(x, train=train)
+    x = cast(block(levels - 1, "bottleneck", encoder_first(levels - 1))(x, train))
     aux = []
     for level in reversed(range(len(self.features) - 1)):
       f = x.shape[-1] if self.double_in_level else self.features[level]
@@ -138,12 +154,12 @@ class UNet(nn.Module):
       if self.padding == "valid":
         skip = layers.center_crop(skip, x.shape[1:-1])
       x = jnp.concatenate([skip, x.astype(skip.dtype)], axis=-1)
-      x = block(level, f"up{level}")(x, train=train)
+      x = cast(block(level, f"up{level}")(x, train))
       if self.deep_supervision and train and level > 0:
         aux.append(layers.ConvND(self.num_classes, 1, spatial_dims=nd, kernels=self.kernels,
-                                 name=f"aux_head{level}")(x))
+                                 name=f"aux_head{level}")(x).astype(jnp.float32))
     logits = layers.ConvND(self.num_classes, 1, spatial_dims=nd, kernels=self.kernels,
-                           name="head")(x)
+                           name="head")(x).astype(jnp.float32)
     if self.deep_supervision and train:
       return logits, aux[::-1]
     return logits

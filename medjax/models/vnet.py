@@ -50,6 +50,7 @@ import jax
 import jax.numpy as jnp
 
 from medjax import layers
+from medjax.models import remat as remat_lib
 
 
 class PReLU(nn.Module):
@@ -71,20 +72,24 @@ class ResidualStage(nn.Module):
   norm: Optional[str] = None
   kernels: str = "auto"
   bn_axis_name: Optional[str] = None
+  dtype: Optional[str] = None
 
   @nn.compact
-  def __call__(self, x: jax.Array, residual: jax.Array, *, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, residual: jax.Array, train: bool) -> jax.Array:
+    # `train` is positional so that `flax.linen.remat` can hold it static.
     for i in range(self.n_convs):
       last = i == self.n_convs - 1
       if self.norm is None:
         # bias + residual + PReLU all fused into the convolution
         x = layers.ConvND(self.features, self.kernel_size, spatial_dims=self.spatial_dims,
-                          activation="prelu", kernels=self.kernels,
+                          activation="prelu", kernels=self.kernels, dtype=self.dtype,
                           name=f"conv{i}")(x, residual if last else None)
       else:
         x = layers.ConvND(self.features, self.kernel_size, spatial_dims=self.spatial_dims,
-                          use_bias=False, kernels=self.kernels, name=f"conv{i}")(x)
-        norm = layers.normalization(self.norm, self.bn_axis_name, name=f"norm{i}")
+                          use_bias=False, kernels=self.kernels, dtype=self.dtype,
+                          name=f"conv{i}")(x)
+        norm = layers.normalization(self.norm, self.bn_axis_name, name=f"norm{i}",
+                                    dtype=self.dtype)
         x = norm(x, use_running_average=not train) if self.norm == "batch" else norm(x)
         if last:
           x = x + residual.astype(x.dtype)
@@ -109,6 +114,12 @@ class VNet(nn.Module):
     spatial_dims: 3 (the paper) or 2.
     kernels: "auto" | "xla" | "pallas" convolution implementation.
     bn_axis_name: axis over which BatchNorm statistics are synchronised.
+    dtype: compute dtype of the activations, e.g. "bfloat16" (None: the
+      input's); float32 parameters, float32 logits (so a float32 loss). bf16
+      has float32's exponent range, so no loss scaling is needed.
+    remat: recompute each residual stage in the backward pass
+      (`jax.checkpoint`, `medjax.models.remat`); `remat_policy` names what is
+      still saved.
   """
   num_classes: int = 2
   in_channels: int = 1
@@ -120,6 +131,9 @@ class VNet(nn.Module):
   spatial_dims: int = 3
   kernels: str = "auto"
   bn_axis_name: Optional[str] = None
+  dtype: Optional[str] = None
+  remat: bool = False
+  remat_policy: str = "nothing_saveable"
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
@@ -139,30 +153,35 @@ class VNet(nn.Module):
       raise ValueError(f"VNet: in_channels={self.in_channels} must divide "
                        f"features[0]={self.features[0]}")
 
-    stage = lambda f, n, name: ResidualStage(
+    stage_cls = remat_lib.stage(ResidualStage, self.remat, self.remat_policy,
+                                static_argnums=(3,))
+    stage = lambda f, n, name: stage_cls(
         f, n, spatial_dims=nd, norm=self.norm, kernels=self.kernels,
-        bn_axis_name=self.bn_axis_name, name=name)
+        bn_axis_name=self.bn_axis_name, dtype=self.dtype, name=name)
+    if self.dtype is not None:
+      x = x.astype(self.dtype)
     drop = lambda h: (nn.Dropout(self.dropout, deterministic=not train)(h)
                       if self.dropout > 0 else h)
 
     # input stage: residual = input tiled to features[0] channels
     tiled = jnp.tile(x, (1,) * (nd + 1) + (self.features[0] // self.in_channels,))
-    h = drop(stage(self.features[0], self.encoder_convs[0], "enc0")(x, tiled, train=train))
+    h = drop(stage(self.features[0], self.encoder_convs[0], "enc0")(x, tiled, train))
     skips = [h]
     for level in range(1, levels):
       down = layers.ConvND(self.features[level], 2, strides=2, padding="VALID",
                            spatial_dims=nd, activation="prelu", kernels=self.kernels,
-                           name=f"down{level - 1}")(h)
+                           dtype=self.dtype, name=f"down{level - 1}")(h)
       h = drop(stage(self.features[level], self.encoder_convs[level], f"enc{level}")(
-          down, down, train=train))
+          down, down, train))
       skips.append(h)
 
     for i, level in enumerate(reversed(range(levels - 1))):
       f = self.features[level]
-      up = layers.UpConv(f, spatial_dims=nd, kernels=self.kernels, name=f"up{level}")(h)
+      up = layers.UpConv(f, spatial_dims=nd, kernels=self.kernels, name=f"up{level}")(
+          h if self.dtype is None else h.astype(self.dtype))
       up = PReLU(name=f"up{level}_prelu")(up)
       cat = jnp.concatenate([up, skips[level].astype(up.dtype)], axis=-1)
-      h = drop(stage(2 * f, self.decoder_convs[i], f"dec{level}")(cat, cat, train=train))
+      h = drop(stage(2 * f, self.decoder_convs[i], f"dec{level}")(cat, cat, train))
 
     return layers.ConvND(self.num_classes, 1, spatial_dims=nd, kernels=self.kernels,
-                         name="head")(h)
+                         dtype=self.dtype, name="head")(h).astype(jnp.float32)

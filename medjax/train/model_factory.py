@@ -6,6 +6,7 @@ import ml_collections
 
 from medjax import models
 from medjax.errors import InputError
+from medjax.models import remat as remat_lib
 from medjax.train import freeze
 
 # config.model.name -> class name in medjax.models
@@ -19,9 +20,43 @@ MODEL_CLASSES = {
     "soft_tree": "SoftDecisionTree",
 }
 
+DTYPES = ("float32", "bfloat16")
+
+
+def speed_fields(config: ml_collections.ConfigDict, cls: type, *, training: bool) -> dict:
+  """The model fields that `config.dtype`, `config.remat` and `config.remat_policy` set.
+
+  "float32" sets nothing (the model computes in its input's dtype). A model
+  without a `dtype` (or `remat`) field refuses "bfloat16" (or `remat=True`).
+  Rematerialisation only matters for gradients, so it is set for training only.
+  """
+  fields = getattr(cls, "__dataclass_fields__", {})
+  dtype = config.get("dtype", "float32")
+  if dtype not in DTYPES:
+    raise InputError(f"config.dtype={dtype!r}: expected one of {', '.join(DTYPES)}")
+  out = {}
+  if dtype != "float32":
+    if "dtype" not in fields:
+      raise InputError(f"config.dtype={dtype!r}: medjax.models.{cls.__name__} has no "
+                       "compute dtype; use dtype=float32")
+    out["dtype"] = dtype
+  if config.get("remat", False):
+    if "remat" not in fields:
+      raise InputError(f"config.remat=True: medjax.models.{cls.__name__} has no "
+                       "rematerialised stages (U-Net and V-Net have)")
+    policy = config.get("remat_policy", "nothing_saveable")
+    try:
+      remat_lib.check_policy(policy)
+    except ValueError as e:
+      raise InputError(f"config.{e}") from None
+    if training:
+      out.update(remat=True, remat_policy=policy)
+  return out
+
 
 def build_model(config: ml_collections.ConfigDict, *, training: bool = True) -> nn.Module:
-  """`medjax.models.<Class>(**config.model minus name, num_classes, kernels[, bn_axis_name])`.
+  """`medjax.models.<Class>(**config.model minus name, num_classes, kernels[, bn_axis_name],
+  dtype/remat from `speed_fields`)`.
 
   With `training=True` BatchNorm statistics are synchronised over the mesh axis 'data'.
   """
@@ -37,6 +72,7 @@ def build_model(config: ml_collections.ConfigDict, *, training: bool = True) -> 
     cfg["kernels"] = config.kernels
   if "bn_axis_name" in fields:
     cfg["bn_axis_name"] = "data" if training else None
+  cfg.update(speed_fields(config, cls, training=training))
   for key, value in cfg.items():
     if key not in fields:
       raise InputError(f"model.{key}: not a field of medjax.models.{cls.__name__} "
