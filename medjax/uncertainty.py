@@ -107,6 +107,15 @@ def summarize_samples(samples: jax.Array) -> dict:
   return {"mean": mean, **maps}
 
 
+def prediction_maps(prediction: tuple) -> dict:
+  """The uncertainty maps of a prediction `(labels, probs (*S, K)[, maps])`
+  (a segmenter's output, `medjax.train.predictor`): its maps, else
+  `{"entropy": predictive_entropy(probs)}` `(*S,)` float32."""
+  if len(prediction) > 2:
+    return dict(prediction[2])
+  return {"entropy": np.asarray(predictive_entropy(jnp.asarray(prediction[1])), np.float32)}
+
+
 @contextlib.contextmanager
 def stochastic_dropout() -> Iterator[None]:
   """Inside this context every `flax.linen.Dropout` draws a mask, whatever its
@@ -242,6 +251,6 @@ def window_moments_fn(apply_fn: ApplyFn, variables: Mapping, method: str, *, sam
 
 
 __all__ = ["METHODS", "MAP_NAMES", "check_method", "predictive_entropy", "moments",
-           "maps_from_moments", "summarize_samples", "stochastic_dropout", "mc_dropout",
+           "maps_from_moments", "summarize_samples", "prediction_maps", "stochastic_dropout", "mc_dropout",
            "mc_dropout_fn", "mc_dropout_samples", "tta_samples", "flip_combinations",
            "window_moments_fn"]

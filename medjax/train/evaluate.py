@@ -47,14 +47,6 @@ class Evaluation:
   reliability: Optional[dict] = None
 
 
-def uncertainty_maps(output: tuple) -> dict:
-  """The maps of a segmenter's output `(labels, probs[, maps])`; without
-  maps, the predictive entropy of `probs` (`{"entropy": (*S,)}`)."""
-  if len(output) > 2:
-    return dict(output[2])
-  return {"entropy": np.asarray(uncertainty.predictive_entropy(output[1]), np.float32)}
-
-
 def score_segmentation(segmenter: Segmenter, cases: Iterable[dict], class_names: Sequence[str], *,
                        label_map: Optional[Sequence[int]] = None, surface: bool = True,
                        keep: int = 0,
@@ -102,7 +94,7 @@ def score_segmentation(segmenter: Segmenter, cases: Iterable[dict], class_names:
     scores = metrics.segmentation_metrics(pred, label, foreground, spacing=tuple(case["spacing"]),
                                           surface=surface)
     if trust is not None:
-      scores.update(trust.score_case(pred, probs, label, uncertainty_maps(output)))
+      scores.update(trust.score_case(pred, probs, label, uncertainty.prediction_maps(output)))
     scores = {k: float(v) for k, v in scores.items()}
     per_case.append({"case": str(case["case"]), **scores})
     max_probs.append({n: float(probs[..., c].max()) for c, n in foreground.items()})

@@ -244,8 +244,8 @@ class RunPredictor:
     message of an `InputError` for an image the model cannot take (NaN/inf,
     wrong dimensions or channels).
     """
-    labels, probs, _ = self.predict_uncertainty(image, name=name)
-    return labels, probs
+    out = self.segmenter(self._checked(image, name))
+    return np.asarray(out[0], np.uint8), np.asarray(out[1], np.float32)
 
   def predict_uncertainty(self, image: np.ndarray, *, name: str = "image"
                           ) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -254,10 +254,8 @@ class RunPredictor:
     `"variance"` of MC dropout, TTA or an ensemble), else `"entropy"`, the
     predictive entropy of the deterministic probabilities."""
     out = self.segmenter(self._checked(image, name))
-    labels, probs = np.asarray(out[0], np.uint8), np.asarray(out[1], np.float32)
-    maps = out[2] if len(out) > 2 else {
-        "entropy": np.asarray(uncertainty.predictive_entropy(probs), np.float32)}
-    return labels, probs, maps
+    return (np.asarray(out[0], np.uint8), np.asarray(out[1], np.float32),
+            uncertainty.prediction_maps(out))
 
   def probabilities(self, image: np.ndarray, *, name: str = "image") -> np.ndarray:
     return self.predict(image, name=name)[1]
