@@ -43,6 +43,7 @@ setup(
         "medjax.train",
         "medjax.train.tasks",
         "medjax.sweep",
+        "medjax.bench",
         "medjax_kernels",
         "medjax_kernels.conv3d",
         "medjax_kernels.soft_dice",

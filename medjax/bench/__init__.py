@@ -1,0 +1,5 @@
+"""Benchmarks of whole training runs (`train_bench`) and their PyTorch baseline (`torch_unet`).
+
+Op-level kernel benchmarks live with the kernels (`medjax_kernels.*.bench_shapes`,
+`experiments.bench_kernels`).
+"""

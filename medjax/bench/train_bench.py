@@ -1,0 +1,245 @@
+"""How fast a config trains: the measurements behind `python -m experiments.bench_train`.
+
+`bench_train(config, ...)` times, in one process on the default device:
+
+* the real training step of the config (`medjax.train.step.make_train_step`:
+  model, loss, optimizer, all devices through `config.parallel`) on a fixed
+  random batch of `config.global_batch_size` patches: compile time cold (an
+  empty persistent compilation cache) and warm (the same program loaded from
+  that cache after `jax.clear_caches()`, as a second launch would), then the
+  median step time over `steps` steps after `warmup` steps, with the quartiles
+  and the range, as steps/s and voxels/s;
+* the compiled step's memory (`memory_analysis()`: temporaries, arguments,
+  outputs), the peak host RSS (`resource.getrusage`) and the device's
+  `memory_stats()` where the backend has them (GPU/TPU; None on CPU);
+* the input pipeline alone: batches/s of the task's `train_batches` on the
+  train split (after a first batch), and its ratio to the training steps/s;
+* sliding-window inference on the test split (`window_predictor`, the
+  config's overlap, blending and batch size): volumes per minute after one
+  warm-up volume;
+* with `torch=True`, the same U-Net, loss and Adam step in PyTorch on a batch
+  of the same shape (`medjax.bench.torch_unet`), and the ratio of the step times.
+
+Numbers from shared machines are noisy: compare ratios measured in one run.
+"""
+from __future__ import annotations
+
+import ast
+import datetime
+import os
+import platform
+import resource
+import tempfile
+import time
+from typing import Any, Optional, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+
+from medjax import parallel
+from medjax.bench import torch_unet
+from medjax.errors import InputError
+from medjax.train import compile_cache, config_check, loop, tasks
+from medjax.train.model_factory import build_model
+from medjax.train.optim import make_optimizer
+from medjax.train.predictor import window_predictor
+from medjax.train.sources import load_split
+from medjax.train.step import make_train_step
+
+spread = torch_unet.spread
+
+
+def apply_sets(config: ml_collections.ConfigDict, sets: Sequence[str]) -> None:
+  """Applies `FIELD=VALUE` overrides in place (`model.features=16,32,64,128`,
+  `model.kernel_sizes=None`, `dtype=bfloat16`); VALUE is a Python literal or a
+  bare string."""
+  for spec in sets:
+    field, sep, text = spec.partition("=")
+    if not sep or not field:
+      raise InputError(f"--set={spec!r}: expected FIELD=VALUE")
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      value = text
+    if isinstance(value, list):
+      value = tuple(value)
+    *parents, leaf = field.split(".")
+    node = config
+    try:
+      for p in parents:
+        node = node[p]
+      node[leaf]  # pylint: disable=pointless-statement  # must exist
+      if isinstance(node[leaf], float) and isinstance(value, int):
+        value = float(value)
+      node[leaf] = value
+    except (KeyError, AttributeError, TypeError) as e:
+      raise InputError(f"--set={spec!r}: {str(e).splitlines()[0] or 'no such config field'}") from None
+
+
+def _random_batch(config: ml_collections.ConfigDict, task, seed: int) -> dict:
+  rng = np.random.default_rng(seed)
+  shape = (int(config.global_batch_size),) + tuple(int(s) for s in config.patch_size)
+  image = rng.normal(size=shape + (int(config.get("in_channels", 1)),)).astype(np.float32)
+  if config.task == "segmentation":
+    label = rng.integers(0, int(config.num_classes), size=shape).astype(np.int32)
+    return {"image": image, "label": label}
+  label = rng.integers(0, int(config.num_classes), size=shape[:1]).astype(np.int32)
+  return {"image": image, config.get("label_key", "label"): label, "label": label}
+
+
+def _memory(compiled) -> Optional[dict]:
+  try:
+    m = compiled.memory_analysis()
+  except Exception:  # pylint: disable=broad-except  # not every backend reports it
+    return None
+  if m is None:
+    return None
+  return {k: int(getattr(m, k)) for k in ("temp_size_in_bytes", "argument_size_in_bytes",
+                                          "output_size_in_bytes", "generated_code_size_in_bytes")
+          if hasattr(m, k)}
+
+
+def time_train_step(config: ml_collections.ConfigDict, *, steps: int, warmup: int = 1) -> dict:
+  """Compile (cold, warm cache) and step times of the config's training step (see module doc)."""
+  task = tasks.get_task(config.task)
+  dp = parallel.DataParallel(config.parallel)
+  if config.global_batch_size % dp.num_devices:
+    raise InputError(f"config.global_batch_size={config.global_batch_size}: expected a multiple "
+                     f"of the number of devices ({dp.num_devices})")
+  model = build_model(config, training=True)
+  loss_fn = loop.build_loss(config)
+  tx, _ = make_optimizer(config.optimizer, config.num_steps)
+  state = loop.init_state(config, model, tx, task.input_shape(config))
+  params = int(sum(np.prod(p.shape) for p in jax.tree.leaves(state.params)))
+  step_fn = dp.spmd(make_train_step(model, loss_fn, seed=config.seed,
+                                    objective=task.objective(config, loss_fn)),
+                    batch_argnums=(1,), donate_argnums=(0,))
+  dstate = dp.replicate(state)
+  batch = dp.shard_batch(_random_batch(config, task, config.seed))
+  out: dict[str, Any] = {"params": params, "num_devices": dp.num_devices}
+  previous = {"compilation_cache": config.get("compilation_cache", True),
+              "compilation_cache_dir": config.get("compilation_cache_dir", "")}
+  with tempfile.TemporaryDirectory() as cache:
+    compile_cache.setup(ml_collections.ConfigDict(
+        {"compilation_cache": True, "compilation_cache_dir": cache}))
+    for which in ("cold", "warm"):
+      if which == "warm":
+        jax.clear_caches()  # a new process: nothing compiled in memory, the disk cache full
+      t0 = time.perf_counter()
+      compiled = step_fn.lower(dstate, batch).compile()
+      out[f"compile_{which}_s"] = time.perf_counter() - t0
+    out["cache_entries"] = len(compile_cache.cache_entries(cache))
+  compile_cache.setup(ml_collections.ConfigDict(previous))
+  out["compiled_memory"] = _memory(compiled)
+
+  def run_step():
+    nonlocal dstate
+    t0 = time.perf_counter()
+    dstate, metrics = compiled(dstate, batch)
+    jax.block_until_ready(metrics)
+    return time.perf_counter() - t0
+
+  out["first_step_s"] = run_step()
+  for _ in range(warmup):
+    run_step()
+  times = np.asarray([run_step() for _ in range(steps)])
+  voxels = int(config.global_batch_size) * int(np.prod(config.patch_size))
+  out.update(spread(times), steps=steps, steps_per_s=1.0 / float(np.median(times)),
+             voxels_per_step=voxels, voxels_per_s=voxels / float(np.median(times)))
+  out["state"] = dp.unreplicate(dstate)
+  return out
+
+
+def time_input(config: ml_collections.ConfigDict, *, batches: int) -> dict:
+  """Batches/s of the task's `train_batches` on the train split, after the first batch."""
+  task = tasks.get_task(config.task)
+  source = load_split(config, "train")
+  it = iter(task.train_batches(config, source, start_step=0, process_index=0, process_count=1))
+  next(it)
+  t0 = time.perf_counter()
+  n = 0
+  for _ in range(batches):
+    try:
+      next(it)
+    except StopIteration:
+      break
+    n += 1
+  seconds = time.perf_counter() - t0
+  return {"batches": n, "seconds": seconds, "batches_per_s": n / seconds if seconds else None,
+          "workers": int(config.get("data_workers", 0))}
+
+
+def time_inference(config: ml_collections.ConfigDict, variables: dict, *, volumes: int) -> dict:
+  """Sliding-window inference on the first `volumes` + 1 test volumes (the first is warm-up)."""
+  source = load_split(config, "test")
+  count = min(len(source), volumes + 1)
+  if count < 2:
+    return {"volumes": 0, "volumes_per_min": None}
+  predictor = window_predictor(config, build_model(config, training=False), variables)
+  times, shapes = [], []
+  for i in range(count):
+    image = np.asarray(source[i]["image"], np.float32)[..., None]
+    t0 = time.perf_counter()
+    np.asarray(predictor(image))
+    if i:
+      times.append(time.perf_counter() - t0)
+      shapes.append(list(image.shape[:-1]))
+  median = float(np.median(times))
+  return {"volumes": len(times), "volume_shapes": shapes, "seconds_per_volume_median": median,
+          "seconds_per_volume": [float(t) for t in times], "volumes_per_min": 60.0 / median}
+
+
+def _peak_rss_mb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def bench_train(config: ml_collections.ConfigDict, *, steps: int = 5, warmup: int = 1,
+                input_batches: int = 20, inference_volumes: int = 2, torch: bool = False,
+                command: str = "") -> dict:
+  """All the measurements of the module docstring, as one JSON-able dict."""
+  config_check.validate(config)
+  tasks.get_task(config.task).validate(config)
+  if torch:
+    torch_unet.require_torch()
+    if config.model.name != "unet":
+      raise InputError(f"--torch: model.name={config.model.name!r} has no PyTorch baseline "
+                       "(only unet)")
+  device = jax.devices()[0]
+  result: dict[str, Any] = {
+      "command": command, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
+          timespec="seconds"),
+      "machine": {"platform": device.platform, "device": str(getattr(device, "device_kind", device)),
+                  "cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+                  "jax": jax.__version__},
+      "config": {"model": config.model.to_dict(), "kernels": config.kernels,
+                 "dtype": config.get("dtype", "float32"), "remat": bool(config.get("remat", False)),
+                 "remat_policy": config.get("remat_policy", ""), "loss": config.loss.to_dict(),
+                 "global_batch_size": int(config.global_batch_size),
+                 "patch_size": [int(s) for s in config.patch_size],
+                 "parallel": config.parallel, "data_workers": int(config.get("data_workers", 0))},
+  }
+  train = time_train_step(config, steps=steps, warmup=warmup)
+  state = train.pop("state")
+  result["train"] = train
+  result["memory"] = {"peak_rss_mb_after_train": _peak_rss_mb(),
+                      "device_memory_stats": device.memory_stats()}
+  result["input"] = time_input(config, batches=input_batches)
+  if result["input"]["batches_per_s"]:
+    result["input"]["ratio_to_training"] = result["input"]["batches_per_s"] / train["steps_per_s"]
+  result["inference"] = (time_inference(config, state.variables(), volumes=inference_volumes)
+                         if config.task == "segmentation" else None)
+  result["memory"]["peak_rss_mb"] = _peak_rss_mb()
+  result["torch"] = None
+  if torch:
+    model_cfg = config.model.to_dict()
+    model_cfg.pop("name")
+    result["torch"] = torch_unet.time_training(
+        model_cfg, config.loss.to_dict(), in_channels=int(config.get("in_channels", 1)),
+        num_classes=int(config.num_classes),
+        batch_shape=(int(config.global_batch_size),) + tuple(config.patch_size),
+        learning_rate=float(config.optimizer.learning_rate), steps=steps, warmup=warmup,
+        seed=int(config.seed))
+    result["torch"]["same_parameters"] = result["torch"]["params"] == train["params"]
+    result["torch_ratio"] = train["step_median_s"] / result["torch"]["step_median_s"]
+  return result
