@@ -140,7 +140,9 @@ def stochastic_dropout() -> Iterator[None]:
     if module.rate == 1.0:
       return jnp.zeros_like(inputs)
     keep = 1.0 - module.rate
-    rng = kwargs.get("rng") or module.make_rng(module.rng_collection)
+    rng = kwargs.get("rng")
+    if rng is None:
+      rng = module.make_rng(module.rng_collection)
     shape = list(inputs.shape)
     for dim in module.broadcast_dims:
       shape[dim] = 1
