@@ -39,6 +39,9 @@ def _config(data_dir, cache_dir, enabled=True):
 def test_first_run_fills_the_cache_and_second_run_hits_it(tmp_path, data_dir, cache_events):
   cache = tmp_path / "jax_cache"
   try:
+    # start as a new process does: programs compiled in memory by earlier tests of this
+    # process would otherwise be reused without reaching the disk cache in run 1
+    jax.clear_caches()
     run.train_and_evaluate(_config(data_dir, cache), str(tmp_path / "run1"))
     stored = compile_cache.cache_entries(str(cache))
     assert len(stored) >= 3  # at least init, train step, evaluation

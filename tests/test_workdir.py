@@ -65,6 +65,6 @@ def test_names_live_in_the_workdir(tmp_path):
 
 
 def test_unknown_task_is_named():
-  assert set(tasks.TASKS) == {"segmentation", "classification"}
+  assert {"segmentation", "classification"} <= set(tasks.TASKS)
   with pytest.raises(InputError, match="config.task='detection'"):
     tasks.get_task("detection")
