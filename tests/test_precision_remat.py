@@ -113,3 +113,18 @@ def test_models_without_a_compute_dtype_refuse_bfloat16():
   c.dtype = "bfloat16"
   with pytest.raises(InputError, match="has no compute dtype"):
     build_model(c)
+
+
+def test_remat_shrinks_what_the_forward_pass_saves():
+  from medjax.bench import train_bench
+  c = unet3d_synthetic.get_config("smoke")
+  x, y = _batch((2, 8, 16, 16))
+  saved = {}
+  for remat in (False, True):
+    c.remat = remat
+    model = build_model(c, training=True)
+    variables = jax.eval_shape(lambda: model.clone(bn_axis_name=None).init(jax.random.key(0), x))
+    saved[remat] = train_bench.saved_residual_bytes(c, model, loop.build_loss(c), variables,
+                                                    {"image": x, "label": y})
+  # only the stage inputs stay (measured: 1.06 MB instead of 2.94 MB for batch 4)
+  assert saved[True] < 0.5 * saved[False]

@@ -2,6 +2,8 @@
 
 `bench_train(config, ...)` times, in one process on the default device:
 
+* the parameter initialisation (`init_s`, its compilation included; served
+  by the user's persistent compilation cache when that holds it);
 * the real training step of the config (`medjax.train.step.make_train_step`:
   model, loss, optimizer, all devices through `config.parallel`) on a fixed
   random batch of `config.global_batch_size` patches: compile time cold (an
@@ -10,7 +12,8 @@
   median step time over `steps` steps after `warmup` steps, with the quartiles
   and the range, as steps/s and voxels/s;
 * the compiled step's memory (`memory_analysis()`: temporaries, arguments,
-  outputs), the peak host RSS (`resource.getrusage`) and the device's
+  outputs), the bytes the forward pass saves for the backward pass
+  (`saved_residual_bytes`, what `config.remat` shrinks), the peak host RSS (`resource.getrusage`) and the device's
   `memory_stats()` where the backend has them (GPU/TPU; None on CPU);
 * the input pipeline alone: batches/s of the task's `train_batches` on the
   train split (after a first batch), and its ratio to the training steps/s;
@@ -45,7 +48,7 @@ from medjax.train.model_factory import build_model
 from medjax.train.optim import make_optimizer
 from medjax.train.predictor import window_predictor
 from medjax.train.sources import load_split
-from medjax.train.step import make_train_step
+from medjax.train.step import make_train_step, supervised_loss
 
 spread = torch_unet.spread
 
@@ -100,6 +103,22 @@ def _memory(compiled) -> Optional[dict]:
           if hasattr(m, k)}
 
 
+def saved_residual_bytes(config: ml_collections.ConfigDict, model, loss_fn, variables: dict,
+                         batch: dict) -> int:
+  """Bytes the forward pass keeps for the backward pass (`jax.vjp` residuals of the
+  loss of one device's batch), found by shape inference: what rematerialisation shrinks."""
+  model = model.clone(bn_axis_name=None)  # statistics of one device: no mesh axis here
+  mutable = ["batch_stats"] if variables.get("batch_stats") else []
+
+  def loss(params):
+    out = model.apply({**variables, "params": params}, batch["image"], train=True,
+                      rngs={"dropout": jax.random.key(0)}, mutable=mutable)[0]
+    return supervised_loss(loss_fn, out, batch["label"])
+
+  residuals = jax.eval_shape(lambda p: jax.vjp(loss, p)[1], variables["params"])
+  return int(sum(np.prod(r.shape) * r.dtype.itemsize for r in jax.tree.leaves(residuals)))
+
+
 def time_train_step(config: ml_collections.ConfigDict, *, steps: int, warmup: int = 1) -> dict:
   """Compile (cold, warm cache) and step times of the config's training step (see module doc)."""
   task = tasks.get_task(config.task)
@@ -110,14 +129,22 @@ def time_train_step(config: ml_collections.ConfigDict, *, steps: int, warmup: in
   model = build_model(config, training=True)
   loss_fn = loop.build_loss(config)
   tx, _ = make_optimizer(config.optimizer, config.num_steps)
+  t0 = time.perf_counter()
   state = loop.init_state(config, model, tx, task.input_shape(config))
+  init_s = time.perf_counter() - t0  # parameter initialisation, its compile included
   params = int(sum(np.prod(p.shape) for p in jax.tree.leaves(state.params)))
   step_fn = dp.spmd(make_train_step(model, loss_fn, seed=config.seed,
                                     objective=task.objective(config, loss_fn)),
                     batch_argnums=(1,), donate_argnums=(0,))
   dstate = dp.replicate(state)
   batch = dp.shard_batch(_random_batch(config, task, config.seed))
-  out: dict[str, Any] = {"params": params, "num_devices": dp.num_devices}
+  out: dict[str, Any] = {"params": params, "num_devices": dp.num_devices, "init_s": init_s}
+  if task.objective(config, loss_fn) is None:
+    host_batch = _random_batch(config, task, config.seed)
+    one_device = {k: v[:config.global_batch_size // dp.num_devices] for k, v in host_batch.items()}
+    out["saved_residual_bytes"] = saved_residual_bytes(
+        config, model, loss_fn, {"params": state.params, "batch_stats": state.batch_stats},
+        one_device)
   previous = {"compilation_cache": config.get("compilation_cache", True),
               "compilation_cache_dir": config.get("compilation_cache_dir", "")}
   with tempfile.TemporaryDirectory() as cache:
