@@ -4,6 +4,10 @@ import os
 # Must happen before JAX initialises its backends.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Runs started by the tests (in process and in subprocesses) cache compiled programs in a
+# temporary folder, never in the user's ~/.cache/medjax/jax_cache.
+import tempfile  # noqa: E402
+os.environ.setdefault("MEDJAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="medjax_jax_cache_"))
 
 
 # ----------------------------------------------------------------------------- model test helpers

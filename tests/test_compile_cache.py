@@ -74,7 +74,11 @@ def test_compilation_cache_false_leaves_the_directory_empty(tmp_path, cache_even
     compile_cache.setup(_config(str(tmp_path), cache, enabled=False))
 
 
-def test_default_directory_is_under_the_users_cache():
+def test_default_directory_is_under_the_users_cache(monkeypatch):
   c = unet3d_synthetic.get_config("smoke")
   assert c.compilation_cache is True
+  monkeypatch.delenv(compile_cache.ENV_DIR, raising=False)
   assert compile_cache.cache_dir(c).endswith("/.cache/medjax/jax_cache")
+  # the test suite's own runs go to the folder conftest.py names
+  monkeypatch.setenv(compile_cache.ENV_DIR, "/tmp/suite_cache")
+  assert compile_cache.cache_dir(c) == "/tmp/suite_cache"

@@ -4,7 +4,9 @@ XLA compiles the training step on the first call (15 s for the 3D U-Net of
 `shared/PERF.md` on a 2-core CPU); with the cache on, the executable is written
 to disk and a second launch of the same config loads it instead of compiling.
 On by default (`config.compilation_cache=True`) under the user's cache
-directory, `~/.cache/medjax/jax_cache`, or `config.compilation_cache_dir`.
+directory, `~/.cache/medjax/jax_cache` (or `$MEDJAX_COMPILATION_CACHE_DIR`,
+which the test suite points at a temporary folder), or
+`config.compilation_cache_dir`.
 `config.compilation_cache=False` turns JAX's persistent cache off for the
 process (also one a user set through `JAX_COMPILATION_CACHE_DIR`).
 
@@ -22,12 +24,14 @@ import ml_collections
 from jax._src import compilation_cache as _jax_cache
 
 DEFAULT_DIR = "~/.cache/medjax/jax_cache"
+ENV_DIR = "MEDJAX_COMPILATION_CACHE_DIR"
 
 
 def cache_dir(config: ml_collections.ConfigDict) -> str:
-  """The cache directory a config asks for (absolute, `~` expanded)."""
+  """The cache directory a config asks for (absolute, `~` expanded):
+  `config.compilation_cache_dir`, else `$MEDJAX_COMPILATION_CACHE_DIR`, else `DEFAULT_DIR`."""
   return os.path.abspath(os.path.expanduser(
-      config.get("compilation_cache_dir", "") or DEFAULT_DIR))
+      config.get("compilation_cache_dir", "") or os.environ.get(ENV_DIR) or DEFAULT_DIR))
 
 
 def setup(config: ml_collections.ConfigDict) -> Optional[str]:
