@@ -214,3 +214,18 @@ def test_torchvision_layout_file_goes_through_medjax_weights(tmp_path):
   np.testing.assert_array_equal(flat_vars["batch_stats/stage1/block0/unit1/norm/var"],
                                 np.full(8, 2.0))
   assert not any(k.startswith("params/head") for k in flat_vars)
+
+
+def test_a_resumed_run_does_not_read_init_from_again(data_dir, source_run, tmp_path):
+  """The workdir's own checkpoint wins: a resume works even after the source is gone."""
+  import shutil
+  source = str(tmp_path / "source_copy")
+  shutil.copytree(source_run[0], source)
+  workdir = str(tmp_path / "run")
+  config = tiny_config(data_dir, init_from=source)
+  first = flat(train(config, workdir).params)
+  shutil.rmtree(source)
+  with pytest.raises(InputError):  # a fresh run still needs its source
+    initial_state(config)
+  resumed = flat(train(tiny_config(data_dir, init_from=source, num_steps=2), workdir).params)
+  assert any(not np.array_equal(resumed[k], first[k]) for k in first)  # step 2 ran

@@ -58,13 +58,17 @@ def build_loss(config: ml_collections.ConfigDict):
   return losses.get_loss(config.loss.name, **kwargs)
 
 
-def init_state(config: ml_collections.ConfigDict, model, tx, input_shape: Sequence[int]
-               ) -> TrainState:
-  """Parameters initialised on the host from `config.seed` (identical on every process)."""
+def init_state(config: ml_collections.ConfigDict, model, tx, input_shape: Sequence[int], *,
+               warm: bool = True) -> TrainState:
+  """Parameters initialised on the host from `config.seed` (identical on every process),
+  then taken from `config.init_from` when `warm` (a run that resumes from its own
+  checkpoint passes False: the checkpoint replaces them, and the source is not read)."""
   with jax.default_device(jax.local_devices(backend="cpu")[0]):
     variables = jax.jit(lambda k: model.init(k, jnp.zeros(input_shape, jnp.float32), train=False))(
         jax.random.key(config.seed))
-    variables = warm_start.apply(config, jax.device_get(variables), model)
+    variables = jax.device_get(variables)
+    if warm:
+      variables = warm_start.apply(config, variables, model)
     state = TrainState.create(params=variables["params"],
                               batch_stats=variables.get("batch_stats", {}), tx=tx)
     return jax.device_get(state)
@@ -117,9 +121,9 @@ def train(config: ml_collections.ConfigDict, workdir, *,
   model = build_model(config, training=True)
   loss_fn = build_loss(config)
   tx, schedule = make_optimizer(config.optimizer, config.num_steps)
-  state = init_state(config, model, tx, task.input_shape(config))
   ckpt = workdir.checkpointer(every=config.checkpoint_every)
   start = ckpt.latest_step() or 0
+  state = init_state(config, model, tx, task.input_shape(config), warm=not start)
   if start:
     state = ckpt.restore(state)
     print(f"resumed {workdir.path} at step {start}", flush=True)

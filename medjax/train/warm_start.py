@@ -28,7 +28,7 @@ source's variable of the same path, except
   both shapes (exclude it, or map it, to go on).
 
 Resume order (as in big_vision): a workdir that holds its own checkpoint
-resumes from it (the loop restores it over these variables), otherwise
+resumes from it (the loop then does not read `init_from` at all), otherwise
 `init_from`, otherwise scratch. Fine-tuning starts a fresh optimizer at step 0.
 """
 from __future__ import annotations
