@@ -94,16 +94,6 @@ def spacing_warning(name: str, spacing: Sequence[float],
           f"{fmt(expected)} mm; segmenting without resampling")
 
 
-def case_prediction(predictor: RunPredictor, image: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
-  """`(labels (*S) uint8, probabilities (*S, K) float32)` of one raw image `(*S)`.
-
-  `predictor.predict` in one pass (for a cascade the labels follow the
-  cascade rule, not the argmax of the joint probabilities); an InputError
-  about the image (NaN/inf, dimensions, channels) names `name`.
-  """
-  return predictor.predict(image, name=name)
-
-
 def predict_case(predictor: RunPredictor, path: str, output: str, *, probabilities: bool = False,
                  entropy: bool = False, warn: Log = _stderr) -> list[str]:
   """Reads, checks, segments and writes one case; returns the paths written.
@@ -125,7 +115,8 @@ def predict_case(predictor: RunPredictor, path: str, output: str, *, probabiliti
   if entropy:
     labels, probs, maps = predictor.predict_uncertainty(volume.array, name=path)
   else:
-    labels, probs = case_prediction(predictor, volume.array, path)
+    # one pass: for a cascade the labels follow the cascade rule, not the argmax
+    labels, probs = predictor.predict(volume.array, name=path)
   outputs = [(case_name(path) + SEG_SUFFIX, labels, False)]
   if probabilities:
     outputs.append((case_name(path) + PROBS_SUFFIX, probs, True))

@@ -132,9 +132,9 @@ def test_predictor_checks_nan_and_warns_on_spacing(run_dir, tmp_path):
   image = np.zeros(SHAPE, np.float32)
   image[3, 4, 5] = np.nan
   with pytest.raises(InputError, match="scan.nii: image has 1 NaN/inf voxels"):
-    predict.case_prediction(predictor, image, "scan.nii")
+    predictor.predict(image, name="scan.nii")
   with pytest.raises(InputError, match="slice.nii: .*the model segments 3D"):
-    predict.case_prediction(predictor, np.zeros((32, 32), np.float32), "slice.nii")
+    predictor.predict(np.zeros((32, 32), np.float32), name="slice.nii")
   assert predict.spacing_warning("a.nii", (2.5, 0.8, 0.8), (2.5, 0.8, 0.8)) is None
   assert predict.spacing_warning("a.nii", (3.0, 0.9, 0.7), (2.5, 0.8, 0.8)) is None
   warning = predict.spacing_warning("a.nii", (0.8, 0.8, 2.5), (2.5, 0.8, 0.8))
