@@ -51,7 +51,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   Writes `<workdir>/config.json`, one ordinary workdir per stage, and
   `<workdir>/eval.json` + `report/` of the joint segmentation.
   """
-  workdir = workdir if isinstance(workdir, Workdir) else Workdir(str(workdir))
+  workdir = Workdir.of(workdir)
   configs = stage_configs(config)
   if "crop_margin" not in configs[1]:
     raise InputError("config.cascade.stage2.crop_margin: missing; expected the organ-box "

@@ -74,10 +74,6 @@ def init_state(config: ml_collections.ConfigDict, model, tx, input_shape: Sequen
     return jax.device_get(state)
 
 
-def _workdir(workdir) -> Workdir:
-  return workdir if isinstance(workdir, Workdir) else Workdir(str(workdir))
-
-
 class Progress:
   """Training progress: a tqdm bar on a terminal; redirected to a file (or with
   `config.progress_bar=False`), one plain line per log interval instead."""
@@ -111,7 +107,7 @@ def train(config: ml_collections.ConfigDict, workdir, *,
     train_source: the training cases; default `config`'s train split (a
       cascade's second stage passes its organ crops here).
   """
-  workdir = _workdir(workdir)
+  workdir = Workdir.of(workdir)
   task = tasks.get_task(config.task)
   is_writer = jax.process_index() == 0
   dp = parallel.DataParallel(config.parallel)
@@ -182,7 +178,7 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir) -> Workdir:
 
   Nothing is written when a check fails (`InputError`).
   """
-  workdir = _workdir(workdir)
+  workdir = Workdir.of(workdir)
   config_check.validate(config)
   tasks.get_task(config.task).validate(config)
   config_check.check_workdir(config, workdir)

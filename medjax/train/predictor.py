@@ -281,7 +281,7 @@ def load_predictor(workdir: Union[str, os.PathLike, Workdir], *,
     InputError: a missing or unreadable workdir, config or checkpoint, or an
       uncertainty method the run cannot do (MC dropout without dropout, a cascade).
   """
-  workdir = workdir if isinstance(workdir, Workdir) else Workdir(os.fspath(workdir))
+  workdir = Workdir.of(workdir)
   config = workdir.read_config()
   axes = tuple(range(len(config.patch_size))) if mirror else None
   uncertainty.check_method(uncertainty_method, "uncertainty")

@@ -38,7 +38,7 @@ def load_run(workdir: Union[str, os.PathLike, Workdir]
     InputError: the workdir, its `config.json` or its checkpoints are missing
       or unreadable (the message names the path).
   """
-  workdir = workdir if isinstance(workdir, Workdir) else Workdir(os.fspath(workdir))
+  workdir = Workdir.of(workdir)
   config = workdir.read_config()
   model = build_model(config, training=False)
   return config, model, load_variables(workdir)

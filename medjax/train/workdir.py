@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from typing import Any, Iterator
+from typing import Any, Iterator, Union
 
 import ml_collections
 
@@ -97,6 +97,11 @@ class Workdir:
 
   def __init__(self, path: str):
     self.path = os.fspath(path)
+
+  @classmethod
+  def of(cls, workdir: Union[str, os.PathLike, "Workdir"]) -> "Workdir":
+    """`workdir` itself if it is a `Workdir`, else the `Workdir` of that path."""
+    return workdir if isinstance(workdir, Workdir) else cls(os.fspath(workdir))
 
   def __repr__(self) -> str:
     return f"Workdir({self.path!r})"

@@ -9,10 +9,6 @@ from typing import Mapping, Union
 from medjax.train.workdir import Workdir
 
 
-def _workdir(workdir: Union[str, os.PathLike, Workdir]) -> Workdir:
-  return workdir if isinstance(workdir, Workdir) else Workdir(os.fspath(workdir))
-
-
 class MetricWriter:
   """Appends scalars to `<workdir>/metrics.jsonl` and TensorBoard event files.
 
@@ -22,7 +18,7 @@ class MetricWriter:
 
   def __init__(self, workdir: Union[str, os.PathLike, Workdir]):
     from tensorboardX import SummaryWriter  # TensorBoard events without TensorFlow
-    workdir = _workdir(workdir)
+    workdir = Workdir.of(workdir)
     self.path = workdir.metrics_path
     self._tb = SummaryWriter(workdir.tensorboard_dir)
 
@@ -43,7 +39,7 @@ class MetricWriter:
 
 def read_metrics(workdir: Union[str, os.PathLike, Workdir]) -> list[dict]:
   """The rows of `<workdir>/metrics.jsonl` (later rows win for a repeated step)."""
-  path = _workdir(workdir).metrics_path
+  path = Workdir.of(workdir).metrics_path
   if not os.path.exists(path):
     return []
   rows = {}
