@@ -77,6 +77,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   evaluation = segmentation.score_cases(segmenter, config, load_split(config, "test"))
   if jax.process_index() == 0:
     segmentation.write_case_reports(config, evaluation, workdir, title="cascade, case")
-  loop.finish(workdir, evaluation, item_name="cases", metric_prefixes=("dice", "hd95"),
+  task = segmentation.SegmentationTask
+  loop.finish(workdir, evaluation, item_name=task.item_name, metric_prefixes=task.summary_metrics,
               seconds=f"train {t1 - t0:.0f} s, eval {time.perf_counter() - t1:.0f} s; ")
   return evaluation.results
