@@ -26,6 +26,7 @@ INSTALL_REQUIRES = [
     "protobuf==7.36.2",
     "nibabel==5.4.2",  # NIfTI
     "pydicom==3.0.2",  # DICOM series
+    "highdicom==0.28.2",  # DICOM Segmentation objects for PACS viewers (medjax.data.dicom_seg)
     "pynrrd==1.1.3",  # NRRD
     "safetensors==0.8.0",  # pretrained weights without PyTorch or pickles (medjax.weights)
 ]
