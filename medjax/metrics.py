@@ -157,17 +157,21 @@ def _check_percentile(percentile: Optional[float]) -> None:
     raise InputError(f"percentile={percentile}: expected a value in [0, 100]")
 
 
+def _directed_from(d: np.ndarray, percentile: Optional[float]) -> float:
+  return float(d.max() if percentile is None else np.percentile(d, percentile))
+
+
 def _hausdorff_from(distances, percentile: Optional[float]) -> float:
   d_pt, d_tp = distances
-  if percentile is None:
-    return float(max(d_pt.max(), d_tp.max()))
-  return float(max(np.percentile(d_pt, percentile),
-                   np.percentile(d_tp, percentile)))
+  return max(_directed_from(d_pt, percentile), _directed_from(d_tp, percentile))
+
+
+DIRECTIONS = (None, "pred_to_target", "target_to_pred")
 
 
 def hausdorff(pred, target, *, percentile: Optional[float] = None,
-              spacing: Spacing = None) -> float:
-  """Symmetric Hausdorff distance between the mask surfaces, in mm.
+              spacing: Spacing = None, directed: Optional[str] = None) -> float:
+  """Hausdorff distance between the mask surfaces, in mm; symmetric by default.
 
   `percentile=None`: `max(max d(P->T), max d(T->P))`. `percentile=q` (95 for
   HD95) follows MONAI's `compute_hausdorff_distance`: the larger of the two
@@ -176,15 +180,26 @@ def hausdorff(pred, target, *, percentile: Optional[float] = None,
   percentile of the union of both distance sets; the two agree when the
   surfaces are symmetric and differ slightly otherwise.
 
+  `directed="pred_to_target"`: only the distances from the prediction's
+  surface to the target's, `max d(P->T)` (or its q-th percentile): large when
+  the prediction has voxels far from the truth (false-positive islands);
+  `directed="target_to_pred"`: `max d(T->P)`, large when part of the truth is
+  missed. The symmetric distance is the larger of the two.
+
   Returns:
-    The distance; 0.0 if both masks are empty, `inf` if exactly one is.
+    The distance; 0.0 if both masks are empty, `inf` if exactly one is (in
+    both directions).
   """
   _check_percentile(percentile)
+  if directed not in DIRECTIONS:
+    raise InputError(f"directed={directed!r}: expected one of {DIRECTIONS}")
   pred, target = _masks(pred, target)
   distances = surface_distances(pred, target, spacing)
   if distances is None:
     return _empty_distance(pred, target)
-  return _hausdorff_from(distances, percentile)
+  if directed is None:
+    return _hausdorff_from(distances, percentile)
+  return _directed_from(distances[0 if directed == "pred_to_target" else 1], percentile)
 
 
 def _asd_from(distances, symmetric: bool) -> float:
@@ -245,13 +260,41 @@ def surface_dice(pred, target, tolerance_mm: float, spacing: Spacing) -> float:
 
 
 # ---------------------------------------------------------------------------
+# volumes
+
+
+def volume_ml(mask, spacing: Spacing = None) -> float:
+  """Volume of a mask in millilitres: voxel count x voxel volume (`prod(spacing)` mm^3) / 1000."""
+  mask = np.asarray(mask).astype(bool)
+  return float(mask.sum()) * float(np.prod(_spacing(spacing, mask.ndim))) / 1000.0
+
+
+def volume_difference(pred, target, *, spacing: Spacing = None) -> float:
+  """Signed volume difference `V(P) - V(T)` in mL (positive: over-segmentation)."""
+  pred, target = _masks(pred, target)
+  voxel_ml = float(np.prod(_spacing(spacing, pred.ndim))) / 1000.0
+  return (float(pred.sum()) - float(target.sum())) * voxel_ml
+
+
+def relative_volume_difference(pred, target) -> float:
+  """Signed relative volume difference `(|P| - |T|) / |T|` (spacing cancels);
+  0.0 if both masks are empty, `inf` if only the target is."""
+  pred, target = _masks(pred, target)
+  n_pred, n_target = float(pred.sum()), float(target.sum())
+  if n_target == 0:
+    return 0.0 if n_pred == 0 else float("inf")
+  return (n_pred - n_target) / n_target
+
+
+# ---------------------------------------------------------------------------
 # per-class summary for eval.json
 
 
 def segmentation_metrics(pred_labels, target_labels,
                          class_names: Mapping[int, str], *,
                          spacing: Spacing = None, surface: bool = True,
-                         nsd_tolerance_mm: float = 2.0) -> dict[str, float]:
+                         nsd_tolerance_mm: float = 2.0, volumes: bool = False,
+                         directed: bool = False) -> dict[str, float]:
   """All segmentation metrics of one case, keyed `metric/class_name`.
 
   For every class id in `class_names` except 0 (background), the class is the
@@ -259,7 +302,11 @@ def segmentation_metrics(pred_labels, target_labels,
   labels before calling, e.g. liver = liver | tumour). Keys: `dice/`, `iou/`,
   `sensitivity/`, `precision/` and, with `surface=True`, `hd/`, `hd95/`
   (MONAI's convention, see `hausdorff`), `asd/` (symmetric) and `nsd/` (at
-  `nsd_tolerance_mm`). Empty-mask conventions as in the module docstring (a
+  `nsd_tolerance_mm`). With `volumes=True` also `volume_diff_ml/` and
+  `volume_diff_rel/` (`volume_difference`, `relative_volume_difference`);
+  with `directed=True` and `surface=True` also the directed HD95s
+  `hd95_pred_to_truth/` (far false positives) and `hd95_truth_to_pred/`
+  (missed parts). Empty-mask conventions as in the module docstring (a
   distance can be `inf`).
 
   Args:
@@ -284,17 +331,25 @@ def segmentation_metrics(pred_labels, target_labels,
     out[f"iou/{name}"] = iou(p, t)
     out[f"sensitivity/{name}"] = sensitivity(p, t)
     out[f"precision/{name}"] = precision(p, t)
+    if volumes:
+      out[f"volume_diff_ml/{name}"] = volume_difference(p, t, spacing=spacing)
+      out[f"volume_diff_rel/{name}"] = relative_volume_difference(p, t)
     if surface:
       distances = surface_distances(p, t, spacing)
+      directed_keys = (f"hd95_pred_to_truth/{name}", f"hd95_truth_to_pred/{name}")
       if distances is None:
         empty = _empty_distance(p, t)
         out[f"hd/{name}"] = out[f"hd95/{name}"] = out[f"asd/{name}"] = empty
         out[f"nsd/{name}"] = 1.0 if empty == 0.0 else 0.0
+        if directed:
+          out.update(dict.fromkeys(directed_keys, empty))
       else:
         out[f"hd/{name}"] = _hausdorff_from(distances, None)
         out[f"hd95/{name}"] = _hausdorff_from(distances, 95)
         out[f"asd/{name}"] = _asd_from(distances, True)
         out[f"nsd/{name}"] = _nsd_from(distances, nsd_tolerance_mm)
+        if directed:
+          out.update({k: _directed_from(d, 95) for k, d in zip(directed_keys, distances)})
   return out
 
 

@@ -121,6 +121,40 @@ def test_hd95_against_hand_built_distance_sets():
     metrics.hausdorff(pred, target, percentile=101)
 
 
+def test_directed_hausdorff_hand_sets():
+  # 1-D isolated voxels, 2 mm: pred {0, 3, 9}, target {0, 1}.
+  pred = np.zeros(10, bool)
+  pred[[0, 3, 9]] = True
+  target = np.zeros(10, bool)
+  target[[0, 1]] = True
+  # pred -> target: {0, 2, 8} voxels; target -> pred: {0, 1}
+  close(metrics.hausdorff(pred, target, spacing=(2.0,), directed="pred_to_target"), 16.0)
+  close(metrics.hausdorff(pred, target, spacing=(2.0,), directed="target_to_pred"), 2.0)
+  close(metrics.hausdorff(pred, target, spacing=(2.0,)), 16.0)  # symmetric = the larger
+  close(metrics.hausdorff(pred, target, spacing=(2.0,), directed="pred_to_target",
+                          percentile=50), 4.0)
+  close(metrics.hausdorff(pred, target, spacing=(2.0,), directed="target_to_pred",
+                          percentile=50), 1.0)
+  assert metrics.hausdorff(pred, np.zeros(10, bool), directed="target_to_pred") == math.inf
+  with pytest.raises(InputError, match="directed"):
+    metrics.hausdorff(pred, target, directed="both")
+
+
+def test_volume_differences_anisotropic():
+  spacing = (2.5, 0.8, 0.5)  # 1 mm^3 per voxel
+  pred = _box((10, 10, 10), (0, 0, 0), (5, 4, 3))  # 60 voxels
+  target = _box((10, 10, 10), (0, 0, 0), (2, 5, 5))  # 50 voxels
+  close(metrics.volume_ml(pred, spacing), 0.060)
+  close(metrics.volume_difference(pred, target, spacing=spacing), 0.010)
+  close(metrics.volume_difference(target, pred, spacing=(2.0, 2.0, 2.0)), -10 * 8 / 1000)
+  close(metrics.relative_volume_difference(pred, target), 10 / 50)
+  close(metrics.relative_volume_difference(target, pred), -10 / 60)
+  empty = np.zeros((10, 10, 10), bool)
+  assert metrics.relative_volume_difference(empty, empty) == 0.0
+  assert metrics.relative_volume_difference(pred, empty) == math.inf
+  close(metrics.relative_volume_difference(empty, pred), -1.0)
+
+
 def test_average_surface_distance_hand_sets():
   target = np.zeros(10, bool)
   target[0] = True
@@ -179,6 +213,31 @@ def test_segmentation_metrics_keys_and_values():
   assert all(isinstance(v, float) for v in out.values())
   out2 = metrics.segmentation_metrics(pred, target, {1: "liver"}, surface=False)
   assert set(out2) == {"dice/liver", "iou/liver", "sensitivity/liver", "precision/liver"}
+
+
+
+def test_segmentation_metrics_volumes_and_directed_hd95():
+  pred = np.zeros((8, 8), int)
+  target = np.zeros((8, 8), int)
+  pred[1:4, 1:4] = 1  # 9 voxels
+  target[1:4, 1:3] = 1  # 6 voxels
+  pred[7, 7] = 1  # a far false-positive voxel
+  target[6, 6] = 2  # tumour missed
+  spacing = (1.0, 2.0)
+  out = metrics.segmentation_metrics(pred, target, {1: "liver", 2: "tumour"}, spacing=spacing,
+                                     volumes=True, directed=True)
+  close(out["volume_diff_ml/liver"], (10 - 6) * 2.0 / 1000)
+  close(out["volume_diff_rel/liver"], 4 / 6)
+  close(out["volume_diff_rel/tumour"], -1.0)
+  assert out["hd95_pred_to_truth/tumour"] == out["hd95_truth_to_pred/tumour"] == math.inf
+  # truth -> pred surface: the 6 truth voxels (all surface) lie on the pred box's border except
+  # (2, 2), the box's centre, 1 mm from its border: {0 x5, 1}, 95th percentile 0.75 mm
+  close(out["hd95_truth_to_pred/liver"], 0.75)
+  # pred -> truth: pred's surface (the box border and the island) to the truth's surface
+  d = metrics.surface_distances(pred == 1, target == 1, spacing)[0]
+  close(out["hd95_pred_to_truth/liver"], np.percentile(d, 95))
+  close(d.max(), math.hypot(7 - 3, 2.0 * (7 - 2)))  # island (7,7) to truth corner (3,2)
+  assert out["hd95/liver"] == max(out["hd95_pred_to_truth/liver"], out["hd95_truth_to_pred/liver"])
 
 
 # --------------------------------------------------------------------------

@@ -9,7 +9,9 @@ A workdir holds everything about one run:
 | `checkpoints/<step>/` | the loop (orbax) | the training state |
 | `metrics.jsonl`, `tensorboard/` | `writer.MetricWriter` | training scalars |
 | `eval.json` | the task's evaluation | `metric/class` means + `per_case` |
-| `report/*.png` | `medjax.train.report` | learning curves, case slices |
+| `report/*.png` | `medjax.train.report` | learning curves, case slices, metric box plots |
+| `eval.csv` | the segmentation task | one row per test case and class |
+| `postprocessing.json` | the segmentation task | rules chosen on validation (`medjax.postprocess`) |
 | `stage1/`, `stage2/` | a cascade | one ordinary workdir per stage |
 
 Nobody else spells these names: the loop, the tasks, the cascade, `restore`,
@@ -35,6 +37,8 @@ CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
 TENSORBOARD = "tensorboard"
 REPORT = "report"
+POSTPROCESSING = "postprocessing.json"
+EVAL_CSV = "eval.csv"
 
 
 @contextlib.contextmanager
@@ -122,6 +126,14 @@ class Workdir:
     return self.file(EVAL)
 
   @property
+  def postprocessing_path(self) -> str:
+    return self.file(POSTPROCESSING)
+
+  @property
+  def eval_csv_path(self) -> str:
+    return self.file(EVAL_CSV)
+
+  @property
   def checkpoint_dir(self) -> str:
     return os.path.abspath(self.file(CHECKPOINTS))
 
@@ -180,6 +192,13 @@ class Workdir:
 
   def write_eval(self, results: dict) -> str:
     return atomic_write_json(self.eval_path, results)
+
+  def write_postprocessing(self, rules: dict) -> str:
+    """`postprocessing.json` (`medjax.postprocess.rules_to_json`); read by `postprocess.load_rules`."""
+    return atomic_write_json(self.postprocessing_path, rules)
+
+  def write_eval_csv(self, text: str) -> str:
+    return atomic_write_text(self.eval_csv_path, text)
 
   def read_eval(self) -> dict:
     """`eval.json`; InputError naming the path if missing or unreadable."""
