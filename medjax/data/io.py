@@ -53,7 +53,8 @@ def _pad3(vector, fill: float) -> np.ndarray:
 
 # ----------------------------------------------------------------- NIfTI ---
 
-def _read_nifti(path: str) -> Volume:
+def _load_nifti(path: str) -> tuple[np.ndarray, tuple[float, ...], np.ndarray]:
+  """(voxel array in the file's (i, j, k[, t]) order, zooms, affine) of a NIfTI file."""
   import nibabel as nib  # pylint: disable=g-import-not-at-top
   try:
     image = nib.load(path)
@@ -64,6 +65,11 @@ def _read_nifti(path: str) -> Volume:
     affine = np.asarray(image.affine, np.float64)
   except Exception as error:  # nibabel raises many types for bad files
     raise InputError(f"{path}: not a readable NIfTI file ({_short(error)})") from None
+  return array, zooms, affine
+
+
+def _read_nifti(path: str) -> Volume:
+  array, zooms, affine = _load_nifti(path)
   if array.ndim == 4 and array.shape[3] == 1:
     array = array[..., 0]
   if array.ndim not in (2, 3):
@@ -73,7 +79,7 @@ def _read_nifti(path: str) -> Volume:
 
 
 def write_nifti(path: PathLike, array: np.ndarray, affine: np.ndarray, *,
-                channels: bool = False) -> str:
+                channels: bool = False, dtype=None) -> str:
   """Writes `array` `(D, H, W)` (or `(H, W)`) with the voxel->world `affine` as NIfTI.
 
   The inverse of `read_image`: the file's voxel axes are the array axes
@@ -85,6 +91,9 @@ def write_nifti(path: PathLike, array: np.ndarray, affine: np.ndarray, *,
   class probabilities `(D, H, W, K)` or `(H, W, K)`): the file is 4D, the
   voxel axes reversed as above (a 2D image gets a voxel axis of size 1) and
   the channels last, `(W, H, D, K)`, so it overlays the image it came from.
+
+  `dtype` (default: the array's) is the dtype on disk; an integer `dtype`
+  for float data stores it scaled (nibabel picks `scl_slope`/`scl_inter`).
   """
   import nibabel as nib  # pylint: disable=g-import-not-at-top
   path = os.fspath(path)
@@ -106,7 +115,7 @@ def write_nifti(path: PathLike, array: np.ndarray, affine: np.ndarray, *,
   else:
     data = array.T
   image = nib.Nifti1Image(np.ascontiguousarray(data), affine)
-  image.header.set_data_dtype(array.dtype)
+  image.header.set_data_dtype(array.dtype if dtype is None else dtype)
   image.set_qform(affine, code=1)
   image.set_sform(affine, code=1)
   nib.save(image, path)
@@ -308,6 +317,31 @@ def _read_dicom_series(folder: str) -> Volume:
 def _short(error: BaseException) -> str:
   text = str(error).strip().splitlines()
   return (text[0][:160] if text else type(error).__name__)
+
+
+def read_image_channels(path: PathLike) -> Volume:
+  """Reads an image whose 4th NIfTI axis holds channels (modalities), channels-last.
+
+  A 4D NIfTI file of voxel shape `(W, H, D, C)` (the Medical Segmentation
+  Decathlon's multi-modal images, e.g. FLAIR/T1w/T1gd/T2w of BraTS) reads
+  as `array (D, H, W, C)`, with the spacing and affine of its three spatial
+  axes. Any other file `read_image` reads (a 2D or 3D image of any format)
+  comes back with one channel, `(*S, 1)`.
+  """
+  path = os.fspath(path)
+  if path.lower().endswith((".nii", ".nii.gz")) and os.path.isfile(path):
+    array, zooms, affine = _load_nifti(path)
+    if array.ndim not in (2, 3, 4):
+      raise InputError(f"{path}: expected a 2D, 3D or 4D (channels) NIfTI image, got shape "
+                       f"{array.shape}")
+    if array.ndim < 4:
+      array = array[..., None]
+    spatial = array.ndim - 1
+    spacing = tuple(float(z) for z in zooms[:spatial][::-1])
+    axes = tuple(range(spatial))[::-1] + (spatial,)
+    return Volume(np.ascontiguousarray(np.transpose(array, axes)), spacing, affine)
+  volume = read_image(path)
+  return Volume(volume.array[..., None], volume.spacing, volume.affine)
 
 
 def read_image(path: PathLike) -> Volume:
