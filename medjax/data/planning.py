@@ -19,10 +19,12 @@ smaller:
   training step grows linearly with the patch voxels (nnU-Net's own estimate
   sums the feature maps), so it is the quantity to budget. nnU-Net's 3d
   full-resolution patches on an 11 GB GPU with batch 2 are ~1-2.5 M voxels.
-* Topology (`pool_and_kernel_sizes`): an axis is pooled while its spacing at
-  that level is at most twice the finest and the pooled feature map keeps
-  `>= min_feature_map` (4) voxels (an axis pooled alone needs 3x that
-  before); at most `max_levels` levels. The conv window is 1 on an axis
+* Topology (`pool_and_kernel_sizes`): an axis is pooled while the pooled
+  feature map keeps `>= min_feature_map` (4) voxels (an axis pooled alone
+  needs 3x that before) and its spacing at that level is at most twice the
+  finest among the axes still large enough to pool (nnU-Net v2's rule, with
+  "at most twice" where nnU-Net has "less than twice", to agree with
+  `anisotropic_plan`); at most `max_levels` levels. The conv window is 1 on an axis
   whose spacing is more than twice the finest, 3 otherwise (and stays 3 once
   3), as `medjax.models.unet.anisotropic_plan`; the formats match it:
   `kernel_sizes` has `num_levels` entries, `pool_sizes` `num_levels - 1`.
@@ -87,8 +89,9 @@ def pool_and_kernel_sizes(spacing: Sequence[float], patch_size: Sequence[int], *
     for axis in range(ndim):
       if current_spacing[axis] <= 2.0 * finest:
         kernel[axis] = 3
-    valid = [a for a in range(ndim) if size[a] >= 2 * min_feature_map
-             and current_spacing[a] <= 2.0 * finest]
+    large = [a for a in range(ndim) if size[a] >= 2 * min_feature_map]
+    finest_large = min((current_spacing[a] for a in large), default=0.0)
+    valid = [a for a in large if current_spacing[a] <= 2.0 * finest_large]
     if len(valid) == 1 and size[valid[0]] < 3 * min_feature_map:
       valid = []
     if not valid:
