@@ -13,8 +13,12 @@ process `p` of `P` produces the samples `g` in `[p * B, (p + 1) * B)` with
 
 The pipeline is `grain.MapDataset.range(start_step, num_steps).map(batch_fn)`
 turned into an `IterDataset` with a small prefetch buffer; `num_steps` is the
-total length of the run (the last step is `num_steps - 1`). The datasets are
-small, so all cases are loaded, normalised and indexed once, in memory.
+total length of the run (the last step is `num_steps - 1`).
+
+Segmentation cases are not held in memory: `train_batches` reads them by
+random access from the source through a small LRU of decoded cases
+(`medjax.data.case_cache`), so a dataset larger than RAM trains in the memory
+of a few cases. Classification images are small and loaded once.
 """
 from __future__ import annotations
 
@@ -24,15 +28,11 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import grain
 import numpy as np
 
-from medjax.data import patches, transforms
+from medjax.data import case_cache, patches, transforms
 from medjax.errors import InputError
 
 Normalize = Callable[[np.ndarray], np.ndarray]
-
-
-def _case_id(example: dict[str, Any], index: int) -> str:
-  case = example.get("case", f"case_{index}")
-  return case.decode() if isinstance(case, bytes) else str(case)
+_case_id = case_cache.case_id
 
 
 def _local_batch_size(global_batch_size: int, process_index: int, process_count: int) -> int:
@@ -67,27 +67,6 @@ def _iterate(batch_fn: Callable[[int], dict[str, np.ndarray]], start_step: int, 
   return iter(dataset.to_iter_dataset(options))
 
 
-def load_cases(source: Sequence[dict[str, Any]], patch_size: Sequence[int], *,
-               normalize: Normalize = transforms.normalize_ct,
-               foreground_classes: Optional[Sequence[int]] = None,
-               num_classes: Optional[int] = None) -> list[patches.PreparedCase]:
-  """Reads, checks, normalises, pads and indexes every case of `source` once."""
-  cases = []
-  for index in range(len(source)):
-    example = source[index]
-    name = _case_id(example, index)
-    image = transforms.check_image(example["image"], name)
-    label = np.asarray(example["label"])
-    if image.shape != label.shape:
-      raise InputError(f"{name}: image shape {image.shape} != label shape {label.shape}")
-    if num_classes is not None:
-      transforms.check_labels(label, num_classes, name)
-    cases.append(patches.prepare_case(normalize(image), label, patch_size, foreground_classes))
-  if not cases:
-    raise InputError("training source is empty: expected at least one case")
-  return cases
-
-
 def train_batches(source: Sequence[dict[str, Any]], *, patch_size: Sequence[int],
                   global_batch_size: int, foreground_fraction: float = 0.33,
                   flip_axes: Sequence[int] = (0, 1, 2), seed: int, start_step: int = 0,
@@ -95,7 +74,8 @@ def train_batches(source: Sequence[dict[str, Any]], *, patch_size: Sequence[int]
                   normalize: Normalize = transforms.normalize_ct,
                   foreground_classes: Optional[Sequence[int]] = None,
                   num_classes: Optional[int] = None,
-                  worker_count: int = 0) -> Iterator[dict[str, np.ndarray]]:
+                  worker_count: int = 0,
+                  cache_size: int = case_cache.DEFAULT_CAPACITY) -> Iterator[dict[str, np.ndarray]]:
   """Segmentation training batches of random patches, steps `start_step..num_steps-1`.
 
   Cases are drawn uniformly; in each global batch the last
@@ -104,24 +84,36 @@ def train_batches(source: Sequence[dict[str, Any]], *, patch_size: Sequence[int]
   Isensee et al. 2021, default 0.33), the others are uniform. Each patch is
   flipped along each of `flip_axes` with probability 1/2.
 
+  Cases are read from `source` when a sample needs them and at most
+  `cache_size` are kept decoded (`case_cache.CaseCache`); each is checked
+  when decoded (a NaN voxel, a shape mismatch or a label outside
+  `[0, num_classes)` raises an InputError naming the case while batches are
+  drawn).
+
   Args:
-    source: random-access cases with `image` `(*spatial)` and `label`.
-    normalize: applied once to every full image (default: clip to
-      [-200, 300] HU, z-score with the image's own statistics).
+    source: random-access cases with `image` `(*spatial)` or channels-last
+      `(*spatial, C)`, `label` `(*spatial)`, and optionally `case` and
+      `locations` (`(M, 1 + ndim)` rows `[class, i, j, ...]`, the
+      foreground index stored at prepare time; computed once per case otherwise).
+    normalize: applied to every channel of every decoded image (default:
+      clip to [-200, 300] HU, z-score with the image's own statistics;
+      `transforms.keep_intensities` for images normalised already).
     num_classes: when given, labels are checked to lie in [0, num_classes).
     worker_count: threads used by grain to prepare batches ahead.
+    cache_size: decoded cases kept in memory.
 
   Yields:
-    `{"image": float32 (B, *patch_size, 1), "label": int32 (B, *patch_size)}`
-    with `B = global_batch_size // process_count`, a pure function of
-    `(seed, step, process_index)`.
+    `{"image": float32 (B, *patch_size, C), "label": int32 (B, *patch_size)}`
+    with `B = global_batch_size // process_count` (`C = 1` for images without
+    a channel axis), a pure function of `(seed, step, process_index)`.
   """
   local = _local_batch_size(global_batch_size, process_index, process_count)
   _check_seed(seed)
   patch_size = tuple(int(p) for p in patch_size)
   forced = num_foreground_samples(global_batch_size, foreground_fraction)
-  cases = load_cases(source, patch_size, normalize=normalize,
-                     foreground_classes=foreground_classes, num_classes=num_classes)
+  cases = case_cache.CaseCache(source, patch_size, normalize=normalize,
+                               foreground_classes=foreground_classes, num_classes=num_classes,
+                               capacity=cache_size)
   for axis in flip_axes:
     if not -len(patch_size) <= axis < len(patch_size):
       raise InputError(f"flip_axes={tuple(flip_axes)}: axis {axis} out of range for "
@@ -139,7 +131,7 @@ def train_batches(source: Sequence[dict[str, Any]], *, patch_size: Sequence[int]
       image, label = transforms.random_flip(rng, image, label, flip_axes)
       images.append(image)
       labels.append(label)
-    return {"image": np.stack(images)[..., None].astype(np.float32),
+    return {"image": np.stack(images).astype(np.float32),
             "label": np.stack(labels).astype(np.int32)}
 
   return _iterate(batch_fn, start_step, num_steps, worker_count)
@@ -150,17 +142,18 @@ def eval_cases(source: Sequence[dict[str, Any]], *,
   """Whole evaluation cases, one at a time.
 
   Yields:
-    `{"image": float32 (*spatial, 1) normalised, "label": int32 (*spatial),
-    "spacing": float32 (ndim,), "case": str}`.
+    `{"image": float32 (*spatial, C) normalised (each channel; `C = 1` for
+    an image `(*spatial)`), "label": int32 (*spatial), "spacing": float32
+    (ndim,), "case": str}`.
   """
   for index in range(len(source)):
     example = source[index]
     name = _case_id(example, index)
-    image = transforms.check_image(example["image"], name)
     label = np.asarray(example["label"]).astype(np.int32)
+    image = case_cache.channels_last(transforms.check_image(example["image"], name), label,
+                                     normalize, name)
     spacing = np.asarray(example.get("spacing", np.ones(label.ndim)), np.float32)
-    yield {"image": normalize(image)[..., None].astype(np.float32), "label": label,
-           "spacing": spacing, "case": name}
+    yield {"image": image, "label": label, "spacing": spacing, "case": name}
 
 
 def classification_batches(source: Sequence[dict[str, Any]], *, global_batch_size: int,

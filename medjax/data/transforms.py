@@ -30,6 +30,16 @@ def normalize_ct(image: np.ndarray, clip: Optional[tuple[float, float]] = (-200.
   return ((image - mean) / max(std, 1e-6)).astype(np.float32)
 
 
+def keep_intensities(image: np.ndarray) -> np.ndarray:
+  """The identity normalisation (as float32), for images normalised already,
+  e.g. by a folder dataset's plan at prepare time (`medjax.data.preprocessing`)."""
+  return np.asarray(image, np.float32)
+
+
+# `config.normalization` -> the per-channel normalisation of training and prediction.
+NORMALIZATIONS = {"ct_window": normalize_ct, "none": keep_intensities}
+
+
 def normalize_ct_channels(image: np.ndarray) -> np.ndarray:
   """`normalize_ct` of each channel of `(*S, C)`: a network's input, as in training."""
   image = np.asarray(image)

@@ -11,6 +11,10 @@ the cascade and `experiments.predict` share.
 * `load_predictor(workdir)`: the segmenter of a trained workdir, an
   ordinary run or a cascade (`stage1/`, `stage2/`), with the metadata a
   prediction tool needs and one-line errors for images it cannot take.
+  `RunPredictor.predict_volume(volume)` segments a volume in its own
+  geometry: a run trained on a folder dataset applies the dataset's plan
+  (`plan.json`: crop, normalise, resample, `medjax.data.preprocessing`) and
+  maps the prediction back onto the volume's grid (`to_native`).
 * Uncertainty (`medjax.uncertainty`): `run_segmenter(..., uncertainty=
   "mc_dropout" | "tta")` slides one compiled window function whose windows
   carry the samples (`uncertainty.window_moments_fn`) and returns
@@ -30,9 +34,9 @@ import ml_collections
 import numpy as np
 
 from medjax import inference, uncertainty
-from medjax.data import transforms
+from medjax.data import preprocessing, transforms
 from medjax.errors import InputError
-from medjax.train import restore
+from medjax.train import restore, sources
 from medjax.train.step import make_predict_fn
 from medjax.train.workdir import Workdir
 
@@ -52,8 +56,9 @@ def window_predictor(config: ml_collections.ConfigDict, model: nn.Module, variab
                      samples: Optional[int] = None) -> inference.WindowPredictor:
   """The trained network of `config` over whole raw images `(*S, C)` -> `(*S, K)`.
 
-  The image is normalised as the training pipeline does
-  (`transforms.normalize_ct_channels`), then predicted with windows of
+  Each channel is normalised as the training pipeline does
+  (`sources.normalizer`: the CT window, or nothing for images normalised
+  already), then the image is predicted with windows of
   `config.patch_size` and `config.eval`'s overlap, blending and batch size.
   `mirror_axes` (default `config.eval.mirror_axes`) are flipped for
   test-time augmentation.
@@ -82,7 +87,16 @@ def window_predictor(config: ml_collections.ConfigDict, model: nn.Module, variab
   return inference.WindowPredictor(
       predict_fn=predict_fn, roi_size=tuple(int(r) for r in config.patch_size),
       overlap=float(ecfg.overlap), mode=ecfg.mode, batch_size=int(ecfg.batch_size),
-      mirror_axes=axes, normalize=transforms.normalize_ct_channels)
+      mirror_axes=axes, normalize=channel_normalizer(config))
+
+
+def channel_normalizer(config: ml_collections.ConfigDict) -> Callable[[np.ndarray], np.ndarray]:
+  """Raw image `(*S, C)` -> network input `(*S, C)` float32: `sources.normalizer(config)`
+  of each channel (for the CT window, `transforms.normalize_ct_channels`)."""
+  normalize = sources.normalizer(config)
+  if normalize is transforms.normalize_ct:
+    return transforms.normalize_ct_channels
+  return lambda image: np.stack([normalize(image[..., c]) for c in range(image.shape[-1])], -1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,9 +217,13 @@ class RunPredictor:
   Attributes:
     config: the run's config (for a cascade, the top-level config).
     segmenter: raw `(*S, C)` -> `(labels, probabilities)`.
+    plan: the dataset's preprocessing plan (`plan.json` of a run on a folder
+      dataset), applied by `predict_volume`; None: images are taken at their
+      own spacing, as the synthetic runs are.
   """
   config: ml_collections.ConfigDict
   segmenter: Segmenter
+  plan: Optional[dict] = None
 
   @property
   def spatial_dims(self) -> int:
@@ -257,6 +275,42 @@ class RunPredictor:
     return (np.asarray(out[0], np.uint8), np.asarray(out[1], np.float32),
             uncertainty.prediction_maps(out))
 
+  @property
+  def has_plan(self) -> bool:
+    """`predict_volume` resamples to the plan's spacing and back (no spacing warning needed)."""
+    return self.plan is not None
+
+  def predict_volume(self, volume, *, name: str = "image") -> tuple[np.ndarray, np.ndarray]:
+    """`(labels (*S) uint8, probabilities (*S, K) float32)` on the grid of `volume`.
+
+    Args:
+      volume: an `io.Volume` (or anything with `array` `(*S)` or `(*S, C)`,
+        `spacing` (mm per array axis) and `affine`).
+      name: starts the message of an `InputError` (e.g. the file).
+
+    Without a plan this is `predict(volume.array)`. With one (nnU-Net,
+    Isensee et al. 2021), the volume is cropped to its non-zero region,
+    normalised per channel and resampled to the plan's target spacing
+    (`preprocessing.preprocess_for_inference`), segmented, and the
+    probabilities are resampled back and pasted into the original shape
+    (`preprocessing.to_native`; outside the crop: background); labels are
+    their argmax (a cascade's labels, which follow its rule, are mapped back
+    themselves). The output has the input's shape, so the input's affine
+    and spacing apply to it.
+    """
+    if self.plan is None:
+      return self.predict(volume.array, name=name)
+    image = self._checked(volume.array, name)
+    image, record = preprocessing.preprocess_for_inference(
+        image, tuple(float(s) for s in volume.spacing), volume.affine, self.plan, name=name)
+    labels, probs = self.predict(image, name=name)
+    probs = preprocessing.to_native(probs, record, kind="probabilities")
+    if isinstance(self.segmenter, CascadeSegmenter):
+      labels = preprocessing.to_native(labels, record, kind="labels")
+    else:
+      labels = probs.argmax(-1).astype(np.uint8)
+    return np.asarray(labels, np.uint8), probs
+
   def probabilities(self, image: np.ndarray, *, name: str = "image") -> np.ndarray:
     return self.predict(image, name=name)[1]
 
@@ -283,6 +337,7 @@ def load_predictor(workdir: Union[str, os.PathLike, Workdir], *,
   """
   workdir = Workdir.of(workdir)
   config = workdir.read_config()
+  plan = read_plan(workdir, config)
   axes = tuple(range(len(config.patch_size))) if mirror else None
   uncertainty.check_method(uncertainty_method, "uncertainty")
   if uncertainty_method != "none" and is_cascade(config):
@@ -295,12 +350,20 @@ def load_predictor(workdir: Union[str, os.PathLike, Workdir], *,
     config, model, variables = restore.load_run(workdir)
     return RunPredictor(config, run_segmenter(config, model, variables, mirror_axes=axes,
                                               uncertainty_method=uncertainty_method,
-                                              samples=samples))
+                                              samples=samples), plan)
   stages = []
   for stage in CASCADE_STAGES:
     stage_config, model, variables = restore.load_run(workdir.stage(stage))
     stages.append(window_predictor(stage_config, model, variables, mirror_axes=axes))
-  return RunPredictor(config, CascadeSegmenter(*stages, margin=cascade_margin(config)))
+  return RunPredictor(config, CascadeSegmenter(*stages, margin=cascade_margin(config)), plan)
+
+
+def read_plan(workdir: Workdir, config: ml_collections.ConfigDict) -> Optional[dict]:
+  """The run's `plan.json` (a cascade's: its first stage's), or None (no plan)."""
+  for folder in (workdir, workdir.stage(CASCADE_STAGES[0])) if is_cascade(config) else (workdir,):
+    if folder.has_plan():
+      return folder.read_plan()
+  return None
 
 
 def load_ensemble(workdirs, *, mirror: bool = False) -> RunPredictor:
@@ -322,4 +385,8 @@ def load_ensemble(workdirs, *, mirror: bool = False) -> RunPredictor:
       raise InputError(f"{w}: classes {m.class_names}, {m.spatial_dims}D, {m.in_channels} "
                        f"channel(s); the first member has {first.class_names}, "
                        f"{first.spatial_dims}D, {first.in_channels}")
-  return RunPredictor(first.config, EnsembleSegmenter(tuple(m.segmenter for m in members)))
+    if m.plan != first.plan:
+      raise InputError(f"{w}: its plan.json differs from the first member's; an ensemble's "
+                       "members must preprocess images alike")
+  return RunPredictor(first.config, EnsembleSegmenter(tuple(m.segmenter for m in members)),
+                      first.plan)

@@ -12,6 +12,8 @@ A workdir holds everything about one run:
 | `report/*.png` | `medjax.train.report` | learning curves, case slices, metric box plots |
 | `eval.csv` | the segmentation task | one row per test case and class |
 | `postprocessing.json` | the segmentation task | rules chosen on validation (`medjax.postprocess`) |
+| `plan.json` | `sources.load_split` (folder datasets) | the dataset's preprocessing plan (`medjax.data.planning`), applied by `predictor` |
+| `splits.json` | `sources.load_split` (folder datasets) | the case ids of train / validation / test (fold, num_folds) |
 | `stage1/`, `stage2/` | a cascade | one ordinary workdir per stage |
 
 Nobody else spells these names: the loop, the tasks, the cascade, `restore`,
@@ -37,6 +39,8 @@ CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
 TENSORBOARD = "tensorboard"
 REPORT = "report"
+PLAN = "plan.json"
+SPLITS = "splits.json"
 POSTPROCESSING = "postprocessing.json"
 EVAL_CSV = "eval.csv"
 
@@ -90,6 +94,16 @@ def config_from_json(raw: Any) -> ml_collections.ConfigDict:
 def _first_line(error: BaseException) -> str:
   text = str(error).strip()
   return text.splitlines()[0] if text else type(error).__name__
+
+
+def _read_json(path: str, what: str) -> Any:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except FileNotFoundError:
+    raise InputError(f"{path}: missing; expected {what} of a run") from None
+  except (OSError, ValueError) as e:
+    raise InputError(f"{path}: unreadable ({_first_line(e)})") from None
 
 
 class Workdir:
@@ -199,6 +213,32 @@ class Workdir:
 
   def write_eval_csv(self, text: str) -> str:
     return atomic_write_text(self.eval_csv_path, text)
+
+  # --- dataset plan and splits (folder datasets) -------------------------------
+  @property
+  def plan_path(self) -> str:
+    return self.file(PLAN)
+
+  @property
+  def splits_path(self) -> str:
+    return self.file(SPLITS)
+
+  def has_plan(self) -> bool:
+    return os.path.exists(self.plan_path)
+
+  def write_plan(self, plan: dict) -> str:
+    return atomic_write_json(self.plan_path, plan)
+
+  def read_plan(self) -> dict:
+    """`plan.json`; InputError naming the path if unreadable."""
+    return _read_json(self.plan_path, "the dataset plan")
+
+  def write_splits(self, splits: dict) -> str:
+    return atomic_write_json(self.splits_path, splits)
+
+  def read_splits(self) -> dict:
+    """`splits.json`; InputError naming the path if unreadable."""
+    return _read_json(self.splits_path, "the data splits")
 
   def read_eval(self) -> dict:
     """`eval.json`; InputError naming the path if missing or unreadable."""

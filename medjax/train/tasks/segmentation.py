@@ -10,7 +10,7 @@ import numpy as np
 from medjax import calibration
 from medjax.data import pipeline, transforms
 from medjax.errors import InputError
-from medjax.train import evaluate, report
+from medjax.train import evaluate, report, sources
 from medjax.train.predictor import check_uncertainty_config, run_segmenter
 from medjax.train.sources import load_split
 from medjax.train.tasks.base import Task
@@ -115,7 +115,7 @@ class SegmentationTask(Task):
         flip_axes=tuple(config.flip_axes), global_batch_size=config.global_batch_size,
         seed=config.seed, start_step=start_step, num_steps=config.num_steps,
         process_index=process_index, process_count=process_count,
-        worker_count=config.get("data_workers", 0))
+        worker_count=config.get("data_workers", 0), **sources.patch_options(config))
     if config.get("label_map"):
       batches = remap_labels(batches, config.label_map)
     return batches

@@ -1,0 +1,84 @@
+"""A run on a folder dataset: its plan applied and inverted by the predictor
+(predictions on the input's own grid)."""
+import types
+
+import ml_collections
+import numpy as np
+import pytest
+
+from medjax import metrics
+from medjax.data import fingerprint, planning
+from medjax.errors import InputError
+from medjax.train.predictor import RunPredictor
+
+
+def _sphere(shape, spacing, centre_mm, radius_mm):
+  grid = np.stack(np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, spacing)],
+                              indexing="ij"), -1)
+  return np.linalg.norm(grid - np.asarray(centre_mm), axis=-1) <= radius_mm
+
+
+class ThresholdSegmenter:
+  """Stands in for a network: class 1 where the (normalised) image is > 0."""
+
+  def __init__(self):
+    self.shapes = []
+
+  def __call__(self, image):
+    self.shapes.append(image.shape)
+    p1 = 1.0 / (1.0 + np.exp(-4.0 * image[..., 0]))
+    probs = np.stack([1.0 - p1, p1], -1).astype(np.float32)
+    return probs.argmax(-1).astype(np.uint8), probs
+
+
+def _predictor(plan=None):
+  config = ml_collections.ConfigDict({"patch_size": (8, 8, 8), "in_channels": 1,
+                                      "class_names": ("background", "organ")})
+  segmenter = ThresholdSegmenter()
+  return RunPredictor(config, segmenter, plan), segmenter
+
+
+def _case(shape, spacing):
+  """A sphere of +100 in a body of 0 inside a zero border (cropped away by the plan)."""
+  body = np.zeros(shape, bool)
+  body[1:-1, 2:-2, 2:-3] = True
+  sphere = _sphere(shape, spacing, [n * s / 2 for n, s in zip(shape, spacing)], 6.0)
+  image = np.where(body, np.where(sphere, 100.0, -20.0), 0.0).astype(np.float32)
+  image = image + np.where(body, np.random.default_rng(0).normal(0, 5, shape), 0).astype(np.float32)
+  return image, (sphere & body).astype(np.uint8)
+
+
+def test_predict_volume_without_a_plan_is_predict():
+  predictor, segmenter = _predictor()
+  image = np.random.default_rng(1).normal(size=(6, 7, 8)).astype(np.float32)
+  volume = types.SimpleNamespace(array=image, spacing=(2.0, 1.0, 1.0), affine=np.eye(4))
+  labels, probs = predictor.predict_volume(volume)
+  assert segmenter.shapes == [(6, 7, 8, 1)]
+  np.testing.assert_array_equal(labels, (image > 0).astype(np.uint8))
+  assert probs.shape == (6, 7, 8, 2) and not predictor.has_plan
+
+
+def test_predict_volume_applies_the_plan_and_returns_the_native_grid():
+  # The plan of a dataset at (1.5, 1, 1) mm; the volume to segment is at (3, 0.7, 0.9) mm.
+  train_image, train_label = _case((20, 24, 24), (1.5, 1.0, 1.0))
+  case = fingerprint.case_fingerprint(train_image[..., None], train_label, (1.5, 1.0, 1.0))
+  plan = planning.make_plan(fingerprint.dataset_fingerprint([case], ["T1"]), num_classes=2)
+  assert plan["target_spacing"] == [1.5, 1.0, 1.0]
+  predictor, segmenter = _predictor(plan)
+  image, truth = _case((10, 30, 26), (3.0, 0.7, 0.9))
+  affine = np.array([[0.0, 0.7, 0.1, -5.0], [3.0, 0.0, 0.0, 2.0], [0.0, 0.0, 0.9, 7.0],
+                     [0, 0, 0, 1]])
+  labels, probs = predictor.predict_volume(
+      types.SimpleNamespace(array=image, spacing=(3.0, 0.7, 0.9), affine=affine))
+  # segmented on the plan's grid: the 8x26x21 crop of the body at 1.5 x 1 x 1 mm
+  assert segmenter.shapes == [(16, 18, 19, 1)]
+  assert labels.shape == image.shape and labels.dtype == np.uint8
+  assert probs.shape == (*image.shape, 2) and probs.dtype == np.float32
+  np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
+  np.testing.assert_array_equal(labels, probs.argmax(-1))
+  assert metrics.dice(labels == 1, truth == 1) > 0.9
+  # outside the crop box (the zero border): background with probability 1
+  assert labels[0].max() == 0 and np.all(probs[0, ..., 0] == 1.0)
+  with pytest.raises(InputError, match=r"^image: 2 channel\(s\); the model expects 1"):
+    predictor.predict_volume(types.SimpleNamespace(array=np.zeros((10, 30, 26, 2), np.float32),
+                                                   spacing=(3.0, 0.7, 0.9), affine=affine))
