@@ -10,7 +10,12 @@
   ECE and class-wise ECE before and after temperature scaling, error
   detection by uncertainty (AUROC, retained Dice / accuracy), and the
   reliability-diagram data in `Evaluation.reliability`.
-* `summarize(per_case)`: means over cases (non-finite values counted, not averaged).
+* `summarize(per_case)`: means over cases (non-finite values counted, not averaged);
+  `statistics(per_case)`: mean, std, median per metric; `class_rows(per_case, ...)`:
+  one row per case and class (`eval.csv`).
+* Post-processing (`medjax.postprocess`): `score_segmentation(..., postprocessor=)`
+  scores the post-processed prediction under the usual keys and the raw one
+  under `postprocessing.raw` (and each case's `raw`), so the effect is visible.
 """
 from __future__ import annotations
 
@@ -24,6 +29,8 @@ from medjax import calibration, metrics, uncertainty
 
 # raw image -> (labels, probabilities[, uncertainty maps])
 Segmenter = Callable[[np.ndarray], tuple]
+# (labels (*S), spacing in mm) -> post-processed labels (*S)
+Postprocessor = Callable[[np.ndarray, tuple], np.ndarray]
 
 
 @dataclasses.dataclass
@@ -41,17 +48,20 @@ class Example:
 class Evaluation:
   """`results`: the `eval.json` dict; `examples`: the cases kept for drawing;
   `reliability`: reliability-diagram data (`calibration.SegmentationTrust.reliability`)
-  when calibration was scored."""
+  when calibration was scored; `postprocessing`: the `postprocessing.json` dict
+  when the post-processing was decided (`medjax.postprocess`)."""
   results: dict
   examples: list = dataclasses.field(default_factory=list)
   reliability: Optional[dict] = None
+  postprocessing: Optional[dict] = None
 
 
 def score_segmentation(segmenter: Segmenter, cases: Iterable[dict], class_names: Sequence[str], *,
                        label_map: Optional[Sequence[int]] = None, surface: bool = True,
                        keep: int = 0,
                        display: Optional[Callable[[np.ndarray], np.ndarray]] = None,
-                       trust: Optional[calibration.SegmentationTrust] = None) -> Evaluation:
+                       trust: Optional[calibration.SegmentationTrust] = None,
+                       postprocessor: Optional[Postprocessor] = None) -> Evaluation:
   """Segments and scores every case.
 
   Args:
@@ -72,33 +82,56 @@ def score_segmentation(segmenter: Segmenter, cases: Iterable[dict], class_names:
       means into `results`, its test-set numbers into `results`; rejection
       and `uncertainty_auroc` use the segmenter's maps, else the predictive
       entropy of the probabilities).
+    postprocessor: `(labels (*S), spacing) -> labels (*S)` applied to each
+      prediction (`medjax.postprocess.apply` with the rules chosen on the
+      validation split); the post-processed prediction is the one scored
+      under the usual keys (and drawn, and given to `trust`), the raw one is
+      scored too.
   Returns:
     An `Evaluation` whose `results` has `"<metric>/<class>"` keys (means over
     cases; inf distances of a missed structure are left out of the mean and
     counted in `"<metric>/<class>_missing"`) and `"per_case"`: one dict per
-    case with the same keys and its `"case"` id. Case-level detection from
-    the segmentation: `"detection_auc/<class>"` is the ROC AUC of the class's
+    case with the same keys and its `"case"` id. Metrics: those of
+    `metrics.segmentation_metrics` with the volume differences and, with
+    `surface`, the directed HD95s. Case-level detection from the
+    segmentation: `"detection_auc/<class>"` is the ROC AUC of the class's
     largest predicted probability in a case against "the class is in the
     case's truth" (when the cases include both), each case's score in
-    `per_case` as `"max_prob/<class>"`.
+    `per_case` as `"max_prob/<class>"`. Also (nested, so that sweeps, which
+    average the flat keys, are unchanged): `"statistics"` (`statistics`),
+    `"missing_structures"`: class -> number of cases without the structure
+    in the prediction (`"prediction"`), in the truth (`"truth"`), in the
+    prediction only (`"missed"`) and in the truth only (`"spurious"`); with
+    a `postprocessor`, `"postprocessing"`: `{"applied": True, "raw": the
+    raw prediction's means}`, and each case's raw scores in its `"raw"`.
   """
   lut = np.asarray(label_map, np.int32) if label_map else None
   foreground = {i: n for i, n in enumerate(class_names) if i > 0}
-  per_case, max_probs, present, examples = [], [], [], []
+  per_case, raw_per_case, max_probs, present, predicted, examples = [], [], [], [], [], []
+
+  def score(pred, label, spacing):
+    return {k: float(v) for k, v in metrics.segmentation_metrics(
+        pred, label, foreground, spacing=spacing, surface=surface, volumes=True,
+        directed=surface).items()}
+
   for case in cases:
     output = segmenter(case["image"])
-    pred, probs = output[0], output[1]
+    pred, probs = np.asarray(output[0]), output[1]
     label = np.asarray(case["label"])
     if lut is not None:
       label = lut[label]
-    scores = metrics.segmentation_metrics(pred, label, foreground, spacing=tuple(case["spacing"]),
-                                          surface=surface)
+    spacing = tuple(float(s) for s in case["spacing"])
+    if postprocessor is not None:
+      raw_per_case.append(score(pred, label, spacing))
+      pred = np.asarray(postprocessor(pred, spacing))
+    scores = score(pred, label, spacing)
     if trust is not None:
-      scores.update(trust.score_case(pred, probs, label, uncertainty.prediction_maps(output)))
-    scores = {k: float(v) for k, v in scores.items()}
+      scores.update({k: float(v) for k, v in trust.score_case(
+          pred, probs, label, uncertainty.prediction_maps(output)).items()})
     per_case.append({"case": str(case["case"]), **scores})
     max_probs.append({n: float(probs[..., c].max()) for c, n in foreground.items()})
     present.append({n: bool((label == c).any()) for c, n in foreground.items()})
+    predicted.append({n: bool((pred == c).any()) for c, n in foreground.items()})
     logging.info("case %s: %s", case["case"], {k: round(v, 4) for k, v in scores.items()})
     if len(examples) < keep:
       shown = case["image"] if display is None else display(case["image"])
@@ -111,12 +144,39 @@ def score_segmentation(segmenter: Segmenter, cases: Iterable[dict], class_names:
       results[f"detection_auc/{name}"] = float(metrics.roc_auc(case_max, is_present))
   for case, m in zip(results["per_case"], max_probs):
     case.update({f"max_prob/{name}": v for name, v in m.items()})
-  if trust is None:
-    return Evaluation(results, examples)
-  per_case_results = results.pop("per_case")
-  results.update(trust.results())
-  results["per_case"] = per_case_results
-  return Evaluation(results, examples, reliability=trust.reliability())
+  extra = {"statistics": statistics(results["per_case"]),
+           "missing_structures": missing_structures(present, predicted)}
+  if postprocessor is not None:
+    raw = summarize([{"case": c["case"], **r} for c, r in zip(per_case, raw_per_case)])
+    for case, raw_case in zip(results["per_case"], raw.pop("per_case")):
+      case["raw"] = {k: v for k, v in raw_case.items() if k != "case"}
+    extra["postprocessing"] = {"applied": True, "raw": raw}
+  if trust is not None:
+    extra.update(trust.results())
+  results = with_keys_before_per_case(results, extra)
+  return Evaluation(results, examples,
+                    reliability=None if trust is None else trust.reliability())
+
+
+def with_keys_before_per_case(results: dict, extra: Mapping) -> dict:
+  """`results` with `extra`'s keys added before `per_case` (kept last in `eval.json`)."""
+  out = {k: v for k, v in results.items() if k != "per_case"}
+  out.update(extra)
+  if "per_case" in results:
+    out["per_case"] = results["per_case"]
+  return out
+
+
+def missing_structures(present: Sequence[Mapping[str, bool]],
+                       predicted: Sequence[Mapping[str, bool]]) -> dict[str, dict[str, int]]:
+  """Per class, the number of cases without the structure in the prediction, in the
+  truth, in the prediction only (`missed`) and in the truth only (`spurious`)."""
+  names = list(present[0]) if present else []
+  return {n: {"prediction": sum(not p[n] for p in predicted),
+              "truth": sum(not t[n] for t in present),
+              "missed": sum(t[n] and not p[n] for t, p in zip(present, predicted)),
+              "spurious": sum(p[n] and not t[n] for t, p in zip(present, predicted))}
+          for n in names}
 
 
 def score_classification(predict_batch: Callable[[np.ndarray], np.ndarray],
@@ -185,9 +245,15 @@ def score_classification(predict_batch: Callable[[np.ndarray], np.ndarray],
   return Evaluation(results, reliability=reliability)
 
 
+def _metric_keys(per_case: Sequence[Mapping]) -> list[str]:
+  """The numeric per-case keys (not `case`, not nested dicts such as `raw`)."""
+  return [k for k, v in per_case[0].items()
+          if k != "case" and (v is None or isinstance(v, (int, float)))] if per_case else []
+
+
 def summarize(per_case: list[Mapping]) -> dict:
   """Means over cases of every metric; non-finite values are counted, not averaged."""
-  keys = [k for k in per_case[0] if k != "case"] if per_case else []
+  keys = _metric_keys(per_case)
   out = {}
   for k in keys:
     values = np.array([c[k] for c in per_case], np.float64)
@@ -198,3 +264,53 @@ def summarize(per_case: list[Mapping]) -> dict:
   out["per_case"] = [{k: (v if not isinstance(v, float) or np.isfinite(v) else None)
                       for k, v in c.items()} for c in per_case]
   return out
+
+
+def statistics(per_case: Sequence[Mapping]) -> dict[str, dict]:
+  """Per metric key: `mean`, `std` (sample, ddof=1; 0.0 for one case), `median`
+  over the cases where it is finite, `n` (those cases) and `nonfinite` (the
+  others: None, inf or NaN, e.g. the distance to a missed structure); the
+  statistics are None when no case is finite."""
+  out = {}
+  for k in _metric_keys(per_case):
+    values = np.array([np.nan if c[k] is None else c[k] for c in per_case], np.float64)
+    finite = values[np.isfinite(values)]
+    n = int(finite.size)
+    out[k] = {"mean": float(finite.mean()) if n else None,
+              "std": (float(finite.std(ddof=1)) if n > 1 else 0.0) if n else None,
+              "median": float(np.median(finite)) if n else None,
+              "n": n, "nonfinite": int(values.size - n)}
+  return out
+
+
+def class_rows(per_case: Sequence[Mapping], class_names: Sequence[str]) -> tuple[list[str], list[dict]]:
+  """`eval.csv`'s table: one row per case and foreground class.
+
+  Columns: `case`, `class`, then each metric `m` whose `m/<class>` key is in
+  the per-case dicts (in their order), then `raw_<m>` from each case's `raw`
+  scores (post-processing applied). A value is the per-case value (None: not
+  finite, e.g. the distance to a missed structure).
+  Returns:
+    `(columns, rows)`, rows as dicts keyed by the columns.
+  """
+  foreground = list(class_names[1:])
+  metric_names: list[str] = []
+  raw_names: list[str] = []
+  for case in per_case:
+    for key in case:
+      m, _, cls = key.rpartition("/")
+      if cls in foreground and m not in metric_names:
+        metric_names.append(m)
+    for key in case.get("raw", {}):
+      m, _, cls = key.rpartition("/")
+      if cls in foreground and m not in raw_names:
+        raw_names.append(m)
+  columns = ["case", "class"] + metric_names + [f"raw_{m}" for m in raw_names]
+  rows = []
+  for case in per_case:
+    for cls in foreground:
+      row = {"case": case["case"], "class": cls}
+      row.update({m: case.get(f"{m}/{cls}") for m in metric_names})
+      row.update({f"raw_{m}": case.get("raw", {}).get(f"{m}/{cls}") for m in raw_names})
+      rows.append(row)
+  return columns, rows
