@@ -7,6 +7,7 @@ Modules (each with one job):
 * `synthetic_organs`: TFDS builder `synthetic_organs/{3d,2d,patches2d,patches3d}` (array_record).
 * `datasets`: `load_source(name, split, data_dir)`, prepares once under a lock.
 * `transforms`: `normalize_ct`, `random_flip`, `check_image`, `check_labels`.
+* `augment`: nnU-Net's augmentation in JAX, run on the device inside the training step.
 * `patches`: nnU-Net foreground-oversampled patch sampling.
 * `crop`: organ bounding boxes and `OrganCropSource` (a cascade's stage-2 cases).
 * `pipeline`: resumable, multi-host grain pipelines (`train_batches`,
@@ -22,7 +23,7 @@ stays cheap (TFDS and grain load only when used).
 import importlib
 from typing import Any
 
-_SUBMODULES = ("crop", "datasets", "io", "patches", "pipeline", "synthetic", "synthetic_organs",
+_SUBMODULES = ("augment", "crop", "datasets", "io", "patches", "pipeline", "synthetic", "synthetic_organs",
                "synthetic_patches", "transforms")
 
 

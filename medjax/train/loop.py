@@ -25,6 +25,7 @@ from absl import logging
 from tqdm import tqdm
 
 from medjax import losses, parallel
+from medjax.data import augment
 from medjax.errors import InputError
 from medjax.train import config_check, report, tasks, warm_start
 from medjax.train.checkpoint import StopRequest
@@ -116,6 +117,8 @@ def train(config: ml_collections.ConfigDict, workdir, *,
                      f"of the number of devices ({dp.num_devices})")
   model = build_model(config, training=True)
   loss_fn = build_loss(config)
+  augmentation = augment.from_config(config.get("augment"), spacing=config.spacing,
+                                     spatial_dims=len(config.patch_size))
   tx, schedule = make_optimizer(config.optimizer, config.num_steps)
   ckpt = workdir.checkpointer(every=config.checkpoint_every)
   start = ckpt.latest_step() or 0
@@ -127,12 +130,14 @@ def train(config: ml_collections.ConfigDict, workdir, *,
     ckpt.close()
     return {"state": state, "stopped": False}
 
-  source = load_split(config, "train") if train_source is None else train_source
+  source = (load_split(config, "train", workdir=workdir if is_writer else None)
+            if train_source is None else train_source)
   batches = task.train_batches(config, source, start_step=start,
                                process_index=jax.process_index(),
                                process_count=jax.process_count())
   step_fn = dp.spmd(make_train_step(model, loss_fn, seed=config.seed,
-                                    objective=task.objective(config, loss_fn)),
+                                    objective=task.objective(config, loss_fn),
+                                    augmentation=augmentation),
                     batch_argnums=(1,), donate_argnums=(0,))
   dstate = dp.replicate(state)
   writer = MetricWriter(workdir) if is_writer else None

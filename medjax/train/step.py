@@ -6,6 +6,11 @@ gradients, loss and BatchNorm statistics are averaged over the mesh axis
 in the forward pass). A step whose loss or gradients are not finite leaves
 the state unchanged and reports `finite=False`, so the last good parameters
 survive and the loop can stop cleanly.
+
+With an `Augmentation` (`medjax.data.augment`), the step first augments its
+share of the batch on the device; sample i of the global batch of step t is
+augmented from `(seed, t, i)`, so the augmented global batch does not depend
+on the number of devices.
 """
 from __future__ import annotations
 
@@ -18,9 +23,13 @@ import jax.numpy as jnp
 import optax
 
 from medjax import parallel
+from medjax.data import augment as augment_lib
 from medjax.train.state import TrainState
 
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+# Folded into the seed's key for the augmentation stream (dropout uses the key itself).
+AUGMENT_STREAM = 0x617567
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,22 +66,47 @@ def supervised_loss(loss_fn: LossFn, outputs, labels: jax.Array) -> jax.Array:
   return total / sum(weights)
 
 
+def augment_batch(batch: dict, augmentation: augment_lib.Augmentation, *, seed: int,
+                  step: jax.Array) -> dict:
+  """This device's share of the batch with `image (B, *S, C)` and a voxel-wise
+  `label (B, *S)` augmented (inside an `spmd` function; other fields, and
+  image-level labels, unchanged).
+
+  Sample j of device d is sample `d * B + j` of the global batch; its
+  randomness is `fold_in(fold_in(fold_in(key(seed), AUGMENT_STREAM), step), d * B + j)`.
+  """
+  image, label = batch["image"], batch.get("label")
+  n = image.shape[0]
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), AUGMENT_STREAM), step)
+  index = parallel.device_index() * n + jnp.arange(n)
+  voxel_labels = label is not None and label.ndim == image.ndim - 1
+  image, label = augment_lib.augment(key, image, label if voxel_labels else None, augmentation,
+                                     sample_index=index)
+  return {**batch, "image": image, **({"label": label} if voxel_labels else {})}
+
+
 def make_train_step(model: nn.Module, loss_fn: LossFn, *, seed: int,
-                    objective: Optional[Objective] = None
+                    objective: Optional[Objective] = None,
+                    augmentation: Optional[augment_lib.Augmentation] = None
                     ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   """Returns the per-device `step(state, batch) -> (state, metrics)`.
 
   `batch` holds this device's `image (B, *S, C)` and `label (B, *S)` (plus
   whatever fields `objective` reads); the loss is
   `supervised_loss(loss_fn, outputs, batch["label"])`, or `objective`'s when
-  given. The returned metrics (`loss`, `grad_norm`, `finite`) are already
-  averaged over devices.
+  given. With `augmentation`, image and label are first augmented on the
+  device (`augment_batch`). The returned metrics (`loss`, `grad_norm`,
+  `finite`) are already averaged over devices.
   """
   apply_kwargs = dict(objective.apply_kwargs) if objective else {}
   base_key = jax.random.key(seed)
+  if augmentation is not None and not augmentation.active:
+    augmentation = None
 
   def step(state: TrainState, batch: dict):
     rng = jax.random.fold_in(jax.random.fold_in(base_key, state.step), parallel.device_index())
+    if augmentation is not None:
+      batch = augment_batch(batch, augmentation, seed=seed, step=state.step)
 
     def compute_loss(params):
       variables = {"params": params}
@@ -110,4 +144,4 @@ def make_predict_fn(model: nn.Module) -> Callable[[dict, jax.Array], jax.Array]:
   return predict
 
 
-__all__ = ["Objective", "make_train_step", "make_predict_fn", "supervised_loss", "downsample_labels"]
+__all__ = ["Objective", "make_train_step", "augment_batch", "make_predict_fn", "supervised_loss", "downsample_labels"]
