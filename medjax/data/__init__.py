@@ -5,6 +5,12 @@ Modules (each with one job):
 * `synthetic`: deterministic synthetic CT (organ + small hypodense tumours).
 * `synthetic_patches`: background / organ / tumour patches cut from it (patch classification).
 * `synthetic_organs`: TFDS builder `synthetic_organs/{3d,2d,patches2d,patches3d}` (array_record).
+* `raw_layouts`: reads a real dataset's folder (nnU-Net v2 raw, Medical
+  Segmentation Decathlon, LiTS) case by case, with one-line errors per bad case.
+* `folder_datasets`: TFDS builders `nnunet_raw`, `decathlon`, `lits` (planned and
+  preprocessed once per `manual_dir`; `prepared_metadata`).
+* `medmnist`: TFDS builder `medmnist/<flag>` (MedMNIST v2 `.npz`, 2D and 3D, every size).
+* `splits`: `kfold`, nnU-Net's deterministic 5-fold cross-validation.
 * `datasets`: `load_source(name, split, data_dir)`, prepares once under a lock.
 * `transforms`: `normalize_ct`, `random_flip`, `check_image`, `check_labels`.
 * `augment`: nnU-Net's augmentation in JAX, run on the device inside the training step.
@@ -12,7 +18,8 @@ Modules (each with one job):
 * `crop`: organ bounding boxes and `OrganCropSource` (a cascade's stage-2 cases).
 * `pipeline`: resumable, multi-host grain pipelines (`train_batches`,
   `eval_cases`, `classification_batches`, `classification_images`).
-* `io`: `read_image` (NIfTI, NRRD, MetaImage, DICOM folder), `write_nifti`.
+* `io`: `read_image` (NIfTI, NRRD, MetaImage, DICOM folder), `read_image_channels`
+  (4D NIfTI channels-last), `write_nifti`.
 
 A new dataset is a TFDS builder module here (registered on import by
 `datasets`), reading local files from `manual_dir`.
@@ -23,7 +30,8 @@ stays cheap (TFDS and grain load only when used).
 import importlib
 from typing import Any
 
-_SUBMODULES = ("augment", "crop", "datasets", "io", "patches", "pipeline", "synthetic", "synthetic_organs",
+_SUBMODULES = ("augment", "crop", "datasets", "folder_datasets", "io", "medmnist", "patches",
+               "pipeline", "raw_layouts", "splits", "synthetic", "synthetic_organs",
                "synthetic_patches", "transforms")
 
 

@@ -30,6 +30,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 import tensorflow_datasets as tfds
 
+from medjax.data import folder_datasets, medmnist  # noqa: F401  (register the builders)
 from medjax.data import synthetic_organs  # noqa: F401  (registers the builder)
 from medjax.errors import InputError
 
@@ -71,17 +72,42 @@ def _config_with_overrides(name: str, overrides: dict[str, Any]) -> tuple[str, A
   # Digest of the normalised fields: [16, 24, 24] and (16, 24, 24) are one variant.
   values = repr(sorted((k, getattr(config, k)) for k in overrides))
   digest = hashlib.sha1(values.encode()).hexdigest()[:8]
+  if "manual_dir" in overrides:  # a local folder's dataset: named after the folder too
+    return dataset, dataclasses.replace(
+        config, name=f"{base.name}_{folder_datasets.config_name(config.manual_dir, digest)}")
   return dataset, dataclasses.replace(config, name=f"{base.name}_{digest}")
 
 
-def get_builder(name: str, data_dir: str, **builder_kwargs: Any) -> tfds.core.DatasetBuilder:
+def _reads_manual_dir(name: str) -> bool:
+  """Whether builder `name`'s configs have a `manual_dir` field (one prepared dataset per folder)."""
+  try:
+    cls = tfds.builder_cls(name.partition("/")[0])
+  except tfds.core.registered.DatasetNotFoundError:
+    return False
+  return any(dataclasses.is_dataclass(c) and "manual_dir" in {f.name for f in dataclasses.fields(c)}
+             for c in getattr(cls, "BUILDER_CONFIGS", []))
+
+
+def get_builder(name: str, data_dir: str, *, manual_dir: Optional[str] = None,
+                **builder_kwargs: Any) -> tfds.core.DatasetBuilder:
   """The TFDS builder `name` ("dataset" or "dataset/config") rooted at `data_dir`.
 
   `builder_kwargs` go to the builder (e.g. `config=`); keyword arguments
   that are not builder arguments are taken as overrides of the config's
   fields (e.g. `shape=(16, 24, 24)` for `synthetic_organs/3d`).
+
+  A builder of a local folder (`nnunet_raw`, `decathlon`, `lits`,
+  `medmnist`: its config has a `manual_dir` field) gets the absolute
+  `manual_dir` as a config field, so each folder is prepared into its own
+  config folder; the load-time options `fold` and `num_folds` are ignored
+  here (`medjax.data.splits` applies them to the prepared ``train`` split).
   """
   data_dir = os.path.expanduser(data_dir)
+  if _reads_manual_dir(name):
+    builder_kwargs = {k: v for k, v in builder_kwargs.items()
+                      if k not in folder_datasets.LOAD_TIME_KWARGS}
+    if "config" not in builder_kwargs:
+      builder_kwargs["manual_dir"] = folder_datasets.absolute_manual_dir(manual_dir)
   builder_args = {"config", "version", "file_format"}
   overrides = {k: v for k, v in builder_kwargs.items() if k not in builder_args}
   try:
@@ -96,6 +122,19 @@ def get_builder(name: str, data_dir: str, **builder_kwargs: Any) -> tfds.core.Da
     raise InputError(f"dataset {name!r}: not a known TFDS dataset/config ({first_line})") from None
 
 
+def _remove_empty_parents(path: str, root: str) -> None:
+  """Removes `path` and its parents up to (not including) `root` while they are empty."""
+  path, root = os.path.abspath(path), os.path.abspath(root)
+  while path.startswith(root + os.sep):
+    try:
+      os.rmdir(path)  # only ever removes an empty folder
+    except FileNotFoundError:
+      pass
+    except OSError:
+      return
+    path = os.path.dirname(path)
+
+
 def prepare(name: str, data_dir: str, *, manual_dir: Optional[str] = None,
             **builder_kwargs: Any) -> tfds.core.DatasetBuilder:
   """Prepares dataset `name` under `data_dir` unless already done; returns its builder.
@@ -105,16 +144,21 @@ def prepare(name: str, data_dir: str, *, manual_dir: Optional[str] = None,
   """
   data_dir = os.path.expanduser(data_dir)
   os.makedirs(data_dir, exist_ok=True)
-  builder = get_builder(name, data_dir, **builder_kwargs)
+  builder = get_builder(name, data_dir, manual_dir=manual_dir, **builder_kwargs)
   if builder.is_prepared():
     return builder
   config = builder.builder_config.name if builder.builder_config else "default"
   with _file_lock(os.path.join(data_dir, f".{builder.name}-{config}.lock")):
-    builder = get_builder(name, data_dir, **builder_kwargs)  # re-read what another process wrote
+    # re-read what another process wrote
+    builder = get_builder(name, data_dir, manual_dir=manual_dir, **builder_kwargs)
     if not builder.is_prepared():
       download_config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
-      builder.download_and_prepare(download_config=download_config, file_format="array_record")
-  return get_builder(name, data_dir, **builder_kwargs)
+      try:
+        builder.download_and_prepare(download_config=download_config, file_format="array_record")
+      except BaseException:
+        _remove_empty_parents(builder.data_dir, data_dir)  # TFDS removed its incomplete.* folder
+        raise
+  return get_builder(name, data_dir, manual_dir=manual_dir, **builder_kwargs)
 
 
 def load_source(name: str, split: str, data_dir: str, *, manual_dir: Optional[str] = None,
