@@ -77,16 +77,19 @@ def mean_std(image: np.ndarray, mask: Optional[np.ndarray] = None) -> tuple[floa
 
 
 def normalize_channel(image: np.ndarray, spec: dict[str, Any],
-                      nonzero_mask: Optional[np.ndarray] = None) -> np.ndarray:
-  """One channel `(*S)` normalised by `spec` (see the module docstring); a new float32 array.
+                      nonzero_mask: Optional[np.ndarray] = None,
+                      out: Optional[np.ndarray] = None) -> np.ndarray:
+  """One channel `(*S)` normalised by `spec` (see the module docstring); float32.
 
   `nonzero_mask` `(*S)` bool is the non-zero region (needed when the spec
-  has `use_nonzero_mask`).
+  has `use_nonzero_mask`). The result is written to `out` (a float32 array
+  or view of shape `S`) when given, else to a new array.
   """
   scheme = spec.get("scheme")
   if scheme not in SCHEMES:
     raise InputError(f"plan normalization: unknown scheme {scheme!r}; expected one of {SCHEMES}")
-  out = np.empty(image.shape, np.float32)
+  if out is None:
+    out = np.empty(image.shape, np.float32)
   per_row = int(np.prod(image.shape[1:])) if image.ndim > 1 else 1
   if scheme == "ct":
     lo, hi = (float(v) for v in spec["clip"])

@@ -90,6 +90,9 @@ def preprocess_case(image: np.ndarray, label: Optional[np.ndarray], spacing: Seq
     mask = ndimage.binary_fill_holes(fingerprint.nonzero_mask(cropped))
   out = np.empty(new_shape + (image.shape[-1],), np.float32)
   for c, spec in enumerate(specs):
+    if new_shape == cropped_shape:  # nothing to resample: normalise straight into the output
+      normalization.normalize_channel(cropped[..., c], spec, mask, out=out[..., c])
+      continue
     channel = normalization.normalize_channel(cropped[..., c], spec, mask)
     resampling.resample_image(channel, new_shape, order=3, separate=separate, out=out[..., c],
                               overwrite_input=True)

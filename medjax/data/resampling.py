@@ -33,7 +33,7 @@ from scipy import ndimage
 from medjax.errors import InputError
 
 ANISOTROPY_THRESHOLD = 3.0
-SLAB_VOXELS = 1 << 22  # voxels of one slab's widest intermediate (16 MiB in float32)
+SLAB_VOXELS = 1 << 20  # voxels of one slab's widest intermediate (4 MiB in float32)
 
 
 def resampled_shape(shape: Sequence[int], spacing: Sequence[float],
@@ -214,7 +214,8 @@ def resample_labels(label: np.ndarray, new_shape: Sequence[int], *, order: int =
     index0, weight0 = taps[0][0][start:stop], taps[0][1][start:stop]
     lo, hi = int(index0.min()), int(index0.max()) + 1
     block = label[lo:hi]
-    present = set(np.unique(block).tolist())
+    present = set((np.flatnonzero(np.bincount(block.ravel())) if block.dtype.kind in "ub"
+                   else np.unique(block)).tolist())
     best = np.full((stop - start,) + new_shape[1:], -1.0, np.float32)
     winner = np.zeros(best.shape, label.dtype)
     for c in classes:
