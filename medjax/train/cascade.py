@@ -49,7 +49,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   """Trains both stages (resuming each), then evaluates the joint prediction.
 
   Writes `<workdir>/config.json`, one ordinary workdir per stage, and
-  `<workdir>/eval.json` + `report/` of the joint segmentation.
+  `<workdir>/eval.json`, `eval.csv`, `report/` and `postprocessing.json` (the
+  post-processing decided on the validation split) of the joint segmentation.
   """
   workdir = Workdir.of(workdir)
   configs = stage_configs(config)
@@ -76,7 +77,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   segmenter = CascadeSegmenter(*predictors, margin=cascade_margin(config))
   evaluation = segmentation.score_cases(segmenter, config, load_split(config, "test"))
   if jax.process_index() == 0:
-    segmentation.write_case_reports(config, evaluation, workdir, title="cascade, case")
+    segmentation.write_evaluation_outputs(config, evaluation, workdir, title="cascade, case")
   task = segmentation.SegmentationTask
   loop.finish(workdir, evaluation, item_name=task.item_name, metric_prefixes=task.summary_metrics,
               seconds=f"train {t1 - t0:.0f} s, eval {time.perf_counter() - t1:.0f} s; ")
