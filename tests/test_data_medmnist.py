@@ -119,3 +119,14 @@ def test_grey_flag_feeds_the_classification_pipeline(tmp_path):
                                                label_key="label"))
   assert batch["image"].shape == (4, 28, 28, 1)
   assert sorted(batch["label"].tolist()) == sorted(truth["train"]["labels"][:, 0].tolist())
+
+
+def test_convnet_medmnist_config_variants():
+  from experiments.configs import convnet_medmnist  # pylint: disable=g-import-not-at-top
+  config = convnet_medmnist.get_config("organmnist3d,64,smoke")
+  assert config.dataset == "medmnist/organmnist3d" and config.dataset_kwargs.size == 64
+  assert config.patch_size == (64, 64, 64) and config.model.spatial_dims == 3
+  assert config.num_classes == 11 and config.label_key == "label" and config.num_steps == 6
+  for variant in ("pathmnist", "chestmnist", "organmnist3d,224", "kits"):
+    with pytest.raises(ValueError, match="unknown config variant"):
+      convnet_medmnist.get_config(variant)

@@ -353,6 +353,9 @@ def read_case(case: RawCase, dataset: RawDataset) -> LoadedCase:
       _check_finite(case, volume.array, what)
       if first is None:
         first = volume
+        if len(channels) == 1:  # no second copy of a large single-channel volume
+          image = volume.array.astype(np.float32, copy=False)[..., None]
+          break
         image = np.empty(volume.array.shape + (len(channels),), np.float32)
       else:
         _same_grid(case, what, volume.array.shape, volume.spacing, volume.affine, first,
