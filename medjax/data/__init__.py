@@ -11,6 +11,10 @@ Modules (each with one job):
   preprocessed once per `manual_dir`; `prepared_metadata`).
 * `medmnist`: TFDS builder `medmnist/<flag>` (MedMNIST v2 `.npz`, 2D and 3D, every size).
 * `splits`: `kfold`, nnU-Net's deterministic 5-fold cross-validation.
+* `fingerprint`, `planning`: nnU-Net dataset fingerprint and plan (target
+  spacing, patch size, pooling, normalisation per channel).
+* `resampling`, `normalization`, `preprocessing`: `preprocess_case` (crop ->
+  normalise -> resample under a plan) and its inverse `to_native`.
 * `datasets`: `load_source(name, split, data_dir)`, prepares once under a lock.
 * `transforms`: `normalize_ct`, `random_flip`, `check_image`, `check_labels`.
 * `augment`: nnU-Net's augmentation in JAX, run on the device inside the training step.
@@ -30,9 +34,10 @@ stays cheap (TFDS and grain load only when used).
 import importlib
 from typing import Any
 
-_SUBMODULES = ("augment", "crop", "datasets", "folder_datasets", "io", "medmnist", "patches",
-               "pipeline", "raw_layouts", "splits", "synthetic", "synthetic_organs",
-               "synthetic_patches", "transforms")
+_SUBMODULES = ("augment", "crop", "datasets", "fingerprint", "folder_datasets", "io", "medmnist",
+               "normalization", "patches", "pipeline", "planning", "preprocessing", "raw_layouts",
+               "resampling", "splits", "synthetic", "synthetic_organs", "synthetic_patches",
+               "transforms")
 
 
 def __getattr__(name: str) -> Any:
