@@ -52,7 +52,7 @@ def check_case(image: np.ndarray, label: Optional[np.ndarray], spacing: Sequence
 
 
 def case_fingerprint(image: np.ndarray, label: Optional[np.ndarray], spacing: Sequence[float],
-                     *, seed: int = 0) -> dict[str, Any]:
+                     *, seed: int = 0, name: str = "case") -> dict[str, Any]:
   """Fingerprint of one case.
 
   Args:
@@ -61,6 +61,7 @@ def case_fingerprint(image: np.ndarray, label: Optional[np.ndarray], spacing: Se
       non-zero box instead of the foreground).
     spacing: mm per spatial axis.
     seed: of the intensity sampling.
+    name: names the case in an `InputError` (shapes or spacing that disagree).
 
   Returns:
     `{"shape", "spacing", "shape_after_crop", "relative_size_after_crop",
@@ -69,7 +70,7 @@ def case_fingerprint(image: np.ndarray, label: Optional[np.ndarray], spacing: Se
     channel without foreground).
   """
   image = np.asarray(image)
-  check_case(image, label, spacing)
+  check_case(image, label, spacing, name)
   box = nonzero_box(image)
   shape_after_crop = [s.stop - s.start for s in box]
   cropped = image[box]
