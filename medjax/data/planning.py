@@ -139,7 +139,8 @@ def plan_patch_size(spacing: Sequence[float], median_shape: Sequence[float],
         break
     else:
       break
-    patch = _round_up(patch, props(patch)[2])
+    # Down, not up as nnU-Net: rounding up could undo the step and never end.
+    patch = [max(p // d, 1) * d for p, d in zip(patch, props(patch)[2])]
   return patch
 
 
