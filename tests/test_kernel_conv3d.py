@@ -141,3 +141,36 @@ def test_lowers_for_accelerators(name, kernels, platform):
     text = export_for(f, platform, x, w, b, r, s).mlir_module()
     calls = re.findall(r"custom_call @([\w$.]+)", text)
     assert calls.count(CUSTOM_CALLS[platform]) >= n_min, (calls, f)
+
+
+def _valid_ref(xp, w, b):
+  return reference.conv3d(xp, w, b, padding="VALID")
+
+
+def test_split_k_and_channel_blocks_match_reference():
+  """C_in 40 in chunks of 16 (3 steps per tap, the last one zero-padded), C_out 20 in two
+  16-channel blocks on the fastest grid axis, 32-row Q blocks: the interpreted kernel
+  equals the reference."""
+  from medjax_kernels.conv3d import config as config_lib, pallas_gpu
+  xp, w, b, _, _, _ = _inputs((2, 5, 6, 7, 40), 3, 20, jnp.float32, None, False, 1, "VALID", 3)
+  cfg = config_lib.GpuConfig(block_q=32, block_co=16, block_k=16, num_warps=4, num_stages=3)
+  y = pallas_gpu.conv3d_valid(xp, w, b, activation=None, interpret=True, config=cfg)
+  _close(y, _valid_ref(xp, w, b), 1e-5)
+
+
+def test_large_operands_run_one_batch_element_per_call(monkeypatch):
+  """32-bit offsets: past `MAX_ELEMENTS` the batch is split (same numbers); a single
+  element past it is refused with a one-line error."""
+  from medjax_kernels.conv3d import pallas_gpu
+  xp, w, b, _, _, _ = _inputs((3, 4, 5, 6, 3), 3, 4, jnp.float32, None, False, 1, "VALID", 4)
+  want = _valid_ref(xp, w, b)
+  # per batch element: 2,208 elements (138 input rows x 16 padded channels), 3 of them
+  monkeypatch.setattr(pallas_gpu, "MAX_ELEMENTS", 3000)
+  f = lambda xp: pallas_gpu.conv3d_valid(xp, w, b, interpret=True)
+  (outer,) = jax.make_jaxpr(f)(xp).eqns
+  calls = [e for e in outer.params["jaxpr"].eqns if e.primitive.name == "jit"]
+  assert len(calls) == 3 and all(c.params["jaxpr"].in_avals[0].shape[0] == 1 for c in calls)
+  _close(f(xp), want, 1e-5)
+  monkeypatch.setattr(pallas_gpu, "MAX_ELEMENTS", 1000)
+  with pytest.raises(ValueError, match=r"one batch element .* > 2\^31-1"):
+    jax.eval_shape(lambda xp: pallas_gpu.conv3d_valid(xp[:1], w, b, interpret=True), xp)

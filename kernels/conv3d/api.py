@@ -26,9 +26,9 @@ What is Pallas and what is XLA in the Pallas implementations:
   the Pallas kernel without activation; ReLU/leaky ReLU read the mask off the
   saved output); the input gradient is the *same Pallas kernel* (a stride-1
   VALID convolution of the `k-1`-padded `dz` with the flipped, transposed
-  kernel); the weight gradient is XLA (`lax.conv_general_dilated`'s transpose
-  wrt the kernel). The XLA space-to-depth/padding ops are differentiated by
-  JAX as usual.
+  kernel); the weight gradient is XLA (one `lax.conv_general_dilated` of the
+  input with `dz` as the kernel, in the input dtype, float32 accumulation).
+  The XLA space-to-depth/padding ops are differentiated by JAX as usual.
 
 References: V-Net (Milletari et al. 2016): 5x5x5 convs, PReLU, residual
 stages, 2x2x2 stride-2 down convs; 3D U-Net (Cicek et al. 2016): 3x3x3 conv
@@ -46,7 +46,19 @@ from jax import lax
 from medjax_kernels import conv_xla, dispatch
 from medjax_kernels.conv3d import pallas_gpu, pallas_tpu, reference
 
-_KERNELS = {"pallas_gpu": pallas_gpu.conv3d_valid, "pallas_tpu": pallas_tpu.conv3d_valid}
+# Kernel names in the compiled program (what `medjax.bench.compile_check` and GPU
+# profiles show): the forward conv, the PReLU pre-activation recomputed in the
+# backward pass, the input gradient.
+KERNEL_NAMES = {"fwd": "medjax_conv3d", "recompute": "medjax_conv3d_recompute",
+                "dx": "medjax_conv3d_dx"}
+
+
+def _tpu_kernel(*args, name=None, **kw):
+  del name  # the Mosaic kernel has one name
+  return pallas_tpu.conv3d_valid(*args, **kw)
+
+
+_KERNELS = {"pallas_gpu": pallas_gpu.conv3d_valid, "pallas_tpu": _tpu_kernel}
 
 
 def _check(x, w, b, activation, prelu_slope, stride, padding, kernels, backend):
@@ -121,7 +133,8 @@ def _fused_bwd(backend, activation, interpret, res, dy):
   elif activation == "leaky_relu":
     g = jnp.where(y >= 0, g, reference.LEAKY_RELU_SLOPE * g)
   elif activation == "prelu":  # recompute the pre-activation (its sign needs z, not y)
-    z = kernel(xp, w, b, residual, None, activation=None).astype(jnp.float32)
+    z = kernel(xp, w, b, residual, None, activation=None,
+               name=KERNEL_NAMES["recompute"]).astype(jnp.float32)
     dslope = jnp.sum(jnp.where(z < 0, g * z, 0.0), axis=(0, 1, 2, 3)).astype(slope.dtype)
     g = jnp.where(z >= 0, g, slope.astype(jnp.float32) * g)
   db = None if b is None else jnp.sum(g, axis=(0, 1, 2, 3)).astype(b.dtype)
@@ -131,12 +144,15 @@ def _fused_bwd(backend, activation, interpret, res, dy):
   # Input gradient: full correlation with the flipped, transposed kernel (Pallas).
   dz_pad = jnp.pad(dz, [(0, 0)] + [(kk - 1, kk - 1) for kk in k] + [(0, 0)])
   w_t = jnp.flip(w, (0, 1, 2)).swapaxes(3, 4).astype(xp.dtype)
-  dxp = kernel(dz_pad, w_t, None, None, None, activation=None).astype(xp.dtype)
-  # Weight gradient: XLA's transpose of the convolution wrt the kernel.
-  conv = lambda w_: lax.conv_general_dilated(
-      xp, w_.astype(xp.dtype), (1, 1, 1), "VALID",
-      dimension_numbers=("NDHWC", "DHWIO", "NDHWC"), preferred_element_type=jnp.float32)
-  dw = jax.vjp(conv, w)[1](g)[0].astype(w.dtype)
+  dxp = kernel(dz_pad, w_t, None, None, None, activation=None,
+               name=KERNEL_NAMES["dx"]).astype(xp.dtype)
+  # Weight gradient (XLA): dw[t, ci, co] = sum_{n,o} xp[n, o + t, ci] dz[n, o, co], one
+  # convolution of the input with dz as the kernel (N contracted, C_in as its batch), in the
+  # input dtype with float32 accumulation; not the autodiff transpose of a float32 conv,
+  # which read x and a float32 dy through NCDHW transposes (issue 13, finding 4).
+  dw = lax.conv_general_dilated(
+      xp, dz, (1, 1, 1), "VALID", dimension_numbers=("CDHWN", "IDHWO", "DHWNC"),
+      preferred_element_type=jnp.float32).astype(w.dtype)
   return dxp, dw, db, dres, dslope
 
 

@@ -1,8 +1,8 @@
 """Block sizes for the conv3d kernels, a heuristic to pick them, and a search space.
 
-The kernels compute the convolution as a sum over taps of shifted
-`(BLOCK_Q, C_in) @ (C_in, BLOCK_CO)` matmuls, where Q enumerates output voxels
-on the padded-width grid (see `pallas_gpu.py`).
+The kernels compute the convolution as a sum over taps (and, on GPU, over C_in
+chunks) of shifted `(BLOCK_Q, BLOCK_K) @ (BLOCK_K, BLOCK_CO)` matmuls, where Q
+enumerates output voxels on the padded-width grid (see `pallas_gpu.py`).
 """
 from __future__ import annotations
 
@@ -15,30 +15,62 @@ def next_pow2(n: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class GpuConfig:
-  """Triton tile sizes: output voxels per program, output channels per program."""
+  """Triton tiles: output voxels and output channels per program, input channels per
+  pipelined step (the split-K chunk), warps and software-pipeline stages."""
   block_q: int = 64
-  block_co: int = 32
+  block_co: int = 64
+  block_k: int = 32
   num_warps: int = 4
-  num_stages: int = 2
+  num_stages: int = 3
 
 
-def gpu_config(c_in: int, c_out: int, q_total: int, dtype_bytes: int = 4) -> GpuConfig:
-  """Heuristic: a (BLOCK_Q, C_in) input tile and a (C_in, BLOCK_CO) weight tile
-  in registers/shared memory; wide C_in gets fewer rows so the tiles stay ~64 KiB."""
+# H100: 132 SMs; fewer than two programs per SM leaves SMs idle in the last wave.
+MIN_PROGRAMS = 2 * 132
+
+# Output-channel tile -> (block_q, block_co, num_warps). The float32 accumulator is
+# block_q * block_co / (32 * num_warps) registers per thread: 64 in every row, which
+# with the operand fragments stays under 168 registers (3 CTAs/SM of 4 warps, 1-2 of
+# 8 warps) -- measured with `python -m experiments.compile_check` (benchmarks/RESULTS.md).
+GPU_TILES = {
+    16: (128, 16, 4),
+    32: (128, 32, 4),
+    64: (128, 64, 4),
+    128: (128, 128, 8),
+}
+
+
+def gpu_config(c_in: int, c_out: int, q_total: int, dtype_bytes: int = 4,
+               batch: int = 1) -> GpuConfig:
+  """Block sizes for one conv (channels already counted before padding).
+
+  * `block_k`: 128 bytes of input channels per row and step (32 float32, 64
+    bfloat16; fewer if C_in is smaller): the shared memory per pipeline stage is
+    `(block_q + block_co) * block_k * dtype_bytes` <= 32 KiB, so 3 stages fit any
+    C_in (a 64x1024 tile needed 256 KiB > the H100's 227 KiB: no C_in loop).
+  * `block_q`, `block_co`, `num_warps`: `GPU_TILES` by padded C_out (wider C_out
+    takes 128-channel tiles); `block_q` halves (down to 32) while the grid has
+    fewer than `MIN_PROGRAMS` programs.
+  * `num_stages`: 3 (cp.async multi-buffering of the (tap x C_in chunk) loop).
+  """
   c_in_p, c_out_p = max(16, next_pow2(c_in)), max(16, next_pow2(c_out))
-  block_co = min(c_out_p, 64)
-  block_q = 128 if c_in_p * dtype_bytes <= 128 else 64
+  block_k = min(c_in_p, 128 // dtype_bytes)
+  block_q, block_co, num_warps = GPU_TILES[min(c_out_p, 128)]
+  programs = lambda bq, bco: batch * -(-q_total // bq) * (c_out_p // bco)
+  if block_co == 128 and programs(block_q, block_co) < MIN_PROGRAMS:
+    block_co, num_warps = 64, 4
+  while block_q > 32 and programs(block_q, block_co) < MIN_PROGRAMS:
+    block_q //= 2
   block_q = min(block_q, max(16, next_pow2(q_total)))
-  num_warps = 4 if block_q * block_co <= 64 * 64 else 8
-  return GpuConfig(block_q=block_q, block_co=block_co, num_warps=num_warps)
+  return GpuConfig(block_q=block_q, block_co=block_co, block_k=block_k, num_warps=num_warps)
 
 
 # Autotuning search space (for a sweep on a real GPU; the heuristic is the default).
 GPU_SEARCH_SPACE = {
     "block_q": (32, 64, 128, 256),
     "block_co": (16, 32, 64, 128),
-    "num_warps": (2, 4, 8),
-    "num_stages": (1, 2, 3),
+    "block_k": (16, 32, 64),
+    "num_warps": (4, 8),
+    "num_stages": (2, 3, 4),
 }
 
 

@@ -15,8 +15,26 @@ contiguous `(BLOCK_Q, C_in)` load and a `(BLOCK_Q, C_in) @ (C_in, BLOCK_CO)`
 dot accumulated in float32. Rows with `h >= H_out` or `w >= W_out` are
 computed and thrown away (`(Hp*Wp)/(H_out*W_out) - 1`, ~6 % at 64^2, kernel 3).
 
-Grid: (N, Q blocks, C_out blocks). Triton dots need every dim >= 16 and
-powers of two, so channels are padded to a power of two >= 16 here.
+Split-K: every program runs one loop over (tap x C_in chunk of `BLOCK_K`), so
+a step holds a `(BLOCK_Q, BLOCK_K)` and a `(BLOCK_K, BLOCK_CO)` tile whatever
+C_in is (space-to-depth makes C_in 1024 for V-Net's 128->256 down conv, whose
+single 64x1024 tile needed more shared memory than an H100 has), and Triton
+software-pipelines the loop (`num_stages` cp.async buffers) for every window
+size. Block sizes: `config.gpu_config`.
+
+Grid: `(Q blocks * C_out blocks, N)`, C_out blocks fastest, so the programs
+that read the same input rows run next to each other (the rows come from L2
+once, not once per C_out block); the flat first axis also lifts the 65,535
+limit of the second and third grid axes. Triton dots need every dim >= 16 and
+powers of two, so channels are padded to a power of two >= 16 here. Pointer
+offsets are 32-bit: a call whose operands have >= 2^31 elements runs one batch
+element at a time, and a single element that large is refused.
+
+Precision: float32 inputs go through the tensor cores as TF32 (Triton's
+default for float32 dots on sm_80+: 10-bit mantissa products, float32
+accumulation; relative error ~1e-3 against exact float32), bfloat16 inputs as
+bfloat16 products with float32 accumulation. The interpreter computes exact
+float32, so the interpreter tests do not see the TF32 rounding.
 """
 from __future__ import annotations
 
@@ -47,10 +65,10 @@ def _epilogue(acc, b_ref, r_ref, s_ref, activation):
   return acc
 
 
-def conv_kernel(x_ref, w_ref, *refs, shifts: tuple[int, ...], dims: tuple[int, ...],
-                block_q: int,
-                has_bias: bool, has_residual: bool, activation: Optional[str]):
-  """One (BLOCK_Q, BLOCK_CO) output tile.
+def conv_kernel(x_ref, w_ref, *refs, dims: tuple[int, ...], block_q: int, block_k: int,
+                n_k: int, n_co: int, has_bias: bool, has_residual: bool,
+                activation: Optional[str]):
+  """One (BLOCK_Q, BLOCK_CO) output tile: a loop over (tap, C_in chunk) pairs.
 
   Refs: x `(L, C_in)` (one batch element, flattened padded volume), w
   `(T, C_in, BLOCK_CO)`, [b `(1, BLOCK_CO)`], [r `(BLOCK_Q, BLOCK_CO)`],
@@ -61,22 +79,19 @@ def conv_kernel(x_ref, w_ref, *refs, shifts: tuple[int, ...], dims: tuple[int, .
   b_ref = refs.pop(0) if has_bias else None
   r_ref = refs.pop(0) if has_residual else None
   s_ref = refs.pop(0) if activation == "prelu" else None
-  q0 = pl.program_id(1) * block_q
-  acc = jnp.zeros(o_ref.shape, jnp.float32)
-  if len(shifts) <= 27:  # unrolled: constant offsets
-    for t, shift in enumerate(shifts):
-      xt = x_ref[pl.ds(q0 + shift, block_q), :]
-      acc += jnp.dot(xt, w_ref[t], preferred_element_type=jnp.float32)
-  else:  # 5x5x5: a loop keeps compile time down; the shift is computed from the tap
-    kd_, hpwp, wp, kh, kw = dims
+  q0 = (pl.program_id(0) // n_co) * block_q
+  taps, hpwp, wp, kh, kw = dims
 
-    def tap(t, acc):
-      a, rem = jax.lax.div(t, kh * kw), jax.lax.rem(t, kh * kw)
-      shift = a * hpwp + jax.lax.div(rem, kw) * wp + jax.lax.rem(rem, kw)
-      xt = x_ref[pl.ds(q0 + shift, block_q), :]
-      return acc + jnp.dot(xt, w_ref[t], preferred_element_type=jnp.float32)
+  def step(i, acc):
+    t, kc = jax.lax.div(i, n_k), jax.lax.rem(i, n_k)
+    a, rem = jax.lax.div(t, kh * kw), jax.lax.rem(t, kh * kw)
+    shift = a * hpwp + jax.lax.div(rem, kw) * wp + jax.lax.rem(rem, kw)
+    k0 = pl.multiple_of(kc * block_k, block_k)
+    xt = x_ref[pl.ds(q0 + shift, block_q), pl.ds(k0, block_k)]
+    wt = w_ref[t, pl.ds(k0, block_k), :]
+    return acc + jnp.dot(xt, wt, preferred_element_type=jnp.float32)
 
-    acc = jax.lax.fori_loop(0, len(shifts), tap, acc)
+  acc = jax.lax.fori_loop(0, taps * n_k, step, jnp.zeros(o_ref.shape, jnp.float32))
   o_ref[...] = _epilogue(acc, b_ref, r_ref, s_ref, activation).astype(o_ref.dtype)
 
 
@@ -88,66 +103,89 @@ def _pad_axis(a, axis, size):
   return jnp.pad(a, pads)
 
 
-@functools.partial(jax.jit, static_argnames=("activation", "interpret", "config"))
+# Largest element count a 32-bit pointer offset reaches.
+MAX_ELEMENTS = 2 ** 31 - 1
+
+
+@functools.partial(jax.jit, static_argnames=("activation", "interpret", "config", "name"))
 def conv3d_valid(xp: jax.Array, w: jax.Array, b: Optional[jax.Array] = None,
                  residual: Optional[jax.Array] = None, prelu_slope: Optional[jax.Array] = None,
                  *, activation: Optional[str] = None, interpret: bool = False,
-                 config: Optional[config_lib.GpuConfig] = None) -> jax.Array:
+                 config: Optional[config_lib.GpuConfig] = None,
+                 name: str = "medjax_conv3d") -> jax.Array:
   """`act(conv_valid_stride1(xp, w) + b + residual)` on GPU (Triton).
 
   Args:
     xp: padded input `(N, Dp, Hp, Wp, C_in)`.
     w: `(kd, kh, kw, C_in, C_out)`.
     b, prelu_slope: `(C_out,)` or None; residual: `(N, Do, Ho, Wo, C_out)` or None.
+    config: block sizes; `config.gpu_config` of the shape when None.
+    name: the kernel's name in the compiled program (profiles, `compile_check`).
   Returns:
     `(N, Do, Ho, Wo, C_out)` with `Do = Dp - kd + 1` etc., in `xp.dtype`.
+  Raises:
+    ValueError: one batch element has >= 2^31 elements in an operand.
   """
   n, dp, hp, wp, c_in = xp.shape
   kd, kh, kw, _, c_out = w.shape
   do, ho, wo = dp - kd + 1, hp - kh + 1, wp - kw + 1
   q_valid = do * hp * wp  # output rows on the padded grid
-  cfg = config or config_lib.gpu_config(c_in, c_out, q_valid, xp.dtype.itemsize)
   c_in_p = max(16, config_lib.next_pow2(c_in))
+  cfg = config or config_lib.gpu_config(c_in, c_out, q_valid, xp.dtype.itemsize, batch=n)
   c_out_p = pl.cdiv(max(16, config_lib.next_pow2(c_out)), cfg.block_co) * cfg.block_co
   n_q = pl.cdiv(q_valid, cfg.block_q)
   q_total = n_q * cfg.block_q
-  shifts = tuple(a * hp * wp + bb * wp + c
-                 for a in range(kd) for bb in range(kh) for c in range(kw))
-  length = q_total + shifts[-1]
+  taps = kd * kh * kw
+  length = q_total + (kd - 1) * hp * wp + (kh - 1) * wp + kw - 1
+  per_sample = max(length * c_in_p, q_total * c_out_p)
+  if per_sample > MAX_ELEMENTS:
+    raise ValueError(f"conv3d: one batch element of {xp.shape} -> C_out={c_out} needs "
+                     f"{per_sample} elements > 2^31-1 (32-bit offsets): tile the volume, "
+                     "e.g. with medjax.inference.sliding_window")
+  if n > 1 and n * per_sample > MAX_ELEMENTS:  # one batch element per call
+    call = functools.partial(conv3d_valid, activation=activation, interpret=interpret,
+                             config=cfg, name=name)
+    return jnp.concatenate([
+        call(xp[i:i + 1], w, b, None if residual is None else residual[i:i + 1], prelu_slope)
+        for i in range(n)])
 
   x_flat = _pad_axis(_pad_axis(xp, 4, c_in_p).reshape(n, dp * hp * wp, c_in_p), 1, length)
   w_flat = _pad_axis(_pad_axis(w.astype(xp.dtype), 3, c_in_p), 4, c_out_p)
-  w_flat = w_flat.reshape(kd * kh * kw, c_in_p, c_out_p)
+  w_flat = w_flat.reshape(taps, c_in_p, c_out_p)
+  n_co = c_out_p // cfg.block_co
   args = [x_flat, w_flat]
   in_specs = [
-      pl.BlockSpec((None, length, c_in_p), lambda i, q, co: (i, 0, 0)),
-      pl.BlockSpec((kd * kh * kw, c_in_p, cfg.block_co), lambda i, q, co: (0, 0, co)),
+      pl.BlockSpec((None, length, c_in_p), lambda j, i: (i, 0, 0)),
+      pl.BlockSpec((taps, c_in_p, cfg.block_co), lambda j, i: (0, 0, j % n_co)),
   ]
-  vec_spec = pl.BlockSpec((1, cfg.block_co), lambda i, q, co: (0, co))
+  vec_spec = pl.BlockSpec((1, cfg.block_co), lambda j, i: (0, j % n_co))
+  tile_spec = pl.BlockSpec((None, cfg.block_q, cfg.block_co),
+                           lambda j, i: (i, j // n_co, j % n_co))
   if b is not None:
     args.append(_pad_axis(b.astype(jnp.float32).reshape(1, c_out), 1, c_out_p))
     in_specs.append(vec_spec)
   if residual is not None:
     r = jnp.pad(residual, ((0, 0), (0, 0), (0, hp - ho), (0, wp - wo), (0, c_out_p - c_out)))
     args.append(_pad_axis(r.reshape(n, q_valid, c_out_p), 1, q_total))
-    in_specs.append(pl.BlockSpec((None, cfg.block_q, cfg.block_co), lambda i, q, co: (i, q, co)))
+    in_specs.append(tile_spec)
   if activation == "prelu":
     args.append(_pad_axis(prelu_slope.astype(jnp.float32).reshape(1, c_out), 1, c_out_p))
     in_specs.append(vec_spec)
 
+  block_k = min(cfg.block_k, c_in_p)
   kernel = functools.partial(
-      conv_kernel, shifts=shifts, dims=(kd, hp * wp, wp, kh, kw), block_q=cfg.block_q,
-      has_bias=b is not None,
+      conv_kernel, dims=(taps, hp * wp, wp, kh, kw), block_q=cfg.block_q, block_k=block_k,
+      n_k=c_in_p // block_k, n_co=n_co, has_bias=b is not None,
       has_residual=residual is not None, activation=activation)
   y = pl.pallas_call(
       kernel,
       out_shape=jax.ShapeDtypeStruct((n, q_total, c_out_p), xp.dtype),
-      grid=(n, n_q, c_out_p // cfg.block_co),
+      grid=(n_q * n_co, n),
       in_specs=in_specs,
-      out_specs=pl.BlockSpec((None, cfg.block_q, cfg.block_co), lambda i, q, co: (i, q, co)),
+      out_specs=tile_spec,
       compiler_params=plgpu.CompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages),
       interpret=interpret,
-      name="medjax_conv3d",
+      name=name,
   )(*args)
   y = y[:, :q_valid].reshape(n, do, hp, wp, c_out_p)
   return y[:, :, :ho, :wo, :c_out]

@@ -1,0 +1,94 @@
+"""`python -m experiments.compile_check`: the Pallas kernels compiled for an H100 (sm_90a)
+on this CPU machine, by XLA's Triton pipeline and ptxas (the `[gpu-check]` tools).
+
+A representative subset (float32 and bfloat16; conv3d forward + input gradient +
+PReLU recompute; soft-Dice forward + backward) with V-Net's 2x2x2 stride-2 128->256
+down conv kept as the regression case: its single 64x1024 tile needed 262,144 B of
+shared memory, more than the H100's 232,448 B (issue 13, finding 1).
+
+The tools are installed by `python -m experiments.compile_check --install_tools`
+(`.ci/run` does it); without them the launcher's one-line error is checked, and the
+compile test fails saying so.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from medjax.bench import compile_check
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SUBSET = (r"conv3d/cpu_unet_l1_16to32_|conv3d/vnet_down3_k2s2_128to256_|"
+          r"soft_dice/vnet_96\^3_b2_k3_\w+/squared=False")
+
+
+def _launch(*flags, env=None):
+  return subprocess.run([sys.executable, "-m", "experiments.compile_check", *flags], cwd=REPO,
+                        capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_subset_compiles_for_h100_without_spills(tmp_path):
+  try:
+    compile_check.tools_env()
+  except compile_check.InputError as e:
+    pytest.fail(f"{e} (.ci/run installs them)")
+  out = tmp_path / "check.json"
+  proc = _launch("--only", SUBSET, "--json", str(out))
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+  result = json.loads(out.read_text())
+  rows = result["rows"]
+  assert result["target"] == "h100" and result["summary"]["failures"] == 0
+  # both dtypes, conv forward and both backward kernels, soft Dice both ways
+  seen = {(r["case"].split("/")[0], r["dtype"], r["kernel"]) for r in rows}
+  for dtype in ("float32", "bfloat16"):
+    for kernel in ("medjax_conv3d", "medjax_conv3d_dx", "medjax_conv3d_recompute"):
+      assert ("conv3d", dtype, kernel) in seen
+    for kernel in ("soft_dice_stats_fwd", "soft_dice_stats_bwd"):
+      assert ("soft_dice", dtype, kernel) in seen
+  for r in rows:
+    assert "error" not in r, r
+    assert r["spill_stores"] == r["spill_loads"] == 0, r
+    assert 0 < r["smem"] <= compile_check.TARGETS["h100"].smem_per_block, r
+    assert 0 < r["regs"] <= 255 and r["ctas_per_sm"] >= 1, r
+  # the regression case: every kernel of the V-Net down conv fits, with room for 2+ CTAs/SM
+  down = [r for r in rows if "vnet_down3" in r["case"]]
+  assert len(down) == 6 and all(r["smem"] <= 64 * 1024 and r["ctas_per_sm"] >= 2 for r in down)
+  # the conv loop over (tap x C_in chunk) is software-pipelined (cp.async multi-buffering)
+  assert all(r["cp_async"] > 0 for r in rows if r["kernel"].startswith("medjax_conv3d"))
+  # the table printed one line per kernel instance, with the summary
+  assert proc.stdout.count("conv3d/vnet_down3") == 6
+  assert f"{len(rows)} kernel instances" in proc.stdout
+
+
+def test_missing_tools_is_one_line(tmp_path):
+  env = dict(os.environ, MEDJAX_GPU_CHECK_TOOLS=str(tmp_path / "none"))
+  proc = _launch("--only", "vnet_down3", env=env)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().count("\n") == 0
+  assert proc.stderr.startswith("error: the [gpu-check] tools") and "--install_tools" in proc.stderr
+
+
+def test_bad_arguments_are_one_line():
+  with pytest.raises(compile_check.InputError, match="--target='a100': expected one of h100"):
+    compile_check.run("a100")
+  with pytest.raises(compile_check.InputError, match="--dtypes='float16'"):
+    compile_check.run("h100", dtypes=("float16",))
+  with pytest.raises(compile_check.InputError, match=r"--only='\(': not a regular expression"):
+    compile_check.run("h100", only="(")
+
+
+def test_pins_and_occupancy():
+  pins = compile_check.pinned_tools()
+  assert all("==" in p for p in pins)
+  assert {p.split("==")[0] for p in pins} == {
+      "jax-cuda12-plugin", "jax-cuda12-pjrt", "nvidia-cuda-nvcc-cu12"}
+  h100 = compile_check.TARGETS["h100"]
+  # 4 warps: 128 registers -> 65536 / (128 * 128) = 4 CTAs; 255 -> 2 (rounded to 256/thread);
+  # shared memory 100 KiB (+1 KiB reserved) -> 2; 8 warps, 64 registers -> 4
+  assert compile_check.ctas_per_sm(128, 0, 4, h100) == 4
+  assert compile_check.ctas_per_sm(255, 0, 4, h100) == 2
+  assert compile_check.ctas_per_sm(32, 100 * 1024, 4, h100) == 2
+  assert compile_check.ctas_per_sm(64, 0, 8, h100) == 4
+  assert compile_check.ctas_per_sm(16, 0, 1, h100) == 32  # block slots
