@@ -42,6 +42,7 @@ import numpy as np
 
 from medjax import parallel
 from medjax.bench import torch_unet
+from medjax.data import augment
 from medjax.errors import InputError
 from medjax.train import compile_cache, config_check, loop, tasks
 from medjax.train.model_factory import build_model
@@ -133,8 +134,11 @@ def time_train_step(config: ml_collections.ConfigDict, *, steps: int, warmup: in
   state = loop.init_state(config, model, tx, task.input_shape(config))
   init_s = time.perf_counter() - t0  # parameter initialisation, its compile included
   params = int(sum(np.prod(p.shape) for p in jax.tree.leaves(state.params)))
+  augmentation = augment.from_config(config.get("augment"), spacing=config.spacing,
+                                     spatial_dims=len(config.patch_size))
   step_fn = dp.spmd(make_train_step(model, loss_fn, seed=config.seed,
-                                    objective=task.objective(config, loss_fn)),
+                                    objective=task.objective(config, loss_fn),
+                                    augmentation=augmentation),
                     batch_argnums=(1,), donate_argnums=(0,))
   dstate = dp.replicate(state)
   batch = dp.shard_batch(_random_batch(config, task, config.seed))
