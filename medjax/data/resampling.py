@@ -120,23 +120,33 @@ def _apply_axis(x: np.ndarray, index: np.ndarray, weight: np.ndarray, axis: int)
   return out
 
 
+def _slabs(shape: Sequence[int], new_shape: Sequence[int], orders: Sequence[int]):
+  """Output slabs along axis 0: yields `(rows, inputs, interpolate)` where
+  `out[rows]` = `interpolate(values[inputs])` for any `values` of `shape`
+  (`interpolate` runs the 1D interpolations of every axis on the slab)."""
+  taps = [interpolation_taps(n_in, n_out, o) for n_in, n_out, o in zip(shape, new_shape, orders)]
+  widest = max(int(np.prod(shape[1:])), int(np.prod(new_shape[1:])), 1)
+  step = max(1, SLAB_VOXELS // widest)
+  for start in range(0, new_shape[0], step):
+    rows = slice(start, min(start + step, new_shape[0]))
+    index0, weight0 = taps[0][0][rows], taps[0][1][rows]
+    lo, hi = int(index0.min()), int(index0.max()) + 1
+
+    def interpolate(block, index0=index0 - lo, weight0=weight0):
+      block = _apply_axis(block, index0, weight0, 0)
+      for axis in range(1, len(shape)):
+        block = _apply_axis(block, *taps[axis], axis)
+      return block
+
+    yield rows, slice(lo, hi), interpolate
+
+
 def _interpolate(values: np.ndarray, new_shape: Sequence[int], orders: Sequence[int],
                  out: np.ndarray) -> np.ndarray:
   """Writes the tensor-product interpolation of `values` `(*S)` (already
   prefiltered along its cubic axes) into `out` `(*new_shape)`, slab by slab."""
-  taps = [interpolation_taps(n_in, n_out, o)
-          for n_in, n_out, o in zip(values.shape, new_shape, orders)]
-  widest = max(int(np.prod(values.shape[1:])), int(np.prod(new_shape[1:])), 1)
-  rows = max(1, SLAB_VOXELS // widest)
-  for start in range(0, new_shape[0], rows):
-    stop = min(start + rows, new_shape[0])
-    index0, weight0 = taps[0]
-    index0, weight0 = index0[start:stop], weight0[start:stop]
-    lo, hi = int(index0.min()), int(index0.max()) + 1
-    slab = _apply_axis(values[lo:hi], index0 - lo, weight0, 0)
-    for axis in range(1, values.ndim):
-      slab = _apply_axis(slab, *taps[axis], axis)
-    out[start:stop] = slab
+  for rows, inputs, interpolate in _slabs(values.shape, new_shape, orders):
+    out[rows] = interpolate(values[inputs])
   return out
 
 
@@ -187,7 +197,8 @@ def resample_labels(label: np.ndarray, new_shape: Sequence[int], *, order: int =
   one-hot mask interpolated linearly, the voxel takes the class of largest
   value (ties to the lower class), so only classes present in the input
   appear. `order=0`: nearest neighbour. The `separate` axis is always nearest.
-  `classes` (default: those present) limits the classes considered.
+  `classes` (default: 0 to the largest value; labels are >= 0) limits the
+  classes considered.
   """
   label = np.asarray(label)
   new_shape = tuple(int(n) for n in new_shape)
@@ -202,32 +213,22 @@ def resample_labels(label: np.ndarray, new_shape: Sequence[int], *, order: int =
     return label[np.ix_(*index)]
   if order != 1:
     raise ValueError(f"label interpolation order must be 0 or 1, got {order}")
-  if classes is None:
-    classes = np.unique(label)
-  taps = [interpolation_taps(n_in, n_out, o)
-          for n_in, n_out, o in zip(label.shape, new_shape, orders)]
+  if classes is None:  # every value up to the largest; absent ones are skipped per slab
+    classes = range(int(label.max()) + 1) if label.size else ()
   out = np.zeros(new_shape, label.dtype)
-  widest = max(int(np.prod(label.shape[1:])), int(np.prod(new_shape[1:])), 1)
-  rows = max(1, SLAB_VOXELS // widest)
-  for start in range(0, new_shape[0], rows):
-    stop = min(start + rows, new_shape[0])
-    index0, weight0 = taps[0][0][start:stop], taps[0][1][start:stop]
-    lo, hi = int(index0.min()), int(index0.max()) + 1
-    block = label[lo:hi]
+  for rows, inputs, interpolate in _slabs(label.shape, new_shape, orders):
+    block = label[inputs]
     present = set((np.flatnonzero(np.bincount(block.ravel())) if block.dtype.kind in "ub"
                    else np.unique(block)).tolist())
-    best = np.full((stop - start,) + new_shape[1:], -1.0, np.float32)
-    winner = np.zeros(best.shape, label.dtype)
+    best = np.full(out[rows].shape, -1.0, np.float32)
+    winner = out[rows]
     for c in classes:
-      if c not in present:
+      if c not in present:  # its mask is 0 here: it never wins
         continue
-      slab = _apply_axis((block == c).astype(np.float32), index0 - lo, weight0, 0)
-      for axis in range(1, label.ndim):
-        slab = _apply_axis(slab, *taps[axis], axis)
-      better = slab > best
-      best[better] = slab[better]
+      value = interpolate((block == c).astype(np.float32))
+      better = value > best
+      best[better] = value[better]
       winner[better] = c
-    out[start:stop] = winner
   return out
 
 
