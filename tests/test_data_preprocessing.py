@@ -139,6 +139,9 @@ def test_bad_input_names_the_case():
                                   name="liver_3")
   with pytest.raises(InputError, match="liver_3: spacing .* has 2 entries"):
     preprocessing.preprocess_case(image, label, (1.0, 1.0), np.eye(4), plan, name="liver_3")
+  with pytest.raises(InputError, match=r"liver_3: affine must be a finite 4x4 matrix, got shape \(3, 3\)"):
+    preprocessing.preprocess_case(image, label, spacing, np.eye(3), plan, name="liver_3")
+  assert preprocessing.preprocess_case(image, None, spacing, None, plan).record["original_affine"] is None
   with pytest.raises(InputError, match="to_native: array of shape"):
     preprocessing.to_native(np.zeros((3, 3, 3), np.uint8), {"preprocessed_shape": [4, 4, 4],
                             "cropped_shape": [4, 4, 4], "original_shape": [4, 4, 4],

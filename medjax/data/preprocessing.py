@@ -40,6 +40,13 @@ def _box_slices(record: dict) -> tuple[slice, ...]:
   return tuple(slice(int(a), int(b)) for a, b in record["crop_box"])
 
 
+def _affine_list(affine: Any, name: str) -> list[list[float]]:
+  affine = np.asarray(affine, np.float64)
+  if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
+    raise InputError(f"{name}: affine must be a finite 4x4 matrix, got shape {affine.shape}")
+  return affine.tolist()
+
+
 def _check_plan(plan: dict, channels: int, ndim: int, name: str) -> None:
   for key in ("target_spacing", "normalization"):
     if key not in plan:
@@ -60,7 +67,7 @@ def preprocess_case(image: np.ndarray, label: Optional[np.ndarray], spacing: Seq
     image: `(*S, C)` any real dtype.
     label: `(*S)` integer in [0, 255], or None.
     spacing: mm per spatial axis of `image`.
-    affine: 4x4 voxel-to-world matrix (kept in the record).
+    affine: 4x4 voxel-to-world matrix (kept in the record), or None.
     plan: `planning.make_plan` output.
     name: names the case in errors.
 
@@ -104,7 +111,7 @@ def preprocess_case(image: np.ndarray, label: Optional[np.ndarray], spacing: Seq
   record = {
       "original_shape": [int(n) for n in spatial],
       "original_spacing": [float(s) for s in spacing],
-      "original_affine": np.asarray(affine, np.float64).reshape(4, 4).tolist(),
+      "original_affine": None if affine is None else _affine_list(affine, name),
       "crop_box": _box_list(box),
       "cropped_shape": [int(n) for n in cropped_shape],
       "preprocessed_shape": [int(n) for n in new_shape],
