@@ -1,15 +1,20 @@
 """A run on a folder dataset: its plan applied and inverted by the predictor
 (predictions on the input's own grid)."""
+import os
 import types
 
 import ml_collections
 import numpy as np
 import pytest
 
+import dataset_writers as writers
+from experiments.configs import unet3d_folder
 from medjax import metrics
-from medjax.data import fingerprint, planning
+from medjax.data import fingerprint, io, planning
 from medjax.errors import InputError
-from medjax.train.predictor import RunPredictor
+from medjax.train import run
+from medjax.train.predictor import RunPredictor, load_predictor
+from medjax.train.workdir import Workdir
 
 
 def _sphere(shape, spacing, centre_mm, radius_mm):
@@ -82,3 +87,38 @@ def test_predict_volume_applies_the_plan_and_returns_the_native_grid():
   with pytest.raises(InputError, match=r"^image: 2 channel\(s\); the model expects 1"):
     predictor.predict_volume(types.SimpleNamespace(array=np.zeros((10, 30, 26, 2), np.float32),
                                                    spacing=(3.0, 0.7, 0.9), affine=affine))
+
+
+def test_unet3d_folder_trains_on_an_nnunet_raw_folder_and_predicts_on_the_input_grid(tmp_path):
+  raw = tmp_path / "Dataset007_Tiny"
+  cases = ("case_a", "case_b", "case_c", "case_d")
+  truth = writers.write_nnunet_raw(str(raw), cases, channel_names=("CT",), test_cases=("case_t",))
+  config = unet3d_folder.get_config("smoke")
+  config.data_dir = str(tmp_path / "data")
+  config.dataset_kwargs.manual_dir = str(raw)
+  results = run.train_and_evaluate(config, str(tmp_path / "run"))
+  assert [c["case"] for c in results["per_case"]] == ["case_t"]  # the labelled imagesTs
+  assert 0.0 <= results["dice/organ"] <= 1.0
+  workdir = Workdir(str(tmp_path / "run"))
+  splits = workdir.read_splits()
+  assert (splits["fold"], splits["num_folds"], splits["test"]) == (0, 2, ["case_t"])
+  assert sorted(splits["train"] + splits["validation"]) == list(cases)
+  assert len(splits["validation"]) == 2
+  plan = workdir.read_plan()
+  saved = workdir.read_config()  # the fields the plan and dataset.json filled in
+  assert (saved.num_classes, saved.class_names, saved.in_channels) == (
+      3, ("background", "organ", "lesion"), 1)
+  assert list(saved.patch_size) == plan["patch_size"]
+  assert [list(k) for k in saved.model.kernel_sizes] == plan["kernel_sizes"][:2]
+  assert saved.normalization == "none"
+
+  # A raw test image, read as experiments.predict reads it; the result goes back on its grid.
+  path = os.path.join(raw, "imagesTs", "case_t_0000.nii.gz")
+  volume = io.read_image(path)
+  labels, probs = load_predictor(str(tmp_path / "run")).predict_volume(volume, name=path)
+  assert labels.shape == truth["case_t"]["label"].shape == volume.array.shape
+  assert probs.shape == (*volume.array.shape, 3)
+  np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
+  back = io.read_image(io.write_nifti(str(tmp_path / "case_t_seg.nii.gz"), labels, volume.affine))
+  np.testing.assert_array_equal(back.array, labels)
+  np.testing.assert_allclose(back.affine, truth["case_t"]["affine"], atol=1e-5)

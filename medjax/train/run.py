@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from medjax.train import cascade, compile_cache, loop
+from medjax.train import cascade, compile_cache, loop, sources
 from medjax.train.predictor import is_cascade
 
 
@@ -21,6 +21,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   (`medjax.train.compile_cache`), so that a second launch skips compiling.
   """
   compile_cache.setup(config)
+  config = sources.resolve_dataset(config)  # a folder dataset's classes, channels, patch, U-Net
   if is_cascade(config):
     return cascade.train_and_evaluate(config, workdir)
   return loop.train_and_evaluate(config, workdir)
