@@ -150,9 +150,12 @@ def _interpolate(values: np.ndarray, new_shape: Sequence[int], orders: Sequence[
   return out
 
 
-def axis_orders(ndim: int, order: int, separate: Optional[int]) -> tuple[int, ...]:
-  """`order` on every axis but `separate`, which gets 0."""
-  return tuple(0 if axis == separate else order for axis in range(ndim))
+def axis_orders(shape: Sequence[int], new_shape: Sequence[int], order: int,
+                separate: Optional[int]) -> tuple[int, ...]:
+  """`order` on every axis but `separate` and those whose size does not change,
+  which get 0 (a copy: the output samples fall on the input voxels)."""
+  return tuple(0 if axis == separate or n == m else order
+               for axis, (n, m) in enumerate(zip(shape, new_shape)))
 
 
 def resample_image(image: np.ndarray, new_shape: Sequence[int], *, order: int = 3,
@@ -178,7 +181,7 @@ def resample_image(image: np.ndarray, new_shape: Sequence[int], *, order: int = 
   if new_shape == image.shape:
     out[...] = image
     return out
-  orders = axis_orders(image.ndim, order, separate)
+  orders = axis_orders(image.shape, new_shape, order, separate)
   if 3 in orders:
     if not (overwrite_input and image.dtype == np.float32 and image.flags.writeable):
       image = np.array(image, dtype=np.float32)
@@ -206,7 +209,7 @@ def resample_labels(label: np.ndarray, new_shape: Sequence[int], *, order: int =
     raise InputError(f"resample_labels: new shape {new_shape} for {label.ndim}D labels")
   if new_shape == label.shape:
     return label.copy()
-  orders = axis_orders(label.ndim, order, separate)
+  orders = axis_orders(label.shape, new_shape, order, separate)
   if all(o == 0 for o in orders):
     index = [interpolation_taps(n_in, n_out, 0)[0][:, 0]
              for n_in, n_out in zip(label.shape, new_shape)]
