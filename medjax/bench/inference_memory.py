@@ -15,12 +15,15 @@ compilation and the model's buffers belong to the baseline), then times
 * `output_bytes`: the size of the returned array(s);
 * `seconds_per_volume` (median) and `volumes_per_minute`.
 
-Predictors (`predictor=`), all jitted JAX functions of `(B, *roi, C)` ->
-softmax probabilities `(B, *roi, K)`:
+Predictors (`predictor=`), functions of windows `(B, *roi, C)` -> softmax
+probabilities `(B, *roi, K)`, jitted JAX functions except "fixed":
 
 * "linear": a fixed per-voxel linear map C -> K, then softmax (costs almost
   nothing, so the run measures the window machinery);
 * "conv": one fixed 3x3x3 convolution C -> K, then softmax;
+* "fixed": returns one precomputed batch of probabilities (a numpy array)
+  whatever the windows: no model at all, so the run times the sliding window
+  alone (window extraction, blending, emission);
 * "default": the 3D U-Net of `experiments/configs/unet3d_synthetic.py`,
   randomly initialised (the weights change neither memory nor speed).
 
@@ -90,6 +93,14 @@ def conv_predictor(channels: int, classes: int, spatial_dims: int = 3) -> Callab
       x, w, (1,) * spatial_dims, "SAME", dimension_numbers=dn)))
 
 
+def fixed_predictor(window_batch: Sequence[int], classes: int) -> Callable:
+  """Whatever the windows, one precomputed softmax batch `(*window_batch, K)` (numpy)."""
+  logits = np.random.default_rng(0).normal(size=tuple(window_batch) + (classes,))
+  e = np.exp(logits - logits.max(-1, keepdims=True))
+  probs = (e / e.sum(-1, keepdims=True)).astype(np.float32)
+  return lambda x: probs
+
+
 def default_model_predictor(classes: Optional[int] = None) -> tuple[Callable, tuple]:
   """The default config's U-Net (random weights) and its patch size (the window)."""
   from experiments.configs import unet3d_synthetic  # the default config
@@ -118,10 +129,14 @@ def bench_inference(shape: Sequence[int], roi: Optional[Sequence[int]], *, class
   if predictor == "default":
     fn, default_roi = default_model_predictor(classes)
     roi = tuple(roi or default_roi)
-  elif predictor in ("linear", "conv"):
-    fn = (linear_predictor if predictor == "linear" else conv_predictor)(channels, classes)
+  elif predictor in ("linear", "conv", "fixed"):
+    roi = tuple(int(r) for r in roi)
+    fn = {"linear": linear_predictor, "conv": conv_predictor,
+          "fixed": lambda c, k: fixed_predictor((batch_size, *roi), k)}[predictor](
+              channels, classes)
   else:
-    raise ValueError(f"predictor={predictor!r}: expected 'linear', 'conv' or 'default'")
+    raise ValueError(f"predictor={predictor!r}: expected 'linear', 'conv', 'fixed' or "
+                     "'default'")
   roi = tuple(int(r) for r in roi)
   kwargs = dict(window_kwargs or {})
   volume = np.random.default_rng(0).normal(size=(1, *shape, channels)).astype(np.float32)
@@ -165,7 +180,7 @@ def main(argv: Sequence[str]) -> int:
                       help="window; default 128,128,128, or the default config's patch "
                            "size with --predictor=default")
   parser.add_argument("--classes", type=int, default=3)
-  parser.add_argument("--predictor", default="linear", choices=["linear", "conv", "default"])
+  parser.add_argument("--predictor", default="linear", choices=["linear", "conv", "fixed", "default"])
   parser.add_argument("--overlap", type=float, default=0.5)
   parser.add_argument("--mode", default="gaussian")
   parser.add_argument("--batch_size", type=int, default=4)
