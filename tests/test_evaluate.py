@@ -123,7 +123,8 @@ def test_postprocessing_decided_on_validation_applied_and_stored(tmp_path, monke
   config.eval.postprocess = True
   config.eval.surface_metrics = True
   config.eval.report_cases = 1
-  test = [_islands_case("t0", seed=0), _case("t1", bright_spot=True, tumour=True, seed=1)]
+  test = [_islands_case("t0", seed=0), _case("t1", bright_spot=True, tumour=True, seed=1),
+          _case("t2", bright_spot=True, tumour=True, seed=2)]
   task = SegmentationTask()
   evaluation = task.evaluate(config, VeryBrightIsTumour(), {}, test)
   out = evaluation.results
@@ -134,15 +135,15 @@ def test_postprocessing_decided_on_validation_applied_and_stored(tmp_path, monke
   assert pp["validation_dice_raw"] == {"1": 1.0, "2": pytest.approx(18 / 19)}
   assert pp["validation_dice_final"] == {"1": 1.0, "2": 1.0}
   # the test numbers under the usual keys are post-processed, the raw ones beside them
-  assert [c["dice/tumour"] for c in out["per_case"]] == [1.0, 1.0]
-  assert [c["raw"]["dice/tumour"] for c in out["per_case"]] == [pytest.approx(18 / 19), 1.0]
-  assert pp["raw"]["dice/tumour"] == pytest.approx((18 / 19 + 1) / 2)
+  assert [c["dice/tumour"] for c in out["per_case"]] == [1.0, 1.0, 1.0]
+  assert [c["raw"]["dice/tumour"] for c in out["per_case"]] == [pytest.approx(18 / 19), 1.0, 1.0]
+  assert pp["raw"]["dice/tumour"] == pytest.approx((18 / 19 + 2) / 3)
   assert out["dice/tumour"] == 1.0 and out["hd95/tumour"] == 0.0
   # island (13, 13) to the tumour's nearest surface voxel (8, 8): 5 rows x 0.5 mm, 5 columns x 2 mm
   assert out["per_case"][0]["raw"]["hd/tumour"] == pytest.approx(math.hypot(2.5, 10.0))
   assert out["per_case"][0]["raw"]["hd95_truth_to_pred/tumour"] == 0.0
   assert out["per_case"][0]["raw"]["volume_diff_ml/tumour"] == pytest.approx(1e-3)
-  assert out["missing_structures"]["organ"] == {"prediction": 2, "truth": 2, "missed": 0,
+  assert out["missing_structures"]["organ"] == {"prediction": 3, "truth": 3, "missed": 0,
                                                 "spurious": 0}
   assert out["missing_structures"]["tumour"] == {"prediction": 0, "truth": 0, "missed": 0,
                                                  "spurious": 0}
@@ -158,8 +159,8 @@ def test_postprocessing_decided_on_validation_applied_and_stored(tmp_path, monke
   # eval.csv: one row per case and foreground class, the same numbers as per_case
   with open(workdir.eval_csv_path) as f:
     rows = list(csv.DictReader(f))
-  assert [(r["case"], r["class"]) for r in rows] == [("t0", "organ"), ("t0", "tumour"),
-                                                     ("t1", "organ"), ("t1", "tumour")]
+  assert [(r["case"], r["class"]) for r in rows] == [
+      (c, k) for c in ("t0", "t1", "t2") for k in ("organ", "tumour")]
   for row in rows:
     case = next(c for c in out["per_case"] if c["case"] == row["case"])
     for column, value in row.items():
@@ -172,6 +173,7 @@ def test_postprocessing_decided_on_validation_applied_and_stored(tmp_path, monke
           "raw_dice", "raw_hd95"} <= set(rows[0])
   boxes = sorted(n for n in os.listdir(tmp_path / "report") if n.startswith("box_"))
   assert boxes == sorted(f"box_{m}.png" for m in report.BOX_METRICS)
+  assert report.write_metric_boxes(workdir, out["per_case"][:2], config.class_names) == []
   assert (tmp_path / "report" / "case_0_t0.png").exists()
 
 

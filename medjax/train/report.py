@@ -143,6 +143,8 @@ def write_reliability(workdir, reliability, *, title: str = ""):
 # (symmetric and the false-positive direction, which post-processing acts on) and volume; the
 # others (iou, hd, ...) follow from these or are in eval.csv (~0.2 s per PNG on a loaded CPU)
 BOX_METRICS = ("dice", "hd95", "asd", "nsd", "volume_diff_rel", "hd95_pred_to_truth")
+# fewer cases make no box (quartiles of two values): nothing is drawn
+MIN_BOX_CASES = 3
 
 
 def plot_metric_boxes(per_case: Sequence[dict], metric: str, class_names: Sequence[str],
@@ -183,10 +185,13 @@ def plot_metric_boxes(per_case: Sequence[dict], metric: str, class_names: Sequen
 
 def write_metric_boxes(workdir, per_case: Sequence[dict], class_names: Sequence[str],
                        metrics: Sequence[str] = BOX_METRICS) -> list[str]:
-  """`report/box_<metric>.png` for each metric the per-case results have; returns the paths."""
+  """`report/box_<metric>.png` for each metric the per-case results have (none
+  for fewer than `MIN_BOX_CASES` cases); returns the paths."""
   paths = []
+  if len(per_case) < MIN_BOX_CASES:
+    return paths
   for metric in metrics:
     path = workdir.report_path(f"box_{metric}.png")
-    if per_case and plot_metric_boxes(per_case, metric, class_names, path):
+    if plot_metric_boxes(per_case, metric, class_names, path):
       paths.append(path)
   return paths
