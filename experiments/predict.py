@@ -1,34 +1,49 @@
 r"""Segment volumes with a trained workdir (an ordinary run or a cascade).
 
   python -m experiments.predict --workdir=runs/unet3d --input=scans/ --output=segs/ \
-      [--mirror] [--probabilities] [--uncertainty [--samples=20]]
+      [--mirror] [--probabilities] [--uncertainty [--samples=20]] [--format=nifti|dicom-seg]
+      [--postprocess | --nopostprocess]
 
 `--input` is one NIfTI (.nii/.nii.gz), NRRD (.nrrd/.nhdr) or MetaImage
-(.mha/.mhd) file, one DICOM series folder, or a folder of such files and
-DICOM series sub-folders. For each case `<case>` (the file name without its
-extension, or the DICOM folder's name) it writes `DIR/<case>_seg.nii.gz`
-(uint8 labels, the input's shape and affine, so it overlays the input) and,
-with `--probabilities`, `DIR/<case>_probs.nii.gz` (float32 softmax, 4D: the
-input's voxel axes then the class axis). With `--uncertainty` it also
+(.mha/.mhd) file, one DICOM series folder (a folder whose files are DICOM
+slices), or a folder searched recursively for such files and series; the
+outputs keep the input tree's sub-folders. For each case `<case>` (the file
+name without its extension, or the DICOM folder's name) it writes
+`DIR/<case>_seg.nii.gz` (uint8 labels, the input's shape and affine, so it
+overlays the input), `DIR/<case>.json` (input, shape, spacing, volume in mL
+and voxel count of each class, read/predict/write seconds) and, with
+`--probabilities`, `DIR/<case>_probs.nii.gz` (softmax, 4D: the input's voxel
+axes then the class axis; 2 bytes per value, uint16 with a NIfTI scale factor,
+as NIfTI has no float16). With `--format=dicom-seg`, a DICOM series case also
+gets `DIR/<case>_seg.dcm`, a DICOM Segmentation (one segment per foreground
+class, referencing the source series) that a PACS viewer overlays. With
+`--uncertainty` it also
 writes `DIR/<case>_entropy.nii.gz` (float32 predictive entropy per voxel, in
 nats): MC dropout over `--samples` passes when the run's model has dropout
 (`config.model.dropout > 0`), otherwise the entropy of the deterministic
 prediction; each case's output line says which.
 
-Each volume is preprocessed exactly as evaluation does and segmented with
-sliding windows (window `config.patch_size`, overlap/mode/batch size from
-`config.eval`); a cascade workdir (`stage1/`, `stage2/`) is segmented with the
-cascade rule. `--mirror` averages over flips of every spatial axis (test-time
-mirroring); without it, the flips of `config.eval.mirror_axes` are used, as in
-evaluation.
+Each volume is preprocessed exactly as evaluation does (a run on a folder
+dataset: its plan's crop, normalisation and resampling, and back to the
+input's grid) and segmented with sliding windows (window `config.patch_size`,
+overlap/mode/batch size from `config.eval`); a cascade workdir (`stage1/`,
+`stage2/`) is segmented with the cascade rule. `--mirror` averages over flips
+of every spatial axis (test-time mirroring); without it, the flips of
+`config.eval.mirror_axes` are used, as in evaluation. The labels are then
+post-processed with the rules the run kept on its validation split
+(`postprocessing.json`, nnU-Net's largest-component and small-component
+rules), when it has some; `--nopostprocess` skips them, `--postprocess`
+requires them.
 
-No resampling is done: a volume whose voxel spacing differs from the training
-spacing (`config.spacing`) by more than 50 % on some axis gets a printed
-warning and is segmented at its own spacing (resample it beforehand if the
-result is poor).
+A run without a plan (the synthetic runs) does no resampling: a volume whose
+voxel spacing differs from the training spacing (`config.spacing`) by more
+than 50 % on some axis gets a printed warning and is segmented at its own
+spacing (resample it beforehand if the result is poor).
 
-A file that cannot be read (or holds NaN/inf intensities) gets a one-line
-`error: <file>: ...`; the other cases still run and the exit status is 2.
+On a terminal a progress bar runs over the cases; redirected, the output
+is one line per case. A file that cannot be read (or holds NaN/inf
+intensities) gets a one-line `error: <file>: ...`; the other cases still run,
+a summary line says how many were skipped and the exit status is 2.
 Outputs are written to a temporary name and renamed, so an interrupted run
 never leaves a truncated file, and nothing already in `DIR` is deleted.
 The work is done by `medjax.predict.predict_folder`.
@@ -52,6 +67,10 @@ flags.DEFINE_bool("probabilities", False, "Also write <case>_probs.nii.gz (float
 flags.DEFINE_bool("uncertainty", False, "Also write <case>_entropy.nii.gz (MC dropout when the "
                   "model has dropout, else the entropy of the deterministic prediction).")
 flags.DEFINE_integer("samples", 20, "MC-dropout passes for --uncertainty.")
+flags.DEFINE_bool("postprocess", None, "Apply the run's post-processing rules "
+                  "(postprocessing.json). Default: when the workdir has them.")
+flags.DEFINE_enum("format", "nifti", predict.FORMATS, "nifti: NIfTI outputs; dicom-seg: also a "
+                  "DICOM Segmentation <case>_seg.dcm for each DICOM series input.")
 flags.mark_flags_as_required(["workdir", "input", "output"])
 
 
@@ -63,7 +82,8 @@ def main(argv):
   try:
     failed = predict.predict_folder(FLAGS.workdir, FLAGS.input, FLAGS.output, mirror=FLAGS.mirror,
                                     probabilities=FLAGS.probabilities,
-                                    uncertainty=FLAGS.uncertainty, samples=FLAGS.samples)
+                                    uncertainty=FLAGS.uncertainty, samples=FLAGS.samples,
+                                    postprocess=FLAGS.postprocess, output_format=FLAGS.format)
   except InputError as e:
     cli.exit_with_error(e)
   if failed:

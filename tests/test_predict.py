@@ -1,14 +1,18 @@
 """medjax.train.restore, medjax.predict and experiments.predict on a real (2-step) smoke run."""
+import json
 import os
 import subprocess
 import sys
 
+import highdicom as hd
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
+from test_dicom_seg import write_ct_series
 
 from experiments.configs import unet3d_synthetic
-from medjax import inference, predict
+from medjax import inference, postprocess, predict
 from medjax.data import io, synthetic, transforms
 from medjax.errors import InputError
 from medjax.train import loop, restore
@@ -39,9 +43,14 @@ def _affine(shift):
   return affine
 
 
+DICOM_SPACING = (3.0, 0.7, 0.8)  # slice distance, row spacing, column spacing (mm)
+
+
 @pytest.fixture(scope="module")
 def predicted(run_dir, tmp_path_factory):
-  """`experiments.predict` over a folder with two good volumes and a corrupt file."""
+  """`experiments.predict --probabilities --format=dicom-seg` over a tree with two good
+  volumes, a corrupt file, a DICOM CT series two folders down (6 slices of 24x28, oblique,
+  RescaleSlope 2, RescaleIntercept -1200) and a folder whose one DICOM file is corrupt."""
   folder = tmp_path_factory.mktemp("inputs")
   images = {}
   for seed in (0, 1):
@@ -50,15 +59,21 @@ def predicted(run_dir, tmp_path_factory):
     images[f"case{seed}"] = image
   (folder / "broken.nii.gz").write_bytes(b"not a nifti file")
   (folder / "notes.txt").write_text("ignored")
+  hu = np.round(synthetic.make_volume(3, shape=(8, 24, 28))[0][1:7] / 2) * 2
+  series = folder / "patient1" / "ct"
+  uids = write_ct_series(str(series), hu, spacing=DICOM_SPACING, slope=2.0, intercept=-1200.0)
+  (folder / "patient2" / "ct").mkdir(parents=True)
+  (folder / "patient2" / "ct" / "IM0000").write_bytes(b"\0" * 128 + b"DICM truncated")
   output = tmp_path_factory.mktemp("outputs")
   (output / "keep.nii.gz").write_bytes(b"written before")
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
   result = subprocess.run(
       [sys.executable, "-m", "experiments.predict", f"--workdir={run_dir}", f"--input={folder}",
-       f"--output={output}", "--probabilities"],
+       f"--output={output}", "--probabilities", "--format=dicom-seg"],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-  return {"result": result, "images": images, "output": output, "folder": folder}
+  return {"result": result, "images": images, "output": output, "folder": folder,
+          "series": str(series), "uids": uids, "hu": hu}
 
 
 def test_load_run_restores_the_trained_parameters(run_dir):
@@ -92,10 +107,26 @@ def test_load_run_names_a_bad_workdir(tmp_path, run_dir):
 
 def test_predict_writes_segmentations_equal_to_in_process_inference(run_dir, predicted):
   result, output = predicted["result"], predicted["output"]
-  assert result.returncode == 2, result.stderr  # the corrupt file
-  assert "segmented 2 of 3 case(s)" in result.stdout
+  assert result.returncode == 2, result.stderr  # the corrupt files
+  assert f"segmented 3 of 5 case(s) into {output}; skipped 2" in result.stdout
   config, model, variables = restore.load_run(run_dir)
   predict_fn = make_predict_fn(model)
+  # the run kept post-processing rules on its validation case; predict applies them by default
+  rules = postprocess.load_rules(run_dir)
+  assert rules and "post-processing: " in result.stdout
+
+  def expected_labels(image, spacing):
+    x = transforms.normalize_ct(image)[None, ..., None]
+    probs = inference.sliding_window(
+        lambda w: predict_fn(variables, w), x, tuple(config.patch_size),
+        overlap=config.eval.overlap, mode=config.eval.mode, batch_size=config.eval.batch_size)[0]
+    return postprocess.apply(probs.argmax(-1), rules, spacing), probs
+
+  source = io.read_image(predicted["series"])  # the DICOM case: same model, same rules
+  labels, _ = expected_labels(source.array, source.spacing)
+  seg = io.read_image(output / "patient1" / "ct_seg.nii.gz").array
+  np.testing.assert_array_equal(seg, labels)
+  assert 0 < (seg == 1).sum() < seg.size  # a non-trivial label map for the DICOM SEG checks
   for seed, (name, image) in enumerate(predicted["images"].items()):
     seg_image = nib.load(output / f"{name}_seg.nii.gz")
     np.testing.assert_allclose(seg_image.affine, _affine(10.0 * seed))
@@ -103,27 +134,73 @@ def test_predict_writes_segmentations_equal_to_in_process_inference(run_dir, pre
     assert seg.array.shape == SHAPE and seg.array.dtype == np.uint8
     assert seg.spacing == pytest.approx((2.5, 0.8, 0.8))
     assert 0 <= seg.array.min() and seg.array.max() < config.num_classes
-    x = transforms.normalize_ct(image)[None, ..., None]
-    probs = inference.sliding_window(
-        lambda w: predict_fn(variables, w), x, tuple(config.patch_size),
-        overlap=config.eval.overlap, mode=config.eval.mode, batch_size=config.eval.batch_size)[0]
-    np.testing.assert_array_equal(seg.array, probs.argmax(-1))
+    labels, probs = expected_labels(image, seg.spacing)
+    np.testing.assert_array_equal(seg.array, labels)
     prob_image = nib.load(output / f"{name}_probs.nii.gz")
-    saved = np.asarray(prob_image.dataobj)
-    assert saved.dtype == np.float32 and saved.shape == (32, 32, 16, 3)  # (W, H, D, K)
+    saved = prob_image.get_fdata()  # uint16 on disk, scaled by scl_slope: 2 bytes per value
+    assert prob_image.get_data_dtype() == np.uint16 and saved.shape == (32, 32, 16, 3)  # (W, H, D, K)
     np.testing.assert_allclose(prob_image.affine, _affine(10.0 * seed))
-    np.testing.assert_allclose(saved.transpose(2, 1, 0, 3), probs, atol=1e-6)
-    np.testing.assert_allclose(saved.sum(-1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(saved.transpose(2, 1, 0, 3), probs, atol=1e-5)
+    np.testing.assert_allclose(saved.sum(-1), 1.0, atol=3e-5)
 
 
 def test_predict_reports_a_corrupt_file_in_one_line_and_keeps_the_rest(predicted):
   result, output = predicted["result"], predicted["output"]
   errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-  assert len(errors) == 1 and str(predicted["folder"] / "broken.nii.gz") in errors[0]
+  assert len(errors) == 2 and str(predicted["folder"] / "broken.nii.gz") in errors[0]
+  assert str(predicted["folder"] / "patient2" / "ct" / "IM0000") in errors[1]
   assert "Traceback" not in result.stderr
-  assert sorted(os.listdir(output)) == ["case0_probs.nii.gz", "case0_seg.nii.gz",
-                                        "case1_probs.nii.gz", "case1_seg.nii.gz", "keep.nii.gz"]
+  # NIfTI inputs get no DICOM SEG: one warning each
+  assert sum("not a DICOM series; no DICOM SEG" in line for line in result.stderr.splitlines()) == 2
+  assert sorted(os.listdir(output)) == ["case0.json", "case0_probs.nii.gz", "case0_seg.nii.gz",
+                                        "case1.json", "case1_probs.nii.gz", "case1_seg.nii.gz",
+                                        "keep.nii.gz", "patient1"]
+  assert sorted(os.listdir(output / "patient1")) == ["ct.json", "ct_probs.nii.gz", "ct_seg.dcm",
+                                                     "ct_seg.nii.gz"]
   assert (output / "keep.nii.gz").read_bytes() == b"written before"
+
+
+def test_predict_dicom_series_writes_nifti_on_its_geometry_and_a_dicom_seg(predicted):
+  output, series = predicted["output"] / "patient1", predicted["series"]
+  source = io.read_image(series)
+  np.testing.assert_array_equal(source.array, predicted["hu"])  # slope/intercept applied, sorted
+  seg_image = nib.load(output / "ct_seg.nii.gz")
+  assert seg_image.shape == (28, 24, 6)  # (W, H, D): the series' columns, rows, slices
+  np.testing.assert_allclose(seg_image.affine, source.affine, atol=1e-5)
+  np.testing.assert_allclose(seg_image.header.get_zooms(), DICOM_SPACING[::-1], atol=1e-5)
+  labels = io.read_image(output / "ct_seg.nii.gz").array
+  probs = nib.load(output / "ct_probs.nii.gz")
+  assert probs.shape == (28, 24, 6, 3)
+  np.testing.assert_allclose(probs.affine, source.affine, atol=1e-5)
+  seg = hd.seg.segread(output / "ct_seg.dcm")
+  assert [s.SegmentLabel for s in seg.SegmentSequence] == ["organ", "tumour"]
+  referenced = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence
+  assert sorted(r.ReferencedSOPInstanceUID for r in referenced) == sorted(predicted["uids"])
+  assert seg.FrameOfReferenceUID == pydicom.dcmread(os.path.join(series, "IM0000")).FrameOfReferenceUID
+  masks = seg.get_pixels_by_source_instance(predicted["uids"], segment_numbers=[1, 2],
+                                            combine_segments=False)  # slice order of the series
+  assert masks.shape == (6, 24, 28, 2)
+  np.testing.assert_array_equal(masks[..., 0], labels == 1)
+  np.testing.assert_array_equal(masks[..., 1], labels == 2)
+
+
+def test_predict_writes_per_case_json_with_class_volumes(run_dir, predicted):
+  output = predicted["output"]
+  for name, spacing in [("case0", (2.5, 0.8, 0.8)), ("patient1/ct", DICOM_SPACING)]:
+    summary = json.loads((output / f"{name}.json").read_text())
+    labels = io.read_image(output / f"{name}_seg.nii.gz").array
+    counts = np.bincount(labels.ravel(), minlength=3)
+    assert summary["shape"] == list(labels.shape)
+    assert summary["spacing"] == pytest.approx(spacing)
+    assert summary["voxels"] == dict(zip(("background", "organ", "tumour"), counts.tolist()))
+    voxel_ml = np.prod(spacing) / 1000
+    assert summary["volume_ml"] == pytest.approx(
+        {"background": counts[0] * voxel_ml, "organ": counts[1] * voxel_ml,
+         "tumour": counts[2] * voxel_ml})
+    assert summary["postprocess"] == [r.to_json() for r in postprocess.load_rules(run_dir)]
+    assert set(summary["seconds"]) == {"read", "predict", "postprocess", "write"}
+    assert all(v >= 0 for v in summary["seconds"].values())
+  assert summary["input"] == predicted["series"]
 
 
 def test_predictor_checks_nan_and_warns_on_spacing(run_dir, tmp_path):
@@ -179,6 +256,9 @@ def test_predict_cli_bad_workdir_is_one_line_exit_2(tmp_path, flags, expected):
 class _FakePredictor:
   """Labels = voxels above 0, probabilities = (1 - x, x): no network, for the file handling."""
   spacing = (2.5, 0.8, 0.8)
+  class_names = ("background", "fg")
+  in_channels = 1
+  has_plan = False
 
   def predict(self, image, *, name="image"):
     image = transforms.check_image(image, name)
@@ -187,20 +267,28 @@ class _FakePredictor:
     fg = (image > 0).astype(np.float32)
     return fg.astype(np.uint8), np.stack([1 - fg, fg], -1)
 
+  def predict_volume(self, volume, *, name="image"):
+    return self.predict(volume.array, name=name)
+
 
 def test_predict_case_writes_atomically_and_names_the_file(tmp_path):
   image = np.zeros(SHAPE, np.float32)
   image[2:5, 3:9, 4:10] = 100.0
   io.write_nifti(tmp_path / "a.nii.gz", image, _affine(0.0))
   warnings = []
-  written = predict.predict_case(_FakePredictor(), str(tmp_path / "a.nii.gz"), str(tmp_path),
+  summary = predict.predict_case(_FakePredictor(), str(tmp_path / "a.nii.gz"), str(tmp_path),
                                  probabilities=True, warn=warnings.append)
-  assert written == [str(tmp_path / "a_seg.nii.gz"), str(tmp_path / "a_probs.nii.gz")]
-  assert sorted(os.listdir(tmp_path)) == ["a.nii.gz", "a_probs.nii.gz", "a_seg.nii.gz"]  # no temp files
+  written = summary["outputs"]
+  assert written == [str(tmp_path / "a_seg.nii.gz"), str(tmp_path / "a_probs.nii.gz"),
+                     str(tmp_path / "a.json")]
+  assert sorted(os.listdir(tmp_path)) == ["a.json", "a.nii.gz", "a_probs.nii.gz",
+                                          "a_seg.nii.gz"]  # no temp files
   np.testing.assert_array_equal(io.read_image(written[0]).array, image > 0)
-  probs = np.asarray(nib.load(written[1]).dataobj)
-  assert probs.shape == (32, 32, 16, 2) and probs.dtype == np.float32
-  np.testing.assert_array_equal(probs[..., 1].transpose(2, 1, 0), image > 0)
+  probs = nib.load(written[1]).get_fdata()
+  assert probs.shape == (32, 32, 16, 2) and nib.load(written[1]).get_data_dtype() == np.uint16
+  np.testing.assert_allclose(probs[..., 1].transpose(2, 1, 0), image > 0, atol=1e-6)
+  assert summary["voxels"] == {"background": 16 * 32 * 32 - 3 * 6 * 6, "fg": 3 * 6 * 6}
+  assert summary["volume_ml"]["fg"] == pytest.approx(3 * 6 * 6 * 2.5 * 0.8 * 0.8 / 1000)
   assert warnings == []
   io.write_nifti(tmp_path / "flat.nii.gz", np.zeros((32, 32), np.float32), _affine(0.0))
   with pytest.raises(InputError, match=f"{tmp_path / 'flat.nii.gz'}: image has shape"):
@@ -219,10 +307,54 @@ def test_predict_folder_counts_failures_and_skips_a_repeated_case_name(tmp_path,
   log, errors = [], []
   failed = predict.predict_folder("run", str(inputs), str(output), log=log.append,
                                   error=errors.append)
-  assert failed == 2 and sorted(os.listdir(output)) == ["a_seg.nii.gz"]
+  assert failed == 2 and sorted(os.listdir(output)) == ["a.json", "a_seg.nii.gz"]
   assert errors[0] == f"error: {inputs / 'a.nii.gz'}: same case name 'a' as {inputs / 'a.nii'}; rename one of them"
   assert errors[1].startswith(f"error: {inputs / 'b.nii.gz'}: ") and "NaN/inf" in errors[1]
-  assert log[-1] == f"segmented 1 of 3 case(s) into {output}"
+  assert log[-1] == f"segmented 1 of 3 case(s) into {output}; skipped 2 (see the error lines)"
+
+
+def test_find_inputs_searches_recursively_and_skips_the_output(tmp_path):
+  for name in ["a.nii.gz", "p1/ct/IM0001", "p1/ct/notes.txt", "p2/readme.txt", "out/x.nii.gz",
+               ".hidden/b.nii.gz", "p3/img.dcm", "p3/sub/c.nrrd"]:
+    (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / name).write_bytes(b"")
+  found = predict.find_inputs(str(tmp_path), skip=[str(tmp_path / "out")])
+  assert found == [str(tmp_path / "a.nii.gz"), str(tmp_path / "p1" / "ct"), str(tmp_path / "p3"),
+                   str(tmp_path / "p3" / "sub" / "c.nrrd")]
+  assert [predict.output_folder(p, str(tmp_path), "OUT") for p in found] == [
+      "OUT", os.path.join("OUT", "p1"), "OUT", os.path.join("OUT", "p3", "sub")]
+  assert predict.output_folder(str(tmp_path / "p1" / "ct"), str(tmp_path / "p1" / "ct"), "OUT") == "OUT"
+  with pytest.raises(InputError, match="no image files or DICOM series"):
+    predict.find_inputs(str(tmp_path / "p2"))
+
+
+def test_predict_folder_postprocesses_by_default_and_shows_a_bar_when_asked(
+    tmp_path, monkeypatch, capsys):
+  image = np.zeros(SHAPE, np.float32)
+  image[2:6, 3:9, 4:10] = 100.0  # 144 voxels
+  image[10:12, 20:22, 20:22] = 100.0  # 8 voxels, not connected: removed by largest_component
+  (tmp_path / "in").mkdir()
+  io.write_nifti(tmp_path / "in" / "a.nii.gz", image, _affine(0.0))
+  io.write_nifti(tmp_path / "in" / "b.nii.gz", image, _affine(0.0))
+  monkeypatch.setattr(predict, "load_predictor", lambda workdir, mirror: _FakePredictor())
+  run = tmp_path / "run"
+  run.mkdir()
+  with pytest.raises(InputError, match=f"--postprocess: {run} has no post-processing rules"):
+    predict.predict_folder(str(run), str(tmp_path / "in"), str(tmp_path / "out"), postprocess=True)
+  (run / "postprocessing.json").write_text('{"rules": [{"kind": "largest_component", "classes": [1]}]}')
+  log = []
+  for option, folder, voxels in [(None, "out", 144), (False, "raw", 152)]:
+    assert predict.predict_folder(str(run), str(tmp_path / "in"), str(tmp_path / folder),
+                                  postprocess=option, progress=True, log=log.append) == 0
+    for case in ("a", "b"):
+      assert (io.read_image(tmp_path / folder / f"{case}_seg.nii.gz").array == 1).sum() == voxels
+  summary = json.loads((tmp_path / "out" / "a.json").read_text())
+  assert summary["voxels"]["fg"] == 144
+  assert summary["postprocess"] == [{"kind": "largest_component", "classes": [1]}]
+  assert json.loads((tmp_path / "raw" / "a.json").read_text())["postprocess"] == []
+  assert log[0].startswith("post-processing: 1 rule(s) of ")
+  assert sum(" -> " in line for line in log) == 4  # the per-case lines are still written
+  assert capsys.readouterr().err.count("2/2") >= 2  # one finished bar per call
 
 
 def test_write_nifti_channels_puts_the_class_axis_last_in_2d_and_3d(tmp_path):
@@ -245,7 +377,8 @@ def test_predict_uncertainty_writes_the_entropy_of_the_deterministic_prediction(
   failed = predict.predict_folder(run_dir, str(tmp_path / "scan.nii.gz"), str(tmp_path / "out"),
                                   uncertainty=True, log=lines.append)
   assert failed == 0
-  assert "entropy of the deterministic prediction (the model has no dropout)" in lines[0]
+  case_line = next(line for line in lines if " -> " in line)
+  assert "entropy of the deterministic prediction (the model has no dropout)" in case_line
   entropy = io.read_image(tmp_path / "out" / "scan_entropy.nii.gz").array
   assert entropy.dtype == np.float32 and entropy.shape == SHAPE
   probs = load_predictor(run_dir).probabilities(image)
