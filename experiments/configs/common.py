@@ -105,6 +105,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.mirror_axes = ()
   c.eval.surface_metrics = True
   c.eval.report_cases = 3
+  # Post-processing as nnU-Net (medjax.postprocess): rules chosen on the validation split,
+  # stored in postprocessing.json, applied to the test cases (postprocess.load_rules for predict).
+  c.eval.postprocess = True
   # Uncertainty and calibration (medjax.uncertainty / medjax.calibration), off by default:
   c.eval.uncertainty = "none"  # "none" | "mc_dropout" (needs model.dropout > 0) | "tta" (flips)
   c.eval.uncertainty_samples = 20  # MC-dropout passes
