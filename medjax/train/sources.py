@@ -105,6 +105,8 @@ def resolve_dataset(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
   The dataset is prepared first if needed. Fields left empty (0 or ()) are
   taken from its `dataset.json` and plan (`folder_datasets.prepared_metadata`):
   `num_classes` and `class_names` (the declared labels in value order),
+  `normalization` ("none" when the config has no such field: the images are
+  normalised by the plan already),
   `in_channels` (one per channel name), `spacing` (the target spacing),
   `patch_size`, and the U-Net's `model.features` (nnU-Net's 32 doubling up to
   320, one per planned level), `model.kernel_sizes` and `model.pool_sizes`
@@ -122,6 +124,8 @@ def resolve_dataset(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
   plan, labels = metadata["plan"], metadata["dataset"]["labels"]
   out = copy.deepcopy(config)
   out.unlock()
+  if "normalization" not in out:  # a config written for another dataset: the plan normalised
+    out.normalization = "none"
   if not out.get("num_classes"):
     out.num_classes = int(plan["num_classes"])
   if not out.get("class_names"):
