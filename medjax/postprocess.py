@@ -157,9 +157,13 @@ class ValidationCase:
 def mean_dice(cases: Sequence[ValidationCase], class_ids: Sequence[int],
               rules: Rules = ()) -> dict[int, float]:
   """Mean Dice over `cases` of each class after `rules` (both empty: 1.0, `metrics.dice`)."""
+  return _mean_dice([apply(c.pred, rules, c.spacing) for c in cases], cases, class_ids)
+
+
+def _mean_dice(preds: Sequence[np.ndarray], cases: Sequence[ValidationCase],
+               class_ids: Sequence[int]) -> dict[int, float]:
   sums = dict.fromkeys(class_ids, 0.0)
-  for case in cases:
-    pred = apply(case.pred, rules, case.spacing)
+  for pred, case in zip(preds, cases):
     for c in class_ids:
       sums[c] += metrics.dice(pred == c, case.label == c)
   return {c: s / len(cases) for c, s in sums.items()}
@@ -176,6 +180,9 @@ def decide(cases: Sequence[ValidationCase], class_ids: Sequence[int], *,
   mean Dice rises); the best `min_volume` threshold of each class (kept if it
   raises that class's mean Dice).
 
+  Each candidate is applied once per case to the predictions with the kept
+  rules already applied (held in memory: one label map per validation case).
+
   Args:
     cases: validation predictions and truths.
     class_ids: foreground class ids (>= 1).
@@ -191,15 +198,17 @@ def decide(cases: Sequence[ValidationCase], class_ids: Sequence[int], *,
     return (), {"cases": 0, "tried": [], "note": "no validation cases: no rule kept"}
   rules: list[Rule] = []
   tried: list[dict] = []
-  raw = current = mean_dice(cases, class_ids)
+  preds = [np.asarray(c.pred) for c in cases]  # with the kept rules applied
+  raw = current = _mean_dice(preds, cases, class_ids)
 
   def score(candidates: Sequence[Rule], score_classes: Sequence[int]) -> None:
     """Tries each candidate after the kept rules; keeps the best if it raises the score."""
-    nonlocal current
+    nonlocal current, preds
     before = float(np.mean([current[c] for c in score_classes]))
     entries = []
     for rule in candidates:
-      after = mean_dice(cases, class_ids, rules + [rule])
+      after = _mean_dice([apply(p, [rule], c.spacing) for p, c in zip(preds, cases)], cases,
+                         class_ids)
       entries.append({"rule": rule, "after": after, "dice_before": before,
                       "dice_after": float(np.mean([after[c] for c in score_classes])),
                       "kept": False})
@@ -209,6 +218,7 @@ def decide(cases: Sequence[ValidationCase], class_ids: Sequence[int], *,
       best["kept"] = True
       rules.append(best["rule"])
       current = best["after"]
+      preds = [apply(p, [best["rule"]], c.spacing) for p, c in zip(preds, cases)]
 
   if len(class_ids) > 1:
     score([Rule("largest_component", tuple(class_ids))], class_ids)

@@ -61,8 +61,9 @@ def decide_postprocessing(segmenter, config: ml_collections.ConfigDict) -> Optio
     source = load_split(config, "validation")
   except InputError as e:
     return postprocess.rules_to_json((), {"cases": 0, "note": f"no validation split: {e}"}, names)
-  cases = [postprocess.ValidationCase(np.asarray(segmenter(case["image"])[0]),
-                                      _truth(case["label"], config),
+  dtype = np.uint8 if len(names) <= 256 else np.int32  # label maps held for every case
+  cases = [postprocess.ValidationCase(np.asarray(segmenter(case["image"])[0]).astype(dtype),
+                                      _truth(case["label"], config).astype(dtype),
                                       tuple(float(s) for s in case["spacing"]))
            for case in pipeline.eval_cases(source, normalize=_raw)]
   rules, record = postprocess.decide(cases, range(1, len(names)))
