@@ -20,6 +20,8 @@ Modules (each with one job):
 * `augment`: nnU-Net's augmentation in JAX, run on the device inside the training step.
 * `patches`: nnU-Net foreground-oversampled patch sampling.
 * `crop`: organ bounding boxes and `OrganCropSource` (a cascade's stage-2 cases).
+* `case_cache`: training cases decoded on demand from a source, a few kept
+  (LRU), so a dataset larger than RAM trains.
 * `pipeline`: resumable, multi-host grain pipelines (`train_batches`,
   `eval_cases`, `classification_batches`, `classification_images`).
 * `io`: `read_image` (NIfTI, NRRD, MetaImage, DICOM folder), `read_image_channels`
@@ -34,7 +36,7 @@ stays cheap (TFDS and grain load only when used).
 import importlib
 from typing import Any
 
-_SUBMODULES = ("augment", "crop", "datasets", "fingerprint", "folder_datasets", "io", "medmnist",
+_SUBMODULES = ("augment", "case_cache", "crop", "datasets", "fingerprint", "folder_datasets", "io", "medmnist",
                "normalization", "patches", "pipeline", "planning", "preprocessing", "raw_layouts",
                "resampling", "splits", "synthetic", "synthetic_organs", "synthetic_patches",
                "transforms")
