@@ -165,7 +165,8 @@ def write_lits(root: str, numbers: Sequence[int] = (0, 1, 2), *, test_numbers: S
     io.write_nifti(os.path.join(folder, f"volume-{n}.nii"), image, affine)
     io.write_nifti(os.path.join(folder, f"segmentation-{n}.nii"), label, affine)
     truth[f"volume-{n}"] = {"image": image[..., None].astype(np.float32), "label": label,
-                            "spacing": tuple(spacing), "affine": affine, "split": "train"}
+                            "spacing": tuple(spacing), "affine": affine, "split": "train",
+                            "file_dtype": "int16"}
   for n in test_numbers:
     os.makedirs(os.path.join(root, "Test"), exist_ok=True)
     image, _ = make_case(seed + 100 + n, shape, 1)

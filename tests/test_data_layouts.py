@@ -20,7 +20,9 @@ def _assert_as_written(loaded, truth):
   assert sorted(loaded) == sorted(truth)
   for case, got in loaded.items():
     want = truth[case]
-    assert got.image.dtype == np.float32 and got.label.dtype == np.uint8
+    # One file of all channels keeps its dtype (LiTS: int16 HU), else float32.
+    assert got.image.dtype == (np.int16 if want.get("file_dtype") == "int16" else np.float32)
+    assert got.label.dtype == np.uint8
     np.testing.assert_array_equal(got.image, want["image"])
     np.testing.assert_array_equal(got.label, want["label"])
     np.testing.assert_allclose(got.spacing, want["spacing"], rtol=1e-6)
@@ -138,6 +140,15 @@ def test_label_values_not_declared(tmp_path):
   _rewrite(root, "labelsTr/case_a.nii.gz", label, truth["case_a"]["affine"])
   assert ("label values [5, 7] not declared in dataset.json labels {'background': 0, "
           "'organ': 1, 'lesion': 2}") in _case_error("nnunet_raw", root, "case_a")
+
+
+def test_label_with_non_integer_values(tmp_path):
+  root, truth = _nnunet(tmp_path)
+  label = truth["case_a"]["label"].astype(np.float32)
+  label[1, 2, 3] = 0.5
+  _rewrite(root, "labelsTr/case_a.nii.gz", label, truth["case_a"]["affine"])
+  assert _case_error("nnunet_raw", root, "case_a") == (
+      "case case_a: label has non-integer values; expected integer labels [0, 1, 2]")
 
 
 def test_missing_channel_and_missing_label_file(tmp_path):

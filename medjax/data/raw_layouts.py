@@ -49,7 +49,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Any, NamedTuple, Optional
+from typing import Any, Iterator, NamedTuple, Optional
 
 import numpy as np
 
@@ -87,7 +87,7 @@ class RawDataset(NamedTuple):
 
 
 class LoadedCase(NamedTuple):
-  """A checked case: `image` float32 `(*S, C)`, `label` uint8 `(*S)` or None,
+  """A checked case: `image` `(*S, C)` (see `read_case` for its dtype), `label` uint8 `(*S)` or None,
   `spacing` per array axis (mm), 4x4 voxel -> RAS `affine`."""
   image: np.ndarray
   label: Optional[np.ndarray]
@@ -315,21 +315,38 @@ def _same_grid(case: RawCase, what: str, shape: tuple[int, ...], spacing, affine
                      f"(by up to {worst:.4g} mm; orientation or origin disagree)")
 
 
+def _slabs(array: np.ndarray, voxels: int = 1 << 22) -> Iterator[np.ndarray]:
+  """Views of `array` along axis 0 of about `voxels` voxels each: checks of a large
+  volume allocate a slab's worth of temporaries, not the volume's."""
+  step = max(1, voxels // max(1, int(np.prod(array.shape[1:]))))
+  for start in range(0, array.shape[0], step):
+    yield array[start:start + step]
+
+
 def _check_finite(case: RawCase, array: np.ndarray, what: str) -> None:
   if np.issubdtype(array.dtype, np.floating):
-    bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+    bad = sum(int(slab.size - np.count_nonzero(np.isfinite(slab))) for slab in _slabs(array))
     if bad:
       raise InputError(f"case {case.case_id}: {what} has {bad} NaN/inf voxel(s); expected finite "
                        "intensities")
+
+
+def _real(array: np.ndarray) -> np.ndarray:
+  """`array` as it is when its dtype is an integer or float32/float16, else float32."""
+  if np.issubdtype(array.dtype, np.integer) or array.dtype in (np.float32, np.float16):
+    return array
+  return array.astype(np.float32)
 
 
 def read_case(case: RawCase, dataset: RawDataset) -> LoadedCase:
   """Reads and checks one case of `dataset` (one case in memory at a time).
 
   Returns:
-    `LoadedCase(image float32 (*S, C), label uint8 (*S) | None, spacing,
-    affine)`, the grid of the first channel; `label` is None for an
-    unlabelled (test) case.
+    `LoadedCase(image (*S, C), label uint8 (*S) | None, spacing, affine)`,
+    the grid of the first channel; `label` is None for an unlabelled (test)
+    case. The image keeps the file's integer or float32 dtype when one file
+    holds every channel (e.g. int16 HU: half the memory of float32), else it
+    is float32.
 
   Raises:
     InputError: one line starting with ``case <id>:`` (see the module docstring).
@@ -345,7 +362,7 @@ def read_case(case: RawCase, dataset: RawDataset) -> LoadedCase:
                        f"{len(channels)} {list(channels)}")
     for c, name in enumerate(channels):
       _check_finite(case, first.array[..., c], f"channel {c} ({name})")
-    image = first.array.astype(np.float32, copy=False)
+    image = _real(first.array)
   else:
     for c, (path, name) in enumerate(zip(case.image_paths, channels)):
       what = f"channel {c} ({name})"
@@ -353,8 +370,8 @@ def read_case(case: RawCase, dataset: RawDataset) -> LoadedCase:
       _check_finite(case, volume.array, what)
       if first is None:
         first = volume
-        if len(channels) == 1:  # no second copy of a large single-channel volume
-          image = volume.array.astype(np.float32, copy=False)[..., None]
+        if len(channels) == 1:  # the file's dtype (int16 HU: half a float32 copy's memory)
+          image = _real(volume.array)[..., None]
           break
         image = np.empty(volume.array.shape + (len(channels),), np.float32)
       else:
@@ -375,16 +392,20 @@ def read_case(case: RawCase, dataset: RawDataset) -> LoadedCase:
 
 def _checked_label(case: RawCase, array: np.ndarray, labels: dict[str, int]) -> np.ndarray:
   _check_finite(case, array, "label")
-  if np.issubdtype(array.dtype, np.floating) and not np.all(array == np.round(array)):
+  if np.issubdtype(array.dtype, np.floating) and not all(
+      np.array_equal(slab, np.round(slab)) for slab in _slabs(array)):
     raise InputError(f"case {case.case_id}: label has non-integer values; expected integer "
                      f"labels {sorted(labels.values())}")
   low, high = array.min(), array.max()
-  if np.issubdtype(array.dtype, np.integer) and low >= 0 and high < 65536:
-    values = np.flatnonzero(np.bincount(array.ravel()))  # much faster than np.unique
+  if low >= 0 and high < 65536:  # counts per slab: faster than np.unique, no int64 copy
+    counts = np.zeros(int(high) + 1, np.int64)
+    for slab in _slabs(array):
+      counts += np.bincount(slab.astype(np.intp, copy=False).ravel(), minlength=counts.size)
+    values = np.flatnonzero(counts)
   else:
     values = np.unique(array)
   undeclared = sorted(int(v) for v in values if int(v) not in set(labels.values()))
   if undeclared:
     raise InputError(f"case {case.case_id}: label values {undeclared} not declared in "
                      f"dataset.json labels {labels}")
-  return array.astype(np.uint8)
+  return array.astype(np.uint8, copy=False)
