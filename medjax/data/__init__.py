@@ -36,10 +36,10 @@ stays cheap (TFDS and grain load only when used).
 import importlib
 from typing import Any
 
-_SUBMODULES = ("augment", "case_cache", "crop", "datasets", "fingerprint", "folder_datasets", "io", "medmnist",
-               "normalization", "patches", "pipeline", "planning", "preprocessing", "raw_layouts",
-               "resampling", "splits", "synthetic", "synthetic_organs", "synthetic_patches",
-               "transforms")
+_SUBMODULES = ("augment", "case_cache", "crop", "datasets", "fingerprint", "folder_datasets", "io",
+               "medmnist", "normalization", "patches", "pipeline", "planning", "preprocessing",
+               "raw_layouts", "resampling", "splits", "synthetic", "synthetic_organs",
+               "synthetic_patches", "transforms")
 
 
 def __getattr__(name: str) -> Any:
