@@ -54,18 +54,25 @@ class TpuConfig:
           f"block_rows must be a positive multiple of {TPU_SUBLANES}, got {self.block_rows}")
 
 
-def default_gpu_config(num_voxels: int, num_classes: int, dtype) -> GpuConfig:
-  """Heuristic GPU tile: about 4096 (float32) or 8192 (bfloat16) logits per program.
+def default_gpu_config(num_voxels: int, num_classes: int, dtype,
+                       backward: bool = False) -> GpuConfig:
+  """Heuristic GPU tile: about 4096 (float32) or 8192 (bfloat16) logits per program
+  forward, 2048 backward.
 
-  That is 32-64 logits per thread with 4 warps: enough loads in flight to stream HBM,
-  few enough registers for the ~5 live (block_v, K) tensors of the backward pass.
+  Forward: 32-64 logits per thread with 4 warps, enough loads in flight to stream HBM.
+  Backward: ~5 live (block_v, K) float32 tensors (p, t, g, their products) took 98-167
+  registers per thread at the forward's tile (1-4 CTAs/SM on an H100, from
+  `experiments.compile_check`); 16 logits per thread (2048 per 4-warp program) take
+  52-80 (6-9 CTAs/SM, every bench shape and both dtypes; benchmarks/RESULTS.md).
   Never larger than the (power-of-two-rounded) voxel count.
   """
   kp = padded_classes(num_classes)
   target = 8192 if np.dtype(dtype).itemsize <= 2 else 4096
+  if backward:
+    target = 2048
   block_v = max(16, min(4096, target // kp))
   block_v = min(block_v, max(16, next_power_of_2(num_voxels)))
-  num_warps = 8 if block_v * kp >= 8192 else 4
+  num_warps = 8 if block_v * kp >= 8192 and not backward else 4
   return GpuConfig(block_v=block_v, num_warps=num_warps)
 
 

@@ -67,7 +67,7 @@ def _bwd_kernel(logits_ref, labels_ref, gi_ref, gp_ref, dx_ref, *, squared: bool
   plgpu.store(dx_ref, dx.astype(dx_ref.dtype), mask=mask)
 
 
-def _prepare(logits, labels, config):
+def _prepare(logits, labels, config, backward: bool = False):
   n, k = logits.shape[0], logits.shape[-1]
   x = logits.reshape(n, -1, k)
   lab = labels.reshape(n, -1)
@@ -75,7 +75,7 @@ def _prepare(logits, labels, config):
     lab = lab.astype(jnp.int32)
   v = x.shape[1]
   if config is None:
-    config = cfg.default_gpu_config(v, k, logits.dtype)
+    config = cfg.default_gpu_config(v, k, logits.dtype, backward=backward)
   k_pad = cfg.padded_classes(k)
   grid = (n, pl.cdiv(v, config.block_v))
   tile_kw = dict(num_voxels=v, num_classes=k, block_v=config.block_v, k_pad=k_pad)
@@ -136,7 +136,8 @@ def soft_dice_stats_bwd(logits: jax.Array, labels: jax.Array, g_intersection: ja
     (N, *S, K) in the dtype of `logits`.
   """
   n, k = logits.shape[0], logits.shape[-1]
-  x, lab, config, grid, tile_kw, in_specs, params = _prepare(logits, labels, config)
+  x, lab, config, grid, tile_kw, in_specs, params = _prepare(logits, labels, config,
+                                                             backward=True)
   k_pad = tile_kw["k_pad"]
   pad = ((0, 0), (0, k_pad - k))
   gi = jnp.pad(g_intersection.astype(jnp.float32), pad)
