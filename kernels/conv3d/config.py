@@ -48,13 +48,14 @@ def gpu_config(c_in: int, c_out: int, q_total: int, dtype_bytes: int = 4,
     `(block_q + block_co) * block_k * dtype_bytes` <= 32 KiB, so 3 stages fit any
     C_in (a 64x1024 tile needed 256 KiB > the H100's 227 KiB: no C_in loop).
   * `block_q`, `block_co`, `num_warps`: `GPU_TILES` by padded C_out (wider C_out
-    takes 128-channel tiles); `block_q` halves (down to 32) while the grid has
-    fewer than `MIN_PROGRAMS` programs.
+    takes 128-channel tiles in bfloat16; float32 stays at 128x64 with 4 warps: its
+    8-warp 128x128 tile took 132 registers, 1 CTA/SM, against 155-159 and 3 CTAs/SM);
+    `block_q` halves (down to 32) while the grid has fewer than `MIN_PROGRAMS` programs.
   * `num_stages`: 3 (cp.async multi-buffering of the (tap x C_in chunk) loop).
   """
   c_in_p, c_out_p = max(16, next_pow2(c_in)), max(16, next_pow2(c_out))
   block_k = min(c_in_p, 128 // dtype_bytes)
-  block_q, block_co, num_warps = GPU_TILES[min(c_out_p, 128)]
+  block_q, block_co, num_warps = GPU_TILES[min(c_out_p, 128 if dtype_bytes == 2 else 64)]
   programs = lambda bq, bco: batch * -(-q_total // bq) * (c_out_p // bco)
   if block_co == 128 and programs(block_q, block_co) < MIN_PROGRAMS:
     block_co, num_warps = 64, 4
