@@ -25,15 +25,16 @@ def oblique_affine(spacing: Sequence[float], *, angle: float = 0.3,
                    origin: Sequence[float] = (-40.0, 25.5, 110.0)) -> np.ndarray:
   """4x4 voxel (i, j, k) -> RAS affine: rotated by `angle` about z and `angle / 2` about x.
 
-  `spacing` is per array axis `(D, H, W)` (`read_image`'s order), so voxel
-  axis i has `spacing[-1]`.
+  `spacing` is per array axis `(D, H, W)` or `(H, W)` (`read_image`'s
+  order), so voxel axis i has `spacing[-1]`.
   """
   c, s = np.cos(angle), np.sin(angle)
   cx, sx = np.cos(angle / 2), np.sin(angle / 2)
   rotation = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]) @ np.array(
       [[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
   affine = np.eye(4)
-  affine[:3, :3] = rotation * np.asarray(spacing, np.float64)[::-1][None, :]
+  spacing_ijk = list(np.asarray(spacing, np.float64)[::-1]) + [1.0] * (3 - len(spacing))  # 2D: k 1 mm
+  affine[:3, :3] = rotation * np.asarray(spacing_ijk)[None, :]
   affine[:3, 3] = origin
   return affine
 

@@ -125,6 +125,21 @@ def test_lits_resamples_a_thick_slice_case_to_the_median_spacing(tmp_path):
   _assert_maps_back(train["volume-2"], truth["volume-2"])
 
 
+def test_nnunet_raw_2d_images(tmp_path):
+  raw = tmp_path / "slices"
+  truth = writers.write_nnunet_raw(str(raw), shape=(24, 20), spacing=(0.9, 0.7))
+  train = _split(tmp_path / "data", "nnunet_raw", raw, ndim=2)
+  assert sorted(train) == ["case_a", "case_b", "case_c"]
+  for case, example in train.items():
+    assert example["image"].shape == (24, 20, 2) and example["locations"].shape[1] == 3
+    np.testing.assert_allclose(example["spacing"], (0.9, 0.7), rtol=1e-6)
+    _assert_maps_back(example, truth[case])
+    _assert_locations(example)
+  with pytest.raises(InputError, match="case case_a: a 2D image; this dataset is prepared as 3D "
+                                       r"\(set dataset_kwargs.ndim=2\)"):
+    datasets.load_source("nnunet_raw", "train", str(tmp_path / "data"), manual_dir=str(raw))
+
+
 def test_prepared_once_per_manual_dir(tmp_path, monkeypatch):
   first, second = tmp_path / "first", tmp_path / "second"
   writers.write_nnunet_raw(str(first), cases=("a", "b"))

@@ -185,7 +185,8 @@ class _FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     loaded = raw_layouts.read_case(case, dataset)
     if loaded.image.ndim - 1 != self.builder_config.ndim:
       raise InputError(f"case {case.case_id}: a {loaded.image.ndim - 1}D image; this dataset is "
-                       f"prepared as {self.builder_config.ndim}D (dataset_kwargs.ndim)")
+                       f"prepared as {self.builder_config.ndim}D (set dataset_kwargs.ndim="
+                       f"{loaded.image.ndim - 1})")
     if loaded.label is None:
       raise InputError(f"case {case.case_id}: no label file")
     return loaded
