@@ -214,17 +214,36 @@ class _FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
 
 class NnunetRaw(_FolderBuilder):
-  """The nnU-Net v2 raw layout (`medjax.data.raw_layouts`): dataset.json, imagesTr/{case}_{XXXX}, labelsTr/{case}, optional imagesTs/labelsTs."""
+  """The nnU-Net v2 raw layout (`raw_layouts` module docstring). `manual_dir` holds:
+
+  * ``dataset.json``: ``channel_names`` {"0": name, ...}, ``labels`` {name: 0..K-1},
+    ``file_ending`` (e.g. ".nii.gz", ".nrrd", ".mha"), ``numTraining``;
+  * ``imagesTr/{case}_{XXXX}{file_ending}``: channel XXXX (0000, 0001, ...) of each case;
+  * ``labelsTr/{case}{file_ending}``: its integer label map on the same grid;
+  * optional ``imagesTs/{case}_{XXXX}{file_ending}`` and ``labelsTs/{case}{file_ending}``
+    (the ``test`` split, prepared only when labelled).
+  """
   LAYOUT = "nnunet_raw"
 
 
 class Decathlon(_FolderBuilder):
-  """A Medical Segmentation Decathlon task folder (`medjax.data.raw_layouts`): dataset.json training list, 4D NIfTI -> channels."""
+  """A Medical Segmentation Decathlon task folder (`raw_layouts` module docstring). `manual_dir`
+  (e.g. ``Task01_BrainTumour/``) holds:
+
+  * ``dataset.json``: ``modality`` {"0": name, ...}, ``labels`` {"0": "background", ...},
+    ``training`` [{"image": "./imagesTr/X.nii.gz", "label": "./labelsTr/X.nii.gz"}, ...];
+  * ``imagesTr/X.nii.gz``: one NIfTI per case, several modalities as a 4D file (channels);
+  * ``labelsTr/X.nii.gz``. ``imagesTs/`` (unlabelled) is not prepared.
+  """
   LAYOUT = "decathlon"
 
 
 class Lits(_FolderBuilder):
-  """LiTS (`medjax.data.raw_layouts`): volume-N.nii / segmentation-N.nii below manual_dir."""
+  """LiTS (`raw_layouts` module docstring): ``volume-N.nii`` (CT) and ``segmentation-N.nii``
+  (0 background, 1 liver, 2 tumour; ``.nii.gz`` also read) anywhere below `manual_dir`, e.g.
+  the download's ``Training Batch 1/`` and ``Training Batch 2/``; case ids ``volume-N``.
+  ``test-volume-N.nii`` (unlabelled) is not prepared.
+  """
   LAYOUT = "lits"
 
 
