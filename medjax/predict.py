@@ -299,7 +299,8 @@ def predict_folder(workdir: str, input_path: str, output: str, *, mirror: bool =
   With `output_format` "dicom-seg", a DICOM series case also gets
   `<case>_seg.dcm`.
 
-  One line per case on `log` (`<input> -> <outputs>`) and a summary; one
+  One line per case on `log` (`<input> -> <outputs>`) and a summary (cases
+  done and skipped, post-processing rules applied); one
   `error: <file>: ...` line per skipped case on `error` (a bad case does not
   stop the others; two inputs with the same case name in one folder are not
   both written). `progress` (default: stderr is a terminal) shows a tqdm bar
@@ -334,9 +335,6 @@ def predict_folder(workdir: str, input_path: str, output: str, *, mirror: bool =
     os.makedirs(output, exist_ok=True)
   except OSError as e:
     raise InputError(f"--output={output}: cannot create the folder ({e})") from None
-  if rules:
-    log(f"post-processing: {len(rules)} rule(s) of {Workdir.of(workdir).postprocessing_path} "
-        "(--nopostprocess to skip)")
   algorithm = "medjax " + os.path.basename(os.path.normpath(os.fspath(workdir)))
   names: dict[str, str] = {}
   failed = 0
@@ -364,5 +362,7 @@ def predict_folder(workdir: str, input_path: str, output: str, *, mirror: bool =
     bar.step()
   bar.close()
   log(f"segmented {len(inputs) - failed} of {len(inputs)} case(s) into {output}"
-      + (f"; skipped {failed} (see the error lines)" if failed else ""))
+      + (f"; skipped {failed} (see the error lines)" if failed else "")
+      + (f"; post-processing: {len(rules)} rule(s) of {Workdir.of(workdir).postprocessing_path}"
+         if rules else ""))
   return failed

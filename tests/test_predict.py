@@ -352,7 +352,8 @@ def test_predict_folder_postprocesses_by_default_and_shows_a_bar_when_asked(
   assert summary["voxels"]["fg"] == 144
   assert summary["postprocess"] == [{"kind": "largest_component", "classes": [1]}]
   assert json.loads((tmp_path / "raw" / "a.json").read_text())["postprocess"] == []
-  assert log[0].startswith("post-processing: 1 rule(s) of ")
+  assert log[2].endswith(f"; post-processing: 1 rule(s) of {run / 'postprocessing.json'}")
+  assert log[5] == f"segmented 2 of 2 case(s) into {tmp_path / 'raw'}"
   assert sum(" -> " in line for line in log) == 4  # the per-case lines are still written
   assert capsys.readouterr().err.count("2/2") >= 2  # one finished bar per call
 
