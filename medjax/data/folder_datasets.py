@@ -52,7 +52,7 @@ from typing import Any, Iterator, Optional
 import numpy as np
 import tensorflow_datasets as tfds
 
-from medjax.data import patches, raw_layouts
+from medjax.data import fingerprint, patches, planning, preprocessing, raw_layouts
 from medjax.errors import InputError
 
 # Build options that are read when a split is loaded, not when it is prepared
@@ -136,7 +136,6 @@ class _FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
     del dl_manager  # reads config.manual_dir, nothing to download
-    from medjax.data import fingerprint, planning  # pylint: disable=g-import-not-at-top
     config = self.builder_config
     if not config.manual_dir:
       raise InputError(f"dataset {self.name}: needs dataset_kwargs.manual_dir, the folder with "
@@ -152,7 +151,7 @@ class _FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
           loaded = self._read(case, dataset)  # one case in memory at a time
           if split == "train":
             fingerprints.append(fingerprint.case_fingerprint(
-                loaded.image, loaded.label, loaded.spacing))
+                loaded.image, loaded.label, loaded.spacing, name=f"case {case.case_id}"))
           del loaded
         except InputError as error:
           if not config.skip_bad_cases:
@@ -193,12 +192,11 @@ class _FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _generate_examples(self, cases: list[raw_layouts.RawCase], dataset: raw_layouts.RawDataset,
                          plan: dict[str, Any]) -> Iterator[tuple[int, dict[str, Any]]]:
-    from medjax.data import preprocessing  # pylint: disable=g-import-not-at-top
     ndim = self.builder_config.ndim
     for index, case in enumerate(cases):
       loaded = self._read(case, dataset)
       done = preprocessing.preprocess_case(loaded.image, loaded.label, loaded.spacing,
-                                           loaded.affine, plan)
+                                           loaded.affine, plan, name=f"case {case.case_id}")
       del loaded
       rows = [np.concatenate([np.full((len(where), 1), c, np.int32), where], axis=1)
               for c, where in sorted(patches.class_locations(done.label).items())]
