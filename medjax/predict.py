@@ -87,12 +87,14 @@ def case_name(path: str) -> str:
 
 
 def is_dicom_file(path: str) -> bool:
-  """A file that may be a DICOM slice: a `.dcm`/`.dicom`/`.ima` name, a name
-  without extension (`IM0001`, as scanners write them), or the DICOM Part 10
-  marker `DICM` at byte 128."""
+  """A file that may be a DICOM slice: a `.dcm`/`.dicom`/`.ima` name, or the
+  DICOM Part 10 marker `DICM` at byte 128 (scanners' `IM0001` files without
+  extension have it; a `README` next to NIfTI files does not)."""
   base = os.path.basename(path).lower()
-  if base.endswith(DICOM_SUFFIXES) or ("." not in base and base != "dicomdir"):
+  if base.endswith(DICOM_SUFFIXES):
     return True
+  if base == "dicomdir":
+    return False
   try:
     with open(path, "rb") as handle:
       return handle.read(132)[128:] == b"DICM"
@@ -104,7 +106,8 @@ def find_inputs(path: str, *, skip: Sequence[str] = ()) -> list[str]:
   """The cases under `path`, searched recursively: image files (by extension)
   and DICOM series folders (folders holding DICOM slices, `is_dicom_file`).
 
-  `path` itself may be one image file or one DICOM series folder. Hidden
+  `path` itself may be one image file, one DICOM series folder, or one
+  file of a series (the case is then its folder). Hidden
   files and folders, other files (`notes.txt`) and the folders in `skip`
   (e.g. an output folder inside the input tree) are ignored. Order: a
   folder's image files, then the folder itself if it is a series, then its
@@ -114,6 +117,8 @@ def find_inputs(path: str, *, skip: Sequence[str] = ()) -> list[str]:
     InputError: `path` does not exist or holds no case.
   """
   if os.path.isfile(path):
+    if not path.lower().endswith(IMAGE_SUFFIXES) and is_dicom_file(path):
+      return [os.path.dirname(path) or "."]  # one slice names its series
     return [path]
   if not os.path.isdir(path):
     raise InputError(f"--input={path}: no such file or folder")

@@ -223,11 +223,14 @@ def test_find_inputs_and_case_names(tmp_path):
   (tmp_path / "a.nii.gz").write_bytes(b"")
   (tmp_path / "readme.txt").write_bytes(b"")
   (tmp_path / "dicom_series").mkdir()
-  (tmp_path / "dicom_series" / "IM0001").write_bytes(b"")
+  (tmp_path / "dicom_series" / "IM0001").write_bytes(b"\0" * 128 + b"DICM")  # the Part 10 marker
+  (tmp_path / "LICENSE").write_bytes(b"no marker: not a DICOM file")
   assert predict.find_inputs(str(tmp_path)) == [
       str(tmp_path / "a.nii.gz"), str(tmp_path / "b.nrrd"), str(tmp_path / "dicom_series")]
   assert predict.find_inputs(str(tmp_path / "dicom_series")) == [str(tmp_path / "dicom_series")]
   assert predict.find_inputs(str(tmp_path / "a.nii.gz")) == [str(tmp_path / "a.nii.gz")]
+  # one slice of a series stands for its folder
+  assert predict.find_inputs(str(tmp_path / "dicom_series" / "IM0001")) == [str(tmp_path / "dicom_series")]
   assert [predict.case_name(p) for p in predict.find_inputs(str(tmp_path))] == ["a", "b", "dicom_series"]
   with pytest.raises(InputError, match="no such file"):
     predict.find_inputs(str(tmp_path / "nope"))
@@ -314,10 +317,10 @@ def test_predict_folder_counts_failures_and_skips_a_repeated_case_name(tmp_path,
 
 
 def test_find_inputs_searches_recursively_and_skips_the_output(tmp_path):
-  for name in ["a.nii.gz", "p1/ct/IM0001", "p1/ct/notes.txt", "p2/readme.txt", "out/x.nii.gz",
-               ".hidden/b.nii.gz", "p3/img.dcm", "p3/sub/c.nrrd"]:
+  for name in ["a.nii.gz", "p1/ct/IM0001", "p1/ct/notes.txt", "p2/readme.txt", "p2/LICENSE",
+               "out/x.nii.gz", ".hidden/b.nii.gz", "p3/img.dcm", "p3/sub/c.nrrd"]:
     (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-    (tmp_path / name).write_bytes(b"")
+    (tmp_path / name).write_bytes(b"\0" * 128 + b"DICM" if name.endswith("IM0001") else b"")
   found = predict.find_inputs(str(tmp_path), skip=[str(tmp_path / "out")])
   assert found == [str(tmp_path / "a.nii.gz"), str(tmp_path / "p1" / "ct"), str(tmp_path / "p3"),
                    str(tmp_path / "p3" / "sub" / "c.nrrd")]
