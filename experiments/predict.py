@@ -60,10 +60,13 @@ from medjax.errors import InputError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Workdir of a trained run (or of a cascade).")
-flags.DEFINE_string("input", None, "Image file, DICOM folder, or folder of images / DICOM folders.")
-flags.DEFINE_string("output", None, "Folder for <case>_seg.nii.gz (and <case>_probs.nii.gz).")
+flags.DEFINE_string("input", None, "Image file, DICOM series folder, or a folder searched "
+                    "recursively for images and DICOM series.")
+flags.DEFINE_string("output", None, "Folder for <case>_seg.nii.gz, <case>.json (and the optional "
+                    "outputs), in the input's sub-folders.")
 flags.DEFINE_bool("mirror", False, "Test-time mirroring over every spatial axis.")
-flags.DEFINE_bool("probabilities", False, "Also write <case>_probs.nii.gz (float32, last axis = class).")
+flags.DEFINE_bool("probabilities", False, "Also write <case>_probs.nii.gz (last axis = class; "
+                  "uint16 scaled to [0, 1] by the NIfTI scl_slope: 2 bytes per value).")
 flags.DEFINE_bool("uncertainty", False, "Also write <case>_entropy.nii.gz (MC dropout when the "
                   "model has dropout, else the entropy of the deterministic prediction).")
 flags.DEFINE_integer("samples", 20, "MC-dropout passes for --uncertainty.")
