@@ -184,3 +184,23 @@ def test_large_operands_run_one_batch_element_per_call(monkeypatch):
   monkeypatch.setattr(pallas_gpu, "MAX_ELEMENTS", 1000)
   with pytest.raises(ValueError, match=r"one batch element .* > 2\^31-1"):
     jax.eval_shape(lambda xp: pallas_gpu.conv3d_valid(xp[:1], w, b, interpret=True), xp)
+
+
+@pytest.mark.parametrize("precision", ["default", "tf32x3", "highest"])
+def test_precision_option_lowers_and_interprets_exactly(precision):
+  """Each float32 precision of the Triton kernel lowers for cuda; the interpreter is
+  exact whatever the option (the TF32 rounding only exists on the GPU)."""
+  x, w, b, _, _, _ = _inputs((1, 4, 5, 6, 8), 3, 8, jnp.float32, "relu", False, 1, "SAME", 5)
+  f = lambda x, w, b: conv3d(x, w, b, activation="relu", backend="pallas_gpu",
+                             precision=precision)
+  text = export_for(f, "cuda", x, w, b).mlir_module()
+  assert "custom_call @" + CUSTOM_CALLS["cuda"] in text
+  y = conv3d(x, w, b, activation="relu", backend="pallas_gpu", precision=precision,
+             interpret=True)
+  _close(y, reference.conv3d(x, w, b, activation="relu"), 1e-5)
+
+
+def test_bad_precision_raises():
+  with pytest.raises(ValueError, match=r"precision='tf16': expected one of \('default', "
+                                       r"'tf32x3', 'highest'\)"):
+    conv3d(jnp.zeros((1, 4, 4, 4, 3)), jnp.zeros((3, 3, 3, 3, 4)), precision="tf16")

@@ -53,16 +53,18 @@ KERNEL_NAMES = {"fwd": "medjax_conv3d", "recompute": "medjax_conv3d_recompute",
                 "dx": "medjax_conv3d_dx"}
 
 
-def _tpu_kernel(*args, name=None, **kw):
-  del name  # the Mosaic kernel has one name
+def _tpu_kernel(*args, name=None, precision=None, **kw):
+  del name, precision  # the Mosaic kernel has one name; the MXU takes float32 as it is
   return pallas_tpu.conv3d_valid(*args, **kw)
 
 
 _KERNELS = {"pallas_gpu": pallas_gpu.conv3d_valid, "pallas_tpu": _tpu_kernel}
 
 
-def _check(x, w, b, activation, prelu_slope, stride, padding, kernels, backend):
+def _check(x, w, b, activation, prelu_slope, stride, padding, kernels, backend, precision):
   dispatch.check_kernels(kernels)
+  if precision not in pallas_gpu.PRECISIONS:
+    raise ValueError(f"precision={precision!r}: expected one of {tuple(pallas_gpu.PRECISIONS)}")
   dispatch.check_backend(backend)
   if x.ndim != 5 or w.ndim != 5:
     raise ValueError(f"conv3d expects x (N,D,H,W,C_in) and w (kd,kh,kw,C_in,C_out), "
@@ -112,20 +114,20 @@ def _space_to_depth_stride2(xp: jax.Array, w: jax.Array, out: tuple[int, ...]):
   return xs, w2
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
-def _fused(xp, w, b, residual, prelu_slope, backend, activation, interpret):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
+def _fused(xp, w, b, residual, prelu_slope, backend, activation, interpret, precision):
   return _KERNELS[backend](xp, w, b, residual, prelu_slope, activation=activation,
-                           interpret=interpret)
+                           interpret=interpret, precision=precision)
 
 
-def _fused_fwd(xp, w, b, residual, prelu_slope, backend, activation, interpret):
-  y = _fused(xp, w, b, residual, prelu_slope, backend, activation, interpret)
+def _fused_fwd(xp, w, b, residual, prelu_slope, backend, activation, interpret, precision):
+  y = _fused(xp, w, b, residual, prelu_slope, backend, activation, interpret, precision)
   return y, (xp, w, b, residual, prelu_slope, y)
 
 
-def _fused_bwd(backend, activation, interpret, res, dy):
+def _fused_bwd(backend, activation, interpret, precision, res, dy):
   xp, w, b, residual, slope, y = res
-  kernel = functools.partial(_KERNELS[backend], interpret=interpret)
+  kernel = functools.partial(_KERNELS[backend], interpret=interpret, precision=precision)
   g = dy.astype(jnp.float32)
   dslope = None
   if activation == "relu":
@@ -160,7 +162,7 @@ _fused.defvjp(_fused_fwd, _fused_bwd)
 
 
 def _conv3d_pallas(x, w, b, residual, prelu_slope, *, activation, stride, padding,
-                   backend, interpret):
+                   backend, interpret, precision="default"):
   window = w.shape[:3]
   pads = conv_xla.explicit_padding(x.shape[1:4], window, (stride,) * 3, padding)
   xp = jnp.pad(x, ((0, 0),) + pads + ((0, 0),))
@@ -168,16 +170,16 @@ def _conv3d_pallas(x, w, b, residual, prelu_slope, *, activation, stride, paddin
   if stride == 2:
     out = tuple((d - kk) // 2 + 1 for d, kk in zip(xp.shape[1:4], window))
     xp, w = _space_to_depth_stride2(xp, w, out)
-  return _fused(xp, w, b, residual, prelu_slope, backend, activation, interpret)
+  return _fused(xp, w, b, residual, prelu_slope, backend, activation, interpret, precision)
 
 
 @functools.partial(jax.jit, static_argnames=("activation", "stride", "padding", "kernels",
-                                             "interpret", "backend"))
+                                             "interpret", "backend", "precision"))
 def conv3d(x: jax.Array, w: jax.Array, b: Optional[jax.Array] = None, *,
            activation: Optional[str] = None, prelu_slope: Optional[jax.Array] = None,
            residual: Optional[jax.Array] = None, stride: int = 1, padding: str = "SAME",
            kernels: str = "auto", interpret: bool = False,
-           backend: Optional[str] = None) -> jax.Array:
+           backend: Optional[str] = None, precision: str = "default") -> jax.Array:
   """`activation(conv3d(x, w, stride, padding) + b + residual)`, fused on GPU/TPU.
 
   Args:
@@ -193,10 +195,17 @@ def conv3d(x: jax.Array, w: jax.Array, b: Optional[jax.Array] = None, *,
     interpret: run the Pallas kernels in the interpreter (any platform; slow).
     backend: None, or "pallas_gpu" / "pallas_tpu" / "reference" to run that
       implementation whatever the platform (tests, benchmarks); overrides `kernels`.
+    precision: float32 products of the Triton kernel (bfloat16 inputs are unaffected):
+      "default" -- TF32 tensor cores (10-bit mantissa products, float32 accumulation;
+      relative error ~1e-3, what cuDNN and XLA do by default on sm_80+), "tf32x3" --
+      three TF32 products per product (~float32 accuracy on tensor cores, ~3x the
+      math), "highest" -- exact float32 FMAs (no tensor cores). The interpreter is
+      always exact; the Mosaic and XLA paths ignore it (XLA follows
+      `jax_default_matmul_precision`).
   Returns:
     `(N, D_out, H_out, W_out, C_out)` in `x.dtype`.
   """
-  _check(x, w, b, activation, prelu_slope, stride, padding, kernels, backend)
+  _check(x, w, b, activation, prelu_slope, stride, padding, kernels, backend, precision)
   if activation != "prelu":
     prelu_slope = None  # ignored, as in `reference.activate`
   if backend == "reference":
@@ -205,9 +214,10 @@ def conv3d(x: jax.Array, w: jax.Array, b: Optional[jax.Array] = None, *,
   arrays = (x, w, b, residual, prelu_slope)
   static = dict(activation=activation, stride=stride, padding=padding)
   if backend is not None:
-    return _conv3d_pallas(*arrays, backend=backend, interpret=interpret, **static)
+    return _conv3d_pallas(*arrays, backend=backend, interpret=interpret, precision=precision,
+                          **static)
   return dispatch.by_platform(
       *arrays, kernels=kernels, interpret=interpret,
-      gpu=functools.partial(_conv3d_pallas, backend="pallas_gpu", **static),
+      gpu=functools.partial(_conv3d_pallas, backend="pallas_gpu", precision=precision, **static),
       tpu=functools.partial(_conv3d_pallas, backend="pallas_tpu", **static),
       xla=functools.partial(_conv3d_xla, **static))

@@ -50,7 +50,9 @@ def gpu_config(c_in: int, c_out: int, q_total: int, dtype_bytes: int = 4,
   * `block_q`, `block_co`, `num_warps`: `GPU_TILES` by padded C_out (wider C_out
     takes 128-channel tiles in bfloat16; float32 stays at 128x64 with 4 warps: its
     8-warp 128x128 tile took 132 registers, 1 CTA/SM, against 155-159 and 3 CTAs/SM);
-    `block_q` halves (down to 32) while the grid has fewer than `MIN_PROGRAMS` programs.
+    `block_q` halves (down to 64) while the grid has fewer than `MIN_PROGRAMS` programs:
+    a 32-row tile is below the 64 rows a Hopper warpgroup MMA (wgmma) takes, and
+    Triton falls back to mma.sync (seen in the PTX of the compile check).
   * `num_stages`: 3 (cp.async multi-buffering of the (tap x C_in chunk) loop).
   """
   c_in_p, c_out_p = max(16, next_pow2(c_in)), max(16, next_pow2(c_out))
@@ -59,7 +61,7 @@ def gpu_config(c_in: int, c_out: int, q_total: int, dtype_bytes: int = 4,
   programs = lambda bq, bco: batch * -(-q_total // bq) * (c_out_p // bco)
   if block_co == 128 and programs(block_q, block_co) < MIN_PROGRAMS:
     block_co, num_warps = 64, 4
-  while block_q > 32 and programs(block_q, block_co) < MIN_PROGRAMS:
+  while block_q > 64 and programs(block_q, block_co) < MIN_PROGRAMS:
     block_q //= 2
   block_q = min(block_q, max(16, next_pow2(q_total)))
   return GpuConfig(block_q=block_q, block_co=block_co, block_k=block_k, num_warps=num_warps)

@@ -30,11 +30,15 @@ powers of two, so channels are padded to a power of two >= 16 here. Pointer
 offsets are 32-bit: a call whose operands have >= 2^31 elements runs one batch
 element at a time, and a single element that large is refused.
 
-Precision: float32 inputs go through the tensor cores as TF32 (Triton's
-default for float32 dots on sm_80+: 10-bit mantissa products, float32
-accumulation; relative error ~1e-3 against exact float32), bfloat16 inputs as
-bfloat16 products with float32 accumulation. The interpreter computes exact
-float32, so the interpreter tests do not see the TF32 rounding.
+Precision (`precision=`, a key of `PRECISIONS`): by default float32 inputs go
+through the tensor cores as TF32 (Triton's default for float32 dots on sm_80+:
+10-bit mantissa products, float32 accumulation; relative error ~1e-3 against
+exact float32, as cuDNN and XLA by default); "tf32x3" splits each product into
+three TF32 ones (~float32 accuracy on tensor cores); "highest" takes exact
+float32 FMAs. bfloat16 inputs are bfloat16 products with float32 accumulation.
+The interpreter computes exact float32 whatever `precision` says, so the
+interpreter tests do not see the TF32 rounding (the compiled tests of
+benchmarks/gpu_bench.sh do, at a TF32 tolerance).
 """
 from __future__ import annotations
 
@@ -67,7 +71,7 @@ def _epilogue(acc, b_ref, r_ref, s_ref, activation):
 
 def conv_kernel(x_ref, w_ref, *refs, dims: tuple[int, ...], block_q: int, block_k: int,
                 n_k: int, n_co: int, has_bias: bool, has_residual: bool,
-                activation: Optional[str]):
+                activation: Optional[str], precision=None):
   """One (BLOCK_Q, BLOCK_CO) output tile: a loop over (tap, C_in chunk) pairs.
 
   Refs: x `(L, C_in)` (one batch element, flattened padded volume), w
@@ -89,7 +93,7 @@ def conv_kernel(x_ref, w_ref, *refs, dims: tuple[int, ...], block_q: int, block_
     k0 = pl.multiple_of(kc * block_k, block_k)
     xt = x_ref[pl.ds(q0 + shift, block_q), pl.ds(k0, block_k)]
     wt = w_ref[t, pl.ds(k0, block_k), :]
-    return acc + jnp.dot(xt, wt, preferred_element_type=jnp.float32)
+    return acc + jnp.dot(xt, wt, preferred_element_type=jnp.float32, precision=precision)
 
   acc = jax.lax.fori_loop(0, taps * n_k, step, jnp.zeros(o_ref.shape, jnp.float32))
   o_ref[...] = _epilogue(acc, b_ref, r_ref, s_ref, activation).astype(o_ref.dtype)
@@ -103,16 +107,24 @@ def _pad_axis(a, axis, size):
   return jnp.pad(a, pads)
 
 
+# `precision=` of `conv3d_valid` -> the float32 dot algorithm in the Triton kernel.
+PRECISIONS = {
+    "default": None,  # TF32 tensor cores
+    "tf32x3": jax.lax.DotAlgorithmPreset.TF32_TF32_F32_X3,
+    "highest": jax.lax.Precision.HIGHEST,  # IEEE float32 FMAs
+}
+
 # Largest element count a 32-bit pointer offset reaches.
 MAX_ELEMENTS = 2 ** 31 - 1
 
 
-@functools.partial(jax.jit, static_argnames=("activation", "interpret", "config", "name"))
+@functools.partial(jax.jit, static_argnames=("activation", "interpret", "config", "name",
+                                             "precision"))
 def conv3d_valid(xp: jax.Array, w: jax.Array, b: Optional[jax.Array] = None,
                  residual: Optional[jax.Array] = None, prelu_slope: Optional[jax.Array] = None,
                  *, activation: Optional[str] = None, interpret: bool = False,
                  config: Optional[config_lib.GpuConfig] = None,
-                 name: str = "medjax_conv3d") -> jax.Array:
+                 name: str = "medjax_conv3d", precision: str = "default") -> jax.Array:
   """`act(conv_valid_stride1(xp, w) + b + residual)` on GPU (Triton).
 
   Args:
@@ -121,11 +133,15 @@ def conv3d_valid(xp: jax.Array, w: jax.Array, b: Optional[jax.Array] = None,
     b, prelu_slope: `(C_out,)` or None; residual: `(N, Do, Ho, Wo, C_out)` or None.
     config: block sizes; `config.gpu_config` of the shape when None.
     name: the kernel's name in the compiled program (profiles, `compile_check`).
+    precision: float32 dot algorithm, a key of `PRECISIONS` (see the module docstring);
+      the interpreter always computes exact float32.
   Returns:
     `(N, Do, Ho, Wo, C_out)` with `Do = Dp - kd + 1` etc., in `xp.dtype`.
   Raises:
     ValueError: one batch element has >= 2^31 elements in an operand.
   """
+  if precision not in PRECISIONS:
+    raise ValueError(f"precision={precision!r}: expected one of {tuple(PRECISIONS)}")
   n, dp, hp, wp, c_in = xp.shape
   kd, kh, kw, _, c_out = w.shape
   do, ho, wo = dp - kd + 1, hp - kh + 1, wp - kw + 1
@@ -144,7 +160,7 @@ def conv3d_valid(xp: jax.Array, w: jax.Array, b: Optional[jax.Array] = None,
                      "e.g. with medjax.inference.sliding_window")
   if n > 1 and n * per_sample > MAX_ELEMENTS:  # one batch element per call
     call = functools.partial(conv3d_valid, activation=activation, interpret=interpret,
-                             config=cfg, name=name)
+                             config=cfg, name=name, precision=precision)
     return jnp.concatenate([
         call(xp[i:i + 1], w, b, None if residual is None else residual[i:i + 1], prelu_slope)
         for i in range(n)])
@@ -176,6 +192,7 @@ def conv3d_valid(xp: jax.Array, w: jax.Array, b: Optional[jax.Array] = None,
   kernel = functools.partial(
       conv_kernel, dims=(taps, hp * wp, wp, kh, kw), block_q=cfg.block_q, block_k=block_k,
       n_k=c_in_p // block_k, n_co=n_co, has_bias=b is not None,
+      precision=None if interpret or xp.dtype != jnp.float32 else PRECISIONS[precision],
       has_residual=residual is not None, activation=activation)
   y = pl.pallas_call(
       kernel,

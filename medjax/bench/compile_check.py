@@ -297,6 +297,8 @@ def compile_kernel(call: dict[str, Any], target: Target, ptxas: str) -> dict[str
     return dict(error="triton: " + msg[-300:], compile_s=round(time.time() - t, 2))
   row: dict[str, Any] = dict(smem=int(res.smem_bytes), compile_s=round(time.time() - t, 2))
   row["cp_async"] = len(re.findall(r"^\s*cp\.async\.", res.asm, re.M))
+  row["mma"] = ("wgmma" if re.search(r"^\s*wgmma\.mma_async", res.asm, re.M) else
+                "mma.sync" if re.search(r"^\s*mma\.sync", res.asm, re.M) else "-")
   row.update(ptxas_stats(ptxas, res.asm, target.gpu_name))
   if "error" in row:
     return row
@@ -328,7 +330,8 @@ def check(cases: list[Case], target: Target,
 
   Each row: case, shape, dtype, direction ("fwd"/"bwd"), kernel, grid, num_warps,
   num_stages, regs, spill_stores, spill_loads, smem, ctas_per_sm, cp_async (asynchronous
-  global->shared copies in the PTX: > 0 when Triton software-pipelined the loads),
+  global->shared copies in the PTX: > 0 when Triton software-pipelined the loads), mma
+  ("wgmma": Hopper's warpgroup MMA, "mma.sync": the Ampere one, "-": no tensor-core dot),
   compile_s, and `error` when the kernel failed the check. Identical kernels (same IR and launch
   parameters) are compiled once; later rows carry `dup: True`. `report` is called
   with each row as it is done.
@@ -368,7 +371,7 @@ def _key(call: dict[str, Any]) -> str:
 
 
 HEADER = (f"{'case':56s} {'dir':3s} {'grid':>15s} {'w':>1s} {'s':>1s} {'regs':>4s} "
-          f"{'spill st/ld':>11s} {'smem':>7s} {'cta/SM':>6s} {'cp.async':>8s} {'s':>5s}  note")
+          f"{'spill st/ld':>11s} {'smem':>7s} {'cta/SM':>6s} {'cp.async':>8s} {'mma':>8s} {'s':>5s}  note")
 
 
 def format_row(row: dict[str, Any]) -> str:
@@ -382,7 +385,8 @@ def format_row(row: dict[str, Any]) -> str:
   note = ("(dup) " if row.get("dup") else "") + row.get("error", "")
   return (f"{row['case']:56s} {row['direction']:3s} {grid:>15s} {row['num_warps']:>1d} "
           f"{row['num_stages']:>1d} {num('regs'):>4s} {spill:>11s} {num('smem'):>7s} "
-          f"{num('ctas_per_sm'):>6s} {num('cp_async'):>8s} {num('compile_s'):>5s}  {note}")
+          f"{num('ctas_per_sm'):>6s} {num('cp_async'):>8s} {num('mma'):>8s} {num('compile_s'):>5s}"
+          f"  {note}")
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, int]:
