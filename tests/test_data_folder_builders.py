@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import dataset_writers as writers
-from medjax.data import datasets, folder_datasets, preprocessing, splits
+from medjax.data import datasets, folder_datasets, preprocessing, shard_writing, splits
 from medjax.errors import InputError
 
 
@@ -123,6 +123,37 @@ def test_lits_resamples_a_thick_slice_case_to_the_median_spacing(tmp_path):
   # Nearest/linear label resampling of a 2x upsampled axis is exactly invertible.
   _assert_maps_back(train["volume-0"], truth["volume-0"])
   _assert_maps_back(train["volume-2"], truth["volume-2"])
+
+
+def test_written_straight_to_the_shard_in_case_order(tmp_path, monkeypatch):
+  """No TFDS shuffler: it buffers 1 GB in memory, then spills through tf.io.gfile (needs TensorFlow)."""
+  from tensorflow_datasets.core import shuffle  # pylint: disable=g-import-not-at-top
+
+  def no_shuffler(*args, **kwargs):
+    raise AssertionError("the TFDS shuffler was used")
+  monkeypatch.setattr(shuffle, "Shuffler", no_shuffler)
+  raw = tmp_path / "raw"
+  truth = writers.write_nnunet_raw(str(raw), cases=("d", "a", "c", "b"))
+  source = datasets.load_source("nnunet_raw", "train", str(tmp_path / "data"), manual_dir=str(raw))
+  meta = _metadata(tmp_path / "data", "nnunet_raw", raw)
+  stored = [source[i]["case"].decode() for i in range(len(source))]
+  assert stored == meta["cases"]["train"] == ["a", "b", "c", "d"]
+  np.testing.assert_array_equal(preprocessing.to_native(source[2]["label"], json.loads(
+      source[2]["record"])), truth["c"]["label"])
+
+
+def test_one_shard_releases_each_example_once_the_next_is_asked_for():
+  made = []
+
+  def examples():
+    for index in range(3):
+      made.append({"image": np.zeros(4, np.float32), "case": str(index)})
+      yield index, made[-1]
+  [generate] = shard_writing.one_shard(examples)
+  iterator = generate()
+  assert next(iterator)[1]["case"] == "0"
+  assert next(iterator)[1]["case"] == "1" and made[0] == {}  # the first one's arrays are gone
+  assert [key for key, _ in iterator] == [2] and made[1] == made[2] == {}
 
 
 def test_nnunet_raw_2d_images(tmp_path):

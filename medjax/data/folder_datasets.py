@@ -45,6 +45,7 @@ with its reason in `prepared_metadata(builder)["skipped"]`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from typing import Any, Iterator, Optional
@@ -52,7 +53,7 @@ from typing import Any, Iterator, Optional
 import numpy as np
 import tensorflow_datasets as tfds
 
-from medjax.data import fingerprint, patches, planning, preprocessing, raw_layouts
+from medjax.data import fingerprint, patches, planning, preprocessing, raw_layouts, shard_writing
 from medjax.errors import InputError
 
 # Build options that are read when a split is loaded, not when it is prepared
@@ -103,7 +104,7 @@ def prepared_metadata(builder: tfds.core.DatasetBuilder) -> dict[str, Any]:
   return {key: metadata[key] for key in ("plan", "fingerprint", "skipped", "dataset", "cases")}
 
 
-class _FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class _FolderBuilder(tfds.core.ShardBasedBuilder, skip_registration=True):
   """Shared by the three layouts; `LAYOUT` names the `raw_layouts` reader."""
 
   LAYOUT = ""
@@ -130,11 +131,13 @@ class _FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return tfds.core.DatasetInfo(
         builder=self, description=self.__doc__, features=features,
         homepage="https://github.com/medjax/medjax",
-        # Stored order = sorted case order (integer keys), see `prepared_metadata`.
+        # Stored in sorted case order (shard_writing: one shard per split, written in
+        # the order generated), see `prepared_metadata`.
         disable_shuffling=True,
         metadata=tfds.core.MetadataDict())
 
-  def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
+  def _shard_iterators_per_split(self, dl_manager: tfds.download.DownloadManager
+                                 ) -> dict[str, list[Any]]:
     del dl_manager  # reads config.manual_dir, nothing to download
     config = self.builder_config
     if not config.manual_dir:
@@ -176,7 +179,8 @@ class _FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                     "manual_dir": config.manual_dir},
         "cases": {split: [c.case_id for c in cases] for split, cases in kept.items() if cases},
     })
-    return {split: self._generate_examples(cases, dataset, plan)
+    return {split: shard_writing.one_shard(functools.partial(
+                self._generate_examples, cases, dataset, plan))
             for split, cases in kept.items() if cases}
 
   def _read(self, case: raw_layouts.RawCase, dataset: raw_layouts.RawDataset

@@ -29,6 +29,7 @@ is a one-line `InputError` naming the file and the array.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import zipfile
 import zlib
@@ -37,6 +38,7 @@ from typing import Any, Iterator, NamedTuple
 import numpy as np
 import tensorflow_datasets as tfds
 
+from medjax.data import shard_writing
 from medjax.errors import InputError
 
 
@@ -142,7 +144,7 @@ def _rows(path: str, key: str) -> tuple[tuple[int, ...], Iterator[np.ndarray]]:
   return tuple(shape), rows()
 
 
-class Medmnist(tfds.core.GeneratorBasedBuilder):
+class Medmnist(tfds.core.ShardBasedBuilder):
   """MedMNIST v2 from local `.npz` files (see the module docstring)."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -170,11 +172,12 @@ class Medmnist(tfds.core.GeneratorBasedBuilder):
         }),
         supervised_keys=("image", "label"),
         homepage="https://medmnist.com",
-        disable_shuffling=True,  # the files' order
+        disable_shuffling=True,  # the files' order (shard_writing: written as generated)
         metadata=tfds.core.MetadataDict(num_classes=info.num_classes, task=info.task,
                                         channels=info.channels, size=config.size))
 
-  def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
+  def _shard_iterators_per_split(self, dl_manager: tfds.download.DownloadManager
+                                 ) -> dict[str, list[Any]]:
     del dl_manager  # reads config.manual_dir
     config = self.builder_config
     if not config.manual_dir:
@@ -183,7 +186,9 @@ class Medmnist(tfds.core.GeneratorBasedBuilder):
     path = os.path.join(config.manual_dir, file_name(config.flag, config.size))
     if not os.path.isfile(path):
       raise InputError(f"{path}: no such file (MedMNIST {config.flag} at size {config.size})")
-    return {split: self._generate_examples(path, split, key) for split, key in SPLITS.items()}
+    return {split: shard_writing.one_shard(functools.partial(self._generate_examples, path,
+                                                            split, key))
+            for split, key in SPLITS.items()}
 
   def _generate_examples(self, path: str, split: str,
                          key: str) -> Iterator[tuple[int, dict[str, Any]]]:
