@@ -11,6 +11,8 @@ Modules (each with one job):
   preprocessed once per `manual_dir`; `prepared_metadata`).
 * `medmnist`: TFDS builder `medmnist/<flag>` (MedMNIST v2 `.npz`, 2D and 3D, every size).
 * `splits`: `kfold`, nnU-Net's deterministic 5-fold cross-validation.
+* `shard_writing`: writes a split straight to its array_record shard (no 1 GB
+  in-memory buffer, no TensorFlow), for the builders of real data.
 * `fingerprint`, `planning`: nnU-Net dataset fingerprint and plan (target
   spacing, patch size, pooling, normalisation per channel).
 * `resampling`, `normalization`, `preprocessing`: `preprocess_case` (crop ->
@@ -38,7 +40,8 @@ from typing import Any
 
 _SUBMODULES = ("augment", "case_cache", "crop", "datasets", "fingerprint", "folder_datasets", "io",
                "medmnist", "normalization", "patches", "pipeline", "planning", "preprocessing",
-               "raw_layouts", "resampling", "splits", "synthetic", "synthetic_organs",
+               "raw_layouts", "resampling", "shard_writing", "splits", "synthetic",
+               "synthetic_organs",
                "synthetic_patches", "transforms")
 
 
