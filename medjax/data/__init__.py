@@ -41,8 +41,7 @@ from typing import Any
 _SUBMODULES = ("augment", "case_cache", "crop", "datasets", "fingerprint", "folder_datasets", "io",
                "medmnist", "normalization", "patches", "pipeline", "planning", "preprocessing",
                "raw_layouts", "resampling", "shard_writing", "splits", "synthetic",
-               "synthetic_organs",
-               "synthetic_patches", "transforms")
+               "synthetic_organs", "synthetic_patches", "transforms")
 
 
 def __getattr__(name: str) -> Any:
