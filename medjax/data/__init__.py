@@ -28,6 +28,8 @@ Modules (each with one job):
   `eval_cases`, `classification_batches`, `classification_images`).
 * `io`: `read_image` (NIfTI, NRRD, MetaImage, DICOM folder), `read_image_channels`
   (4D NIfTI channels-last), `write_nifti`.
+* `dicom_seg`: `write_segmentation`, labels predicted on a DICOM series as a DICOM
+  Segmentation referencing it (highdicom), for PACS viewers.
 
 A new dataset is a TFDS builder module here (registered on import by
 `datasets`), reading local files from `manual_dir`.
@@ -38,8 +40,9 @@ stays cheap (TFDS and grain load only when used).
 import importlib
 from typing import Any
 
-_SUBMODULES = ("augment", "case_cache", "crop", "datasets", "fingerprint", "folder_datasets", "io",
-               "medmnist", "normalization", "patches", "pipeline", "planning", "preprocessing",
+_SUBMODULES = ("augment", "case_cache", "crop", "datasets", "dicom_seg", "fingerprint",
+               "folder_datasets", "io", "medmnist", "normalization", "patches", "pipeline",
+               "planning", "preprocessing",
                "raw_layouts", "resampling", "shard_writing", "splits", "synthetic",
                "synthetic_organs", "synthetic_patches", "transforms")
 
