@@ -150,11 +150,13 @@ def _fused_bwd(backend, activation, interpret, precision, res, dy):
                name=KERNEL_NAMES["dx"]).astype(xp.dtype)
   # Weight gradient (XLA): dw[t, ci, co] = sum_{n,o} xp[n, o + t, ci] dz[n, o, co], one
   # convolution of the input with dz as the kernel (N contracted, C_in as its batch), in the
-  # input dtype with float32 accumulation; not the autodiff transpose of a float32 conv,
-  # which read x and a float32 dy through NCDHW transposes (issue 13, finding 4).
+  # input dtype (`w` is in it already: `_conv3d_pallas` casts), no float32 output type for
+  # bfloat16 (cuDNN has no bf16-in/f32-out conv, so XLA upcast both operands to float32);
+  # not the autodiff transpose of a float32 conv (issue 13, finding 4).
   dw = lax.conv_general_dilated(
       xp, dz, (1, 1, 1), "VALID", dimension_numbers=("CDHWN", "IDHWO", "DHWNC"),
-      preferred_element_type=jnp.float32).astype(w.dtype)
+      preferred_element_type=jnp.float32 if xp.dtype == jnp.float32 else None
+  ).astype(w.dtype)
   return dxp, dw, db, dres, dslope
 
 
