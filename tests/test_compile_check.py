@@ -79,6 +79,8 @@ def test_bad_arguments_are_one_line():
     compile_check.run("h100", dtypes=("float16",))
   with pytest.raises(compile_check.InputError, match=r"--only='\(': not a regular expression"):
     compile_check.run("h100", only="(")
+  with pytest.raises(compile_check.InputError, match="--only='conv3d/nope' matches no case"):
+    compile_check.run("h100", only="conv3d/nope")
 
 
 def test_pins_and_occupancy():

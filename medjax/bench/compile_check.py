@@ -410,7 +410,8 @@ def run(target: str = "h100", only: str = "", dtypes: tuple[str, ...] = ("float3
   compiles within the target's limits without spilling, 1 otherwise.
 
   Raises:
-    InputError: unknown target or dtype, or the tools are missing (one line).
+    InputError: unknown target or dtype, a regex that matches no case, or the tools are
+      missing (one line).
   """
   if target not in TARGETS:
     raise InputError(f"--target={target!r}: expected one of {', '.join(TARGETS)}")
@@ -422,6 +423,9 @@ def run(target: str = "h100", only: str = "", dtypes: tuple[str, ...] = ("float3
       re.compile(only)
     except re.error as e:
       raise InputError(f"--only={only!r}: not a regular expression ({e})") from None
+  if not all_cases(tuple(dtypes), only):
+    raise InputError(f"--only={only!r} matches no case (tags: conv3d/<bench shape>/<dtype>, "
+                     "soft_dice/<bench shape>/squared=<bool>)")
   env = tools_env()
   spec = json.dumps(dict(target=target, only=only, dtypes=list(dtypes), json_path=json_path))
   code = ("import sys; from medjax.bench.compile_check import child_main; "
