@@ -45,6 +45,7 @@ setup(
         "medjax.train.tasks",
         "medjax.sweep",
         "medjax.bench",
+        "medjax.bench.compile_check",
         "medjax_kernels",
         "medjax_kernels.conv3d",
         "medjax_kernels.soft_dice",

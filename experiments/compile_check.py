@@ -1,13 +1,15 @@
 """Compile every Pallas kernel for an H100 on this (CPU-only) machine (`medjax.bench.compile_check`).
 
   python -m experiments.compile_check [--target h100] [--only REGEX]
-      [--dtypes float32,bfloat16] [--json out.json]
+      [--dtypes float32,bfloat16] [--full] [--json out.json]
   python -m experiments.compile_check --install_tools     # once: the pinned [gpu-check] tools
 
 One line per kernel instance (case, fwd/bwd, grid, warps, stages, registers,
-spill bytes, shared memory, CTAs per SM, compile seconds); exit status 1 if any
-kernel fails to compile, exceeds the shared-memory limit or spills, 2 on bad
-input or missing tools.
+spill bytes, shared memory, CTAs per SM, cp.async count, MMA kind, compile
+seconds); with --full also each case's whole forward + backward compiled by XLA
+(Pallas and kernels="xla"): its kernels and HBM bytes moved against the fused
+floor. Exit status 1 if any kernel fails to compile, exceeds the shared-memory
+limit or spills (or a whole program fails), 2 on bad input or missing tools.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ flags.DEFINE_string("target", "h100", f"GPU to compile for: {', '.join(compile_c
 flags.DEFINE_string("only", "", "regex on case tags, e.g. 'conv3d/vnet_down3' or 'soft_dice'")
 flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "input dtypes to check")
 flags.DEFINE_string("json", None, "write every row to this JSON file")
+flags.DEFINE_bool("full", False, "also compile each whole case with XLA: kernels, bytes moved")
 flags.DEFINE_bool("install_tools", False, "install the pinned [gpu-check] tools and exit")
 
 
@@ -33,7 +36,8 @@ def main(argv) -> None:
     if FLAGS.install_tools:
       print(f"installed into {compile_check.install_tools()}")
       return
-    status = compile_check.run(FLAGS.target, FLAGS.only, tuple(FLAGS.dtypes), FLAGS.json)
+    status = compile_check.run(FLAGS.target, FLAGS.only, tuple(FLAGS.dtypes), FLAGS.json,
+                               full=FLAGS.full)
   except InputError as e:
     cli.exit_with_error(e)
   sys.exit(status)

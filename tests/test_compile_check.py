@@ -96,3 +96,43 @@ def test_pins_and_occupancy():
   assert compile_check.ctas_per_sm(32, 100 * 1024, 4, h100) == 2
   assert compile_check.ctas_per_sm(64, 0, 8, h100) == 4
   assert compile_check.ctas_per_sm(16, 0, 1, h100) == 32  # block slots
+
+
+def test_full_compiles_the_whole_program(tmp_path):
+  """--full: XLA's compile-only H100 compiles the whole forward + backward, Pallas and
+  kernels="xla"; the Pallas one holds the 2 Triton kernels, the XLA one none."""
+  compile_check.tools_env()
+  out = tmp_path / "full.json"
+  proc = _launch("--only", r"conv3d/cpu_unet_l1_16to32_16x32x32/bfloat16", "--full",
+                 "--json", str(out))
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+  (row,) = json.loads(out.read_text())["whole"]
+  assert row["pallas"]["kernels"]["__gpu$xla.gpu.triton"] == 2
+  assert "__gpu$xla.gpu.triton" not in row["xla"]["kernels"]
+  for v in ("pallas", "xla"):
+    assert row[v]["bytes"] > row["floor_bytes"] > 0 and row[v]["lower_bound_ms"] > 0
+
+
+HLO = """HloModule m
+
+%fused (p: f32[4,8]) -> f32[4,8] {
+  %p = f32[4,8]{1,0} parameter(0)
+  ROOT %n = f32[4,8]{1,0} negate(%p)
+}
+
+ENTRY %main (x: f32[4,8], w: bf16[8,2]) -> (f32[4,8], bf16[8,2]) {
+  %x = f32[4,8]{1,0} parameter(0)
+  %w = bf16[8,2]{1,0} parameter(1)
+  %f = f32[4,8]{1,0} fusion(%x), kind=kLoop, calls=%fused
+  %c = (bf16[8,2]{1,0}, u8[4096]{0}) custom-call(%f, %w), custom_call_target="__cudnn$conv"
+  %g = bf16[8,2]{1,0} get-tuple-element(%c), index=0
+  ROOT %t = (f32[4,8]{1,0}, bf16[8,2]{1,0}) tuple(%f, %g)
+}
+"""
+
+
+def test_hlo_traffic_counts_each_kernel_once():
+  kinds, moved = compile_check.whole.hlo_traffic(HLO)
+  assert kinds == {"fusion:kLoop": 1, "__cudnn$conv": 1}
+  # fusion: 128 B in + 128 B out; custom call: 128 + 32 B in, 32 B out (workspace not counted)
+  assert moved == 128 + 128 + 128 + 32 + 32
