@@ -166,3 +166,11 @@ def test_from_config():
     augment.from_config({"enabled": True, "gamma_p": 1.5}, spacing=(1, 1), spatial_dims=2)
   with pytest.raises(InputError, match=r"config.augment.rotaton_p: unknown field"):
     augment.from_config({"enabled": True, "rotaton_p": 0.2}, spacing=(1, 1), spatial_dims=2)
+
+
+def test_standard_normal_draws_are_finite_at_the_ends_of_the_uniform_range():
+  """u = 0 is a possible `jax.random.uniform` draw: its noise must not be -inf (a NaN loss)."""
+  ends = augment.standard_normal(jnp.asarray([0.0, 1.0 - 2.0 ** -23]))
+  np.testing.assert_allclose(ends, [-5.2947, 5.2947], rtol=1e-4)
+  z = augment.standard_normal(jax.random.uniform(jax.random.key(0), (200_000,)))
+  assert abs(float(z.mean())) < 0.01 and abs(float(z.std()) - 1.0) < 0.01

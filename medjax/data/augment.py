@@ -354,6 +354,16 @@ def _along(index: jax.Array, axis: int, ndim: int) -> jax.Array:
 
 # ----------------------------------------------------------------------------- sampling
 
+def standard_normal(u: jax.Array) -> jax.Array:
+  """Standard normal numbers from `jax.random.uniform` draws `u` in [0, 1).
+
+  Inverse CDF at the centre of each of the 2^23 float32 uniform cells, so the
+  ends map to ±5.3, never to ±inf (the inverse CDF of u = 0 itself is -inf).
+  """
+  centred = 2.0 * u - 1.0 + 2.0 ** -23  # in (-1, 1)
+  return jnp.sqrt(2.0) * jax.lax.erf_inv(centred)
+
+
 class _Draws:
   """All random numbers of one sample from one uniform draw, consumed in order.
 
@@ -362,13 +372,12 @@ class _Draws:
   """
 
   def __init__(self, key: jax.Array, num_uniform: int, num_normal: int):
-    u = jax.random.uniform(key, (num_uniform + num_normal,), jnp.float32,
-                           minval=jnp.finfo(jnp.float32).tiny)
+    u = jax.random.uniform(key, (num_uniform + num_normal,), jnp.float32)
     self._u, self._n, self._normal = u[:num_uniform], 0, u[num_uniform:]
     self._m = 0
 
   def uniform(self, n: Optional[int] = None) -> jax.Array:
-    """`n` (or one scalar) uniform numbers in (0, 1)."""
+    """`n` (or one scalar) uniform numbers in [0, 1)."""
     k = 1 if n is None else n
     out = self._u[self._n:self._n + k]
     assert out.shape[0] == k, "augment_sample: uniform budget too small"
@@ -376,11 +385,11 @@ class _Draws:
     return out[0] if n is None else out
 
   def normal(self, shape: Sequence[int]) -> jax.Array:
-    """Standard normal numbers of `shape` (inverse CDF of uniforms)."""
+    """Standard normal numbers of `shape` (`standard_normal` of the uniforms)."""
     k = int(np.prod(shape))
     u = self._normal[self._m:self._m + k]
     self._m += k
-    return (jnp.sqrt(2.0) * jax.lax.erf_inv(2.0 * u - 1.0)).reshape(shape)
+    return standard_normal(u).reshape(shape)
 
 
 def _multiplier(u: jax.Array, below: jax.Array, value_range: tuple[float, float]) -> jax.Array:
@@ -483,4 +492,4 @@ def augment(key: jax.Array, image: jax.Array, label: Optional[jax.Array], aug: A
 
 __all__ = ["Augmentation", "from_config", "augment", "augment_sample", "rotation_matrix",
            "sampling_grid", "elastic_lattice_shape", "elastic_displacement", "warp", "mirror", "brightness", "contrast",
-           "gamma", "gaussian_noise", "gaussian_blur", "low_resolution", "ANISOTROPY_THRESHOLD"]
+           "gamma", "gaussian_noise", "standard_normal", "gaussian_blur", "low_resolution", "ANISOTROPY_THRESHOLD"]
