@@ -157,12 +157,21 @@ def _valid_ref(xp, w, b):
   return reference.conv3d(xp, w, b, padding="VALID")
 
 
+def _np_inputs(x_shape, k, c_out, seed):
+  """x, w, b from numpy (eager jax.random ops each compile: seconds per test)."""
+  rng = np.random.default_rng(seed)
+  x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((k,) * 3 + (x_shape[-1], c_out)) / np.sqrt(k ** 3 * x_shape[-1]),
+                  jnp.float32)
+  return x, w, jnp.asarray(rng.standard_normal(c_out), jnp.float32)
+
+
 def test_split_k_and_channel_blocks_match_reference():
-  """C_in 40 in chunks of 16 (3 steps per tap, the last one zero-padded), C_out 20 in two
-  16-channel blocks on the fastest grid axis, 32-row Q blocks: the interpreted kernel
-  equals the reference."""
+  """2x2x2 taps, C_in 40 in chunks of 16 (4 per tap, padded to 64), C_out 20 in two 16-channel
+  blocks on the fastest grid axis, 32-row Q blocks: the interpreted kernel equals the
+  reference."""
   from medjax_kernels.conv3d import config as config_lib, pallas_gpu
-  xp, w, b, _, _, _ = _inputs((2, 5, 6, 7, 40), 3, 20, jnp.float32, None, False, 1, "VALID", 3)
+  xp, w, b = _np_inputs((1, 3, 5, 6, 40), 2, 20, 3)
   cfg = config_lib.GpuConfig(block_q=32, block_co=16, block_k=16, num_warps=4, num_stages=3)
   y = pallas_gpu.conv3d_valid(xp, w, b, activation=None, interpret=True, config=cfg)
   _close(y, _valid_ref(xp, w, b), 1e-5)
@@ -172,30 +181,30 @@ def test_large_operands_run_one_batch_element_per_call(monkeypatch):
   """32-bit offsets: past `MAX_ELEMENTS` the batch is split (same numbers); a single
   element past it is refused with a one-line error."""
   from medjax_kernels.conv3d import pallas_gpu
-  xp, w, b, _, _, _ = _inputs((3, 4, 5, 6, 3), 3, 4, jnp.float32, None, False, 1, "VALID", 4)
+  xp, w, b = _np_inputs((2, 4, 5, 6, 3), 1, 4, 4)
   want = _valid_ref(xp, w, b)
-  # per batch element: 2,208 elements (138 input rows x 16 padded channels), 3 of them
+  # per batch element (1x1x1): 2,048 elements (128 output rows x 16 padded channels)
   monkeypatch.setattr(pallas_gpu, "MAX_ELEMENTS", 3000)
   f = lambda xp: pallas_gpu.conv3d_valid(xp, w, b, interpret=True)
   (outer,) = jax.make_jaxpr(f)(xp).eqns
   calls = [e for e in outer.params["jaxpr"].eqns if e.primitive.name == "jit"]
-  assert len(calls) == 3 and all(c.params["jaxpr"].in_avals[0].shape[0] == 1 for c in calls)
+  assert len(calls) == 2 and all(c.params["jaxpr"].in_avals[0].shape[0] == 1 for c in calls)
   _close(f(xp), want, 1e-5)
   monkeypatch.setattr(pallas_gpu, "MAX_ELEMENTS", 1000)
   with pytest.raises(ValueError, match=r"one batch element .* > 2\^31-1"):
     jax.eval_shape(lambda xp: pallas_gpu.conv3d_valid(xp[:1], w, b, interpret=True), xp)
 
 
-@pytest.mark.parametrize("precision", ["default", "tf32x3", "highest"])
-def test_precision_option_lowers_and_interprets_exactly(precision):
+def test_precision_option_lowers_and_interprets_exactly():
   """Each float32 precision of the Triton kernel lowers for cuda; the interpreter is
   exact whatever the option (the TF32 rounding only exists on the GPU)."""
-  x, w, b, _, _, _ = _inputs((1, 4, 5, 6, 8), 3, 8, jnp.float32, "relu", False, 1, "SAME", 5)
-  f = lambda x, w, b: conv3d(x, w, b, activation="relu", backend="pallas_gpu",
-                             precision=precision)
-  text = export_for(f, "cuda", x, w, b).mlir_module()
-  assert "custom_call @" + CUSTOM_CALLS["cuda"] in text
-  y = conv3d(x, w, b, activation="relu", backend="pallas_gpu", precision=precision,
+  x, w, b = _np_inputs((1, 4, 5, 6, 8), 3, 8, 5)
+  for precision in ("default", "tf32x3", "highest"):
+    f = lambda x, w, b, p=precision: conv3d(x, w, b, activation="relu", backend="pallas_gpu",
+                                            precision=p)
+    text = export_for(f, "cuda", x, w, b).mlir_module()
+    assert "custom_call @" + CUSTOM_CALLS["cuda"] in text, precision
+  y = conv3d(x, w, b, activation="relu", backend="pallas_gpu", precision="tf32x3",
              interpret=True)
   _close(y, reference.conv3d(x, w, b, activation="relu"), 1e-5)
 
