@@ -70,5 +70,8 @@ setup(
         # nvidia-cuda-nvcc only for its ptxas 12.9 (40 MB, instead of triton's 1 GB).
         "gpu-check": ["jax-cuda12-plugin==0.10.2", "jax-cuda12-pjrt==0.10.2",
                       "nvidia-cuda-nvcc-cu12==12.9.86"],
+        # `--target tpu-v5e`: libtpu of jax[tpu]==0.10.2 (its compile-only TPU client), put
+        # into a side folder by `--install_tools` (medjax.bench.compile_check_tpu.PINS).
+        "tpu-check": ["libtpu==0.0.42"],
     },
 )

@@ -22,7 +22,8 @@ from medjax.bench import compile_check
 from medjax.errors import InputError
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("target", "h100", f"GPU to compile for: {', '.join(compile_check.TARGETS)}")
+flags.DEFINE_string("target", "h100", f"GPU to compile for: {', '.join(compile_check.TARGETS)}; "
+                    "or tpu-v5e / tpu-v6e")
 flags.DEFINE_string("only", "", "regex on case tags, e.g. 'conv3d/vnet_down3' or 'soft_dice'")
 flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "input dtypes to check")
 flags.DEFINE_string("json", None, "write every row to this JSON file")
@@ -33,6 +34,12 @@ flags.DEFINE_bool("install_tools", False, "install the pinned [gpu-check] tools 
 def main(argv) -> None:
   del argv
   try:
+    if FLAGS.target.startswith("tpu"):  # tpu-v5e / tpu-v6e: medjax.bench.compile_check_tpu
+      from medjax.bench import compile_check_tpu as tpu
+      if FLAGS.install_tools:
+        print(f"installed into {tpu.install_tools()}")
+        return
+      sys.exit(tpu.run(FLAGS.target, FLAGS.only, tuple(FLAGS.dtypes), FLAGS.json))
     if FLAGS.install_tools:
       print(f"installed into {compile_check.install_tools()}")
       return
