@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from medjax import inference
+from medjax import config_files, inference
 
 _STATUS = "/proc/self/status"
 
@@ -104,11 +104,10 @@ def fixed_predictor(window_batch: Sequence[int], classes: int) -> Callable:
 
 def default_model_predictor(classes: Optional[int] = None) -> tuple[Callable, tuple]:
   """The default config's U-Net (random weights) and its patch size (the window)."""
-  from experiments.configs import unet3d_synthetic  # the default config
   from medjax.train.model_factory import build_model
   from medjax.train.step import make_predict_fn
 
-  config = unet3d_synthetic.get_config()
+  config = config_files.load(config_files.config_path("unet3d_synthetic"))  # the default run
   if classes is not None and classes != config.num_classes:
     raise ValueError(f"classes={classes}: the default config has {config.num_classes}")
   model = build_model(config, training=False)

@@ -7,12 +7,12 @@ A sweep is the product of the swept config fields' values; each combination
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import itertools
 import os
 import re
 from typing import Sequence
 
+from medjax import config_files
 from medjax.errors import InputError
 
 Override = tuple[str, str]  # (config field, value as written on the command line)
@@ -142,17 +142,10 @@ def check_fields(config_arg: str, fields: Sequence[str]) -> None:
 
   This catches a typo once, before any run starts, instead of in every run.
   """
-  path, _, variant = config_arg.partition(":")
-  if not os.path.isfile(path):
-    raise SweepError(f"--config={config_arg}: no such config file {path!r}")
   try:
-    spec = importlib.util.spec_from_file_location("_sweep_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(variant) if variant else module.get_config()
-  except Exception as e:  # pylint: disable=broad-except  # any failure of user code
-    raise SweepError(f"--config={config_arg}: cannot load the config "
-                     f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    config = config_files.load(config_arg)
+  except InputError as e:
+    raise SweepError(str(e)) from None
   for field in fields:
     node = config
     for part in field.split("."):
