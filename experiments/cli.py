@@ -26,6 +26,7 @@ def exit_with_error(error: object) -> NoReturn:
 
 def run(main: Callable[[list[str]], object]) -> None:
   """`app.run(main)`, with flag/config parsing errors printed as `error: ...` (exit 2)."""
+  app.define_help_flags()  # --help/--helpfull, which app.run would define after our parse
   try:
     argv = flags.FLAGS(sys.argv)
   except flags.Error as e:
