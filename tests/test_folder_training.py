@@ -4,16 +4,17 @@ import os
 import types
 
 import ml_collections
+import nibabel as nib
 import numpy as np
 import pytest
 
 import dataset_writers as writers
 from experiments.configs import unet3d_folder
-from medjax import metrics
+from medjax import metrics, predict
 from medjax.data import fingerprint, io, planning
 from medjax.errors import InputError
 from medjax.train import run
-from medjax.train.predictor import RunPredictor, load_predictor
+from medjax.train.predictor import RunPredictor
 from medjax.train.workdir import Workdir
 
 
@@ -112,13 +113,21 @@ def test_unet3d_folder_trains_on_an_nnunet_raw_folder_and_predicts_on_the_input_
   assert [list(k) for k in saved.model.kernel_sizes] == plan["kernel_sizes"][:2]
   assert saved.normalization == "none"
 
-  # A raw test image, read as experiments.predict reads it; the result goes back on its grid.
+  # experiments.predict (in process) on a raw test image: RunPredictor.predict_volume applies
+  # plan.json and maps the result back; the written NIfTI has the input's grid exactly.
   path = os.path.join(raw, "imagesTs", "case_t_0000.nii.gz")
+  skipped = predict.predict_folder(str(tmp_path / "run"), path, str(tmp_path / "out"),
+                                   probabilities=True, postprocess=False, log=lambda line: None)
   volume = io.read_image(path)
-  labels, probs = load_predictor(str(tmp_path / "run")).predict_volume(volume, name=path)
-  assert labels.shape == truth["case_t"]["label"].shape == volume.array.shape
-  assert probs.shape == (*volume.array.shape, 3)
-  np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
-  back = io.read_image(io.write_nifti(str(tmp_path / "case_t_seg.nii.gz"), labels, volume.affine))
-  np.testing.assert_array_equal(back.array, labels)
-  np.testing.assert_allclose(back.affine, truth["case_t"]["affine"], atol=1e-5)
+  seg = io.read_image(str(tmp_path / "out" / "case_t_0000_seg.nii.gz"))
+  assert skipped == 0 and seg.array.shape == volume.array.shape == truth["case_t"]["label"].shape
+  np.testing.assert_array_equal(seg.affine, volume.affine)
+  np.testing.assert_allclose(volume.affine, truth["case_t"]["affine"], atol=1e-5)
+  probs = nib.load(str(tmp_path / "out" / "case_t_0000_probs.nii.gz")).get_fdata()
+  assert probs.shape == (*volume.array.shape[::-1], 3)  # NIfTI voxel axes reversed, classes last
+  np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-3)
+  # labels = argmax of the probabilities, where the 2-byte storage cannot flip it
+  top = np.sort(probs, -1)
+  clear = (top[..., -1] - top[..., -2] > 1e-3).transpose(2, 1, 0)
+  assert clear.mean() > 0.5
+  np.testing.assert_array_equal(seg.array[clear], probs.argmax(-1).transpose(2, 1, 0)[clear])
