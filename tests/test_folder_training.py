@@ -13,7 +13,7 @@ from experiments.configs import unet3d_folder
 from medjax import metrics, predict
 from medjax.data import fingerprint, io, planning
 from medjax.errors import InputError
-from medjax.train import run
+from medjax.train import run, sources
 from medjax.train.predictor import RunPredictor
 from medjax.train.workdir import Workdir
 
@@ -112,6 +112,15 @@ def test_unet3d_folder_trains_on_an_nnunet_raw_folder_and_predicts_on_the_input_
   assert list(saved.patch_size) == plan["patch_size"]
   assert [list(k) for k in saved.model.kernel_sizes] == plan["kernel_sizes"][:2]
   assert saved.normalization == "none"
+  deeper = unet3d_folder.get_config("smoke")
+  deeper.data_dir, deeper.dataset_kwargs.manual_dir = config.data_dir, str(raw)
+  deeper.model.features = (4, 8, 16, 32, 64, 128, 256)
+  with pytest.raises(InputError, match=r"config.model.features=\(4, .*\): 7 levels, but the plan"):
+    sources.resolve_dataset(deeper)
+  deeper.model.features, deeper.patch_size = (4,), (8, 8, 8)  # set fields are kept
+  resolved = sources.resolve_dataset(deeper)
+  assert resolved.patch_size == (8, 8, 8) and resolved.model.pool_sizes == ()
+  assert resolved.model.kernel_sizes == (tuple(plan["kernel_sizes"][0]),)
 
   # experiments.predict (in process) on a raw test image: RunPredictor.predict_volume applies
   # plan.json and maps the result back; the written NIfTI has the input's grid exactly.
