@@ -121,6 +121,9 @@ def test_unet3d_folder_trains_on_an_nnunet_raw_folder_and_predicts_on_the_input_
   resolved = sources.resolve_dataset(deeper)
   assert resolved.patch_size == (8, 8, 8) and resolved.model.pool_sizes == ()
   assert resolved.model.kernel_sizes == (tuple(plan["kernel_sizes"][0]),)
+  config.dataset_kwargs.fold = 1  # another fold's run cannot resume this one
+  with pytest.raises(InputError, match=r"holds a run with dataset_kwargs.fold=0"):
+    run.train_and_evaluate(config, str(tmp_path / "run"))
 
   # experiments.predict (in process) on a raw test image: RunPredictor.predict_volume applies
   # plan.json and maps the result back; the written NIfTI has the input's grid exactly.

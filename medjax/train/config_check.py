@@ -15,7 +15,9 @@ from medjax.train.workdir import Workdir
 
 # Fields that fix the shapes of the state: a workdir holding a run that
 # differs in any of these cannot be resumed with the new config.
-STATE_FIELDS = ("task", "dataset", "num_classes", "label_map", "model", "optimizer.name", "seed")
+# A folder dataset's run also keeps its folder and cross-validation fold.
+STATE_FIELDS = ("task", "dataset", "num_classes", "label_map", "model", "optimizer.name", "seed",
+                "dataset_kwargs.manual_dir", "dataset_kwargs.fold", "dataset_kwargs.num_folds")
 
 
 def _get(config_dict: dict, dotted: str):
