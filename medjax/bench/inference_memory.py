@@ -162,7 +162,7 @@ def bench_inference(shape: Sequence[int], roi: Optional[Sequence[int]], *, class
       "bytes_per_voxel": max(peaks) / voxels,
       "seconds_per_volume": seconds, "seconds_all": times,
       "volumes_per_minute": 60.0 / seconds,
-      "machine": f"{platform.processor() or platform.machine()}, {jax.default_backend()}",
+      "machine": f"{platform.processor() or platform.machine()}, {jax.devices()[0].platform}",
       "jax": jax.__version__,
       "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
   }
