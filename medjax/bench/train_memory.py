@@ -67,8 +67,8 @@ def write_folder(root: str, pool: str, cases: int, shape: Sequence[int], distinc
 
 
 def _config(manual_dir: str, data_dir: str, *, steps: int, patch: Sequence[int], cached: int):
-  from experiments.configs import unet3d_folder  # pylint: disable=g-import-not-at-top
-  config = unet3d_folder.get_config("smoke")
+  from medjax import config_files  # pylint: disable=g-import-not-at-top
+  config = config_files.load(config_files.config_path("unet3d_folder") + ":smoke")
   config.data_dir = data_dir
   config.dataset_kwargs.manual_dir = manual_dir
   config.dataset_kwargs.num_folds = 5
