@@ -179,6 +179,9 @@ def test_prepared_once_per_manual_dir(tmp_path, monkeypatch):
   assert sorted(_split(data, "nnunet_raw", first)) == ["a", "b"]
   assert sorted(_split(data, "nnunet_raw", second)) == ["x", "y"]
   assert len(_prepared(data / "nnunet_raw")) == 2
+  # Spelling out a default option (as unet3d_folder.py's dataset_kwargs do) is the same dataset.
+  assert sorted(_split(data, "nnunet_raw", first, skip_bad_cases=False)) == ["a", "b"]
+  assert len(_prepared(data / "nnunet_raw")) == 2
   os.rename(first, tmp_path / "moved")  # prepared: the raw files are not read again
   monkeypatch.chdir(tmp_path)
   assert sorted(_split(data, "nnunet_raw", "first")) == ["a", "b"]  # relative path, same key

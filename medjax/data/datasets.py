@@ -69,8 +69,11 @@ def _config_with_overrides(name: str, overrides: dict[str, Any]) -> tuple[str, A
     config = dataclasses.replace(base, **overrides)
   except (TypeError, ValueError) as error:
     raise InputError(f"dataset {name!r}: bad config overrides ({error})") from None
-  # Digest of the normalised fields: [16, 24, 24] and (16, 24, 24) are one variant.
-  values = repr(sorted((k, getattr(config, k)) for k in overrides))
+  # Digest of the normalised fields that differ from the named config: [16, 24, 24] and
+  # (16, 24, 24) are one variant, and spelling out a default (`skip_bad_cases=False`)
+  # does not prepare a second copy.
+  values = repr(sorted((k, getattr(config, k)) for k in overrides
+                       if k == "manual_dir" or getattr(config, k) != getattr(base, k)))
   digest = hashlib.sha1(values.encode()).hexdigest()[:8]
   if "manual_dir" in overrides:  # a local folder's dataset: named after the folder too
     return dataset, dataclasses.replace(
