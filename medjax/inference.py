@@ -16,11 +16,13 @@
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import functools
 import itertools
 import math
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -295,6 +297,24 @@ def _outputs_of(probs: Optional[np.ndarray], labels: Optional[np.ndarray], index
   return (None if probs is None else probs[index], None if labels is None else labels[index])
 
 
+WindowProgress = Callable[[int, int], None]
+_WINDOW_PROGRESS: contextvars.ContextVar[Optional[WindowProgress]] = contextvars.ContextVar(
+    "window_progress", default=None)
+
+
+@contextlib.contextmanager
+def window_progress(callback: WindowProgress) -> Iterator[None]:
+  """Within the block, every `sliding_window` call reports `callback(done, total)`
+  after each batch of windows (`total`: windows of the call, all images of the
+  batch axis). A progress bar over windows without threading a callback
+  through every predictor (a cascade runs two sliding windows per case)."""
+  token = _WINDOW_PROGRESS.set(callback)
+  try:
+    yield
+  finally:
+    _WINDOW_PROGRESS.reset(token)
+
+
 def sliding_window(predict_fn: PredictFn, volume: np.ndarray, roi_size: Sequence[int], *,
                    overlap: float = 0.5, mode: str = "gaussian", batch_size: int = 4,
                    mirror_axes: Sequence[int] = (), output: str = "probabilities",
@@ -332,6 +352,9 @@ def sliding_window(predict_fn: PredictFn, volume: np.ndarray, roi_size: Sequence
       on the device of the predictions, updated by a jitted add; on CPU it is
       host memory too), or "auto": the device when `predict_fn` returns
       `jax.Array`s on an accelerator with room for the slab, else the host.
+  Progress: inside `with window_progress(callback)`, `callback(done, total)`
+  is called after each batch of windows.
+
   Returns:
     "probabilities": `(N, *S, K)` of `dtype`; "labels": `(N, *S)` uint8
     (int32 for more than 256 classes); "both": `(labels, probabilities)`.
@@ -364,6 +387,7 @@ def sliding_window(predict_fn: PredictFn, volume: np.ndarray, roi_size: Sequence
   fill = volume.min() if tiling.padded != spatial else 0
   axis = tiling.axis
   probs_out = labels_out = None  # allocated once the number of classes is known
+  report, done, total = _WINDOW_PROGRESS.get(), 0, len(volume) * len(tiling.starts)
   for index, image in enumerate(volume):
     slab, base = None, 0
     for b in range(0, len(tiling.starts), batch_size):
@@ -386,6 +410,9 @@ def sliding_window(predict_fn: PredictFn, volume: np.ndarray, roi_size: Sequence
           tiling.emit(slab, base, st[axis] - base, *_outputs_of(probs_out, labels_out, index))
           base = st[axis]
         slab.add(preds, j, st[:axis] + (st[axis] - base,) + st[axis + 1:])
+      if report is not None:
+        done += len(chunk)
+        report(done, total)
     tiling.emit(slab, base, tiling.padded[axis] - base,
                 *_outputs_of(probs_out, labels_out, index))
   if output == "labels":

@@ -50,6 +50,7 @@ from typing import Callable, NamedTuple, Optional, Sequence
 import numpy as np
 
 import medjax
+from medjax import inference
 from medjax.data import dicom_seg, io
 from medjax.errors import InputError
 from medjax.postprocess import apply as apply_rules, load_rules
@@ -265,10 +266,21 @@ class _Progress:
   above it (`tqdm.external_write_mode`)."""
 
   def __init__(self, total: int, show: bool):
-    self.bar = None
+    self.bar = self.window_bar = None
     if show:
       from tqdm import tqdm  # pylint: disable=g-import-not-at-top
       self.bar = tqdm(total=total, unit="case", file=sys.stderr, dynamic_ncols=True)
+      # Second line: the windows of the sliding window running now (a cascade runs two).
+      self.window_bar = tqdm(total=0, unit="window", file=sys.stderr, dynamic_ncols=True,
+                             position=1, leave=False)
+
+  def windows(self, done: int, total: int) -> None:
+    """`medjax.inference.window_progress` callback: `done` of `total` windows."""
+    if self.window_bar is None:
+      return
+    if total != self.window_bar.total or done < self.window_bar.n:  # a new sliding window
+      self.window_bar.reset(total=total)
+    self.window_bar.update(done - self.window_bar.n)
 
   def emit(self, log: Log, text: str) -> None:
     if self.bar is None:
@@ -287,6 +299,7 @@ class _Progress:
 
   def close(self) -> None:
     if self.bar is not None:
+      self.window_bar.close()
       self.bar.close()
 
 
@@ -353,10 +366,11 @@ def predict_folder(workdir: str, input_path: str, output: str, *, mirror: bool =
         raise InputError(f"{path}: same case name {case_name(path)!r} as {names[key]}; "
                          "rename one of them")
       names[key] = path
-      summary = predict_case(predictor, path, folder, probabilities=probabilities,
-                             entropy=uncertainty, rules=rules,
-                             dicom_seg_out=output_format == "dicom-seg",
-                             algorithm=algorithm, warn=lambda text: bar.emit(error, text))
+      with inference.window_progress(bar.windows):
+        summary = predict_case(predictor, path, folder, probabilities=probabilities,
+                               entropy=uncertainty, rules=rules,
+                               dicom_seg_out=output_format == "dicom-seg",
+                               algorithm=algorithm, warn=lambda text: bar.emit(error, text))
     except Exception as e:  # pylint: disable=broad-except  # one bad case must not stop the rest
       message = str(e) if isinstance(e, InputError) else f"{path}: {type(e).__name__}: {e}"
       bar.emit(error, f"error: {message}".splitlines()[0])

@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 
+from medjax import inference
 from medjax.inference import importance_map, sliding_window, window_starts
 
 
@@ -386,3 +387,16 @@ def test_mirror_axes_outside_the_spatial_axes_are_not_silently_misapplied(axis):
 
 # The cascade predictor (`inference.cascade_predict`, organ -> box -> crop ->
 # stage 2 -> paste) is tested with the cascade orchestrator in test_cascade.py.
+
+
+def test_window_progress_reports_each_batch_inside_the_block_only():
+  calls = []
+  volume = np.zeros((2, 10, 12, 1), np.float32)
+  predict = lambda x: np.ones(x.shape[:-1] + (2,), np.float32)
+  windows = len(inference.window_starts(10, 4, 0.5)) * len(inference.window_starts(12, 4, 0.5))
+  with inference.window_progress(lambda done, total: calls.append((done, total))):
+    inference.sliding_window(predict, volume, (4, 4), overlap=0.5, batch_size=4)
+  per_image = [min(b + 4, windows) for b in range(0, windows, 4)]
+  assert calls == [(d, 2 * windows) for d in per_image + [windows + d for d in per_image]]
+  inference.sliding_window(predict, volume, (4, 4), overlap=0.5, batch_size=4)
+  assert len(calls) == 2 * len(per_image)  # no reports outside the block

@@ -1,5 +1,6 @@
 """medjax.train.restore, medjax.predict and experiments.predict on a real (2-step) smoke run."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -267,8 +268,12 @@ class _FakePredictor:
     image = transforms.check_image(image, name)
     if image.ndim != 3:
       raise InputError(f"{name}: image has shape {image.shape}; the model segments 3D images")
-    fg = (image > 0).astype(np.float32)
-    return fg.astype(np.uint8), np.stack([1 - fg, fg], -1)
+    # Through a real sliding window (constant weights keep the 0/1 values exact), so the
+    # CLI's window progress bar is exercised.
+    probs = inference.sliding_window(
+        lambda w: np.concatenate([w <= 0, w > 0], -1).astype(np.float32),
+        np.asarray(image, np.float32)[None, ..., None], (4, 8, 8), mode="constant", batch_size=2)[0]
+    return probs.argmax(-1).astype(np.uint8), probs
 
   def predict_volume(self, volume, *, name="image"):
     return self.predict(volume.array, name=name)
@@ -358,7 +363,10 @@ def test_predict_folder_postprocesses_by_default_and_shows_a_bar_when_asked(
   assert log[2].endswith(f"; post-processing: 1 rule(s) of {run / 'postprocessing.json'}")
   assert log[5] == f"segmented 2 of 2 case(s) into {tmp_path / 'raw'}"
   assert sum(" -> " in line for line in log) == 4  # the per-case lines are still written
-  assert capsys.readouterr().err.count("2/2") >= 2  # one finished bar per call
+  err = capsys.readouterr().err
+  assert err.count("2/2") >= 2  # one finished case bar per call
+  windows = math.prod(len(inference.window_starts(s, r, 0.5)) for s, r in zip(SHAPE, (4, 8, 8)))
+  assert f"{windows}/{windows} [" in err  # and a finished bar over the windows of a case
 
 
 def test_write_nifti_channels_puts_the_class_axis_last_in_2d_and_3d(tmp_path):
