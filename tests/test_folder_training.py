@@ -11,7 +11,7 @@ import pytest
 import dataset_writers as writers
 from experiments.configs import unet3d_folder
 from medjax import metrics, predict
-from medjax.data import fingerprint, io, planning
+from medjax.data import fingerprint, folder_datasets, io, planning
 from medjax.errors import InputError
 from medjax.train import run, sources
 from medjax.train.predictor import RunPredictor
@@ -93,11 +93,17 @@ def test_predict_volume_applies_the_plan_and_returns_the_native_grid():
 def test_unet3d_folder_trains_on_an_nnunet_raw_folder_and_predicts_on_the_input_grid(tmp_path):
   raw = tmp_path / "Dataset007_Tiny"
   cases = ("case_a", "case_b", "case_c", "case_d")
-  truth = writers.write_nnunet_raw(str(raw), cases, channel_names=("CT",), test_cases=("case_t",))
+  truth = writers.write_nnunet_raw(str(raw), cases + ("case_bad",), channel_names=("CT",),
+                                   test_cases=("case_t",))
+  bad_label = raw / "labelsTr" / "case_bad.nii.gz"
+  bad_label.write_bytes(b"not a NIfTI file")  # corrupt: skipped, the rest trains
   config = unet3d_folder.get_config("smoke")
   config.data_dir = str(tmp_path / "data")
   config.dataset_kwargs.manual_dir = str(raw)
+  config.dataset_kwargs.skip_bad_cases = True
   results = run.train_and_evaluate(config, str(tmp_path / "run"))
+  skipped = folder_datasets.prepared_metadata(sources.folder_builder(config))["skipped"]
+  assert [s["case"] for s in skipped] == ["case_bad"] and "case_bad" in skipped[0]["reason"]
   assert [c["case"] for c in results["per_case"]] == ["case_t"]  # the labelled imagesTs
   assert 0.0 <= results["dice/organ"] <= 1.0
   workdir = Workdir(str(tmp_path / "run"))
@@ -114,6 +120,7 @@ def test_unet3d_folder_trains_on_an_nnunet_raw_folder_and_predicts_on_the_input_
   assert saved.normalization == "none"
   deeper = unet3d_folder.get_config("smoke")
   deeper.data_dir, deeper.dataset_kwargs.manual_dir = config.data_dir, str(raw)
+  deeper.dataset_kwargs.skip_bad_cases = True
   deeper.model.features = (4, 8, 16, 32, 64, 128, 256)
   with pytest.raises(InputError, match=r"config.model.features=\(4, .*\): 7 levels, but the plan"):
     sources.resolve_dataset(deeper)
