@@ -35,7 +35,7 @@ def test_bench_train_writes_its_json_on_the_smoke_config(tmp_path):
   assert np.isclose(train["steps_per_s"], 1 / train["step_median_s"])
   assert np.isclose(train["voxels_per_s"], train["voxels_per_step"] / train["step_median_s"])
   assert train["compile_cold_s"] > 0 and train["compile_warm_s"] > 0 and train["cache_entries"] >= 1
-  assert train["params"] == 3383  # the smoke U-Net (4, 8 features, 1x3x3 top level)
+  assert train["params"] == 3415  # the smoke U-Net (4, 8 features, 1x3x3 top level, batch norm)
   assert train["compiled_memory"]["temp_size_in_bytes"] > 0 and train["saved_residual_bytes"] > 0
   assert train["init_s"] > 0
   assert r["memory"]["peak_rss_mb"] > 100

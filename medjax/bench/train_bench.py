@@ -111,12 +111,14 @@ def saved_residual_bytes(config: ml_collections.ConfigDict, model, loss_fn, vari
   model = model.clone(bn_axis_name=None)  # statistics of one device: no mesh axis here
   mutable = ["batch_stats"] if variables.get("batch_stats") else []
 
-  def loss(params):
-    out = model.apply({**variables, "params": params}, batch["image"], train=True,
-                      rngs={"dropout": jax.random.key(0)}, mutable=mutable)[0]
-    return supervised_loss(loss_fn, out, batch["label"])
+  def residuals_of(variables):  # all variables traced: they may be shapes only (eval_shape)
+    def loss(params):
+      out = model.apply({**variables, "params": params}, batch["image"], train=True,
+                        rngs={"dropout": jax.random.key(0)}, mutable=mutable)[0]
+      return supervised_loss(loss_fn, out, batch["label"])
+    return jax.vjp(loss, variables["params"])[1]
 
-  residuals = jax.eval_shape(lambda p: jax.vjp(loss, p)[1], variables["params"])
+  residuals = jax.eval_shape(residuals_of, variables)
   return int(sum(np.prod(r.shape) * r.dtype.itemsize for r in jax.tree.leaves(residuals)))
 
 
