@@ -136,3 +136,19 @@ def test_hlo_traffic_counts_each_kernel_once():
   assert kinds == {"fusion:kLoop": 1, "__cudnn$conv": 1}
   # fusion: 128 B in + 128 B out; custom call: 128 + 32 B in, 32 B out (workspace not counted)
   assert moved == 128 + 128 + 128 + 32 + 32
+
+
+def test_install_pins_skips_pip_when_every_pin_is_there_and_reports_a_failure_in_one_line(
+    tmp_path, monkeypatch):
+  from medjax.bench.compile_check import tools
+  from medjax.errors import InputError
+  (tmp_path / "jax_cuda12_plugin-0.10.2.dist-info").mkdir()
+  (tmp_path / "libtpu-0.0.42.dist-info").mkdir()
+  calls = []
+  monkeypatch.setattr(tools.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or
+                      subprocess.CompletedProcess(cmd, 1, "", "ERROR: no such version\n"))
+  pins = ["jax-cuda12-plugin==0.10.2", "libtpu==0.0.42"]
+  assert tools.install_pins(tmp_path, pins, "the tools") == tmp_path and not calls
+  with pytest.raises(InputError, match=r"^installing the tools into .* failed: ERROR: no such version$"):
+    tools.install_pins(tmp_path, pins + ["triton==3.9.0"], "the tools")
+  assert calls[0][-3:] == pins + ["triton==3.9.0"] and "--no-deps" in calls[0]

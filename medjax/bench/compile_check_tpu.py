@@ -62,17 +62,8 @@ def tools_dir() -> pathlib.Path:
 
 def install_tools(target: Optional[pathlib.Path] = None) -> pathlib.Path:
   """`pip install --no-deps --target <tools_dir()>` the pinned libtpu (once)."""
-  target = pathlib.Path(target or tools_dir())
-  dist_info = lambda pin: "{}-{}.dist-info".format(*pin.split("=="))
-  if all((target / dist_info(pin)).is_dir() for pin in PINS):
-    return target
-  cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--upgrade",
-         "--target", str(target), *PINS]
-  proc = subprocess.run(cmd, capture_output=True, text=True)
-  if proc.returncode:
-    tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
-    raise InputError(f"installing {' '.join(PINS)} into {target} failed: {tail[0]}")
-  return target
+  from medjax.bench.compile_check import tools  # pylint: disable=g-import-not-at-top
+  return tools.install_pins(pathlib.Path(target or tools_dir()), list(PINS), " ".join(PINS))
 
 
 def tools_env(directory: Optional[pathlib.Path] = None) -> dict[str, str]:

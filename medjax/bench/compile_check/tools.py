@@ -53,8 +53,15 @@ def install_tools(target: Optional[pathlib.Path] = None) -> pathlib.Path:
   Does nothing when every pinned version is already there. No-deps: the plugin's own
   requirements are the CUDA runtime libraries, which the compile-only path does not load.
   """
-  target = pathlib.Path(target or tools_dir())
-  pins = pinned_tools()
+  return install_pins(pathlib.Path(target or tools_dir()), pinned_tools(), f"the [{EXTRA}] tools")
+
+
+def install_pins(target: pathlib.Path, pins: list[str], what: str) -> pathlib.Path:
+  """`pip install --no-deps --target target` the `name==version` pins, unless all are there.
+
+  The compile checks' tools live in such a side folder, never in the main environment
+  (a CUDA plugin or libtpu there would make every CPU `import jax` try that backend).
+  """
   dist_info = lambda pin: "{}-{}.dist-info".format(*pin.replace("-", "_").split("=="))
   if all((target / dist_info(pin)).is_dir() for pin in pins):
     return target  # already there
@@ -63,7 +70,7 @@ def install_tools(target: Optional[pathlib.Path] = None) -> pathlib.Path:
   proc = subprocess.run(cmd, capture_output=True, text=True)
   if proc.returncode:
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
-    raise InputError(f"installing the [{EXTRA}] tools into {target} failed: {tail[0]}")
+    raise InputError(f"installing {what} into {target} failed: {tail[0]}")
   return target
 
 
