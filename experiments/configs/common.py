@@ -203,6 +203,13 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.dataset_kwargs.shape = (16, 32, 32)
     c.dataset_kwargs.split_sizes = {"train": 3, "validation": 1, "test": 2}
     c.patch_size = (8, 16, 16)
+  return smoke_schedule(c)
+
+
+def smoke_schedule(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The run-length part of `smoke`: a few steps of a small batch, logged and
+  checkpointed every step or two, one case drawn (also for configs of a local
+  dataset, which cannot be shrunk)."""
   c.global_batch_size = 4
   c.num_steps = 6
   c.log_every = 1

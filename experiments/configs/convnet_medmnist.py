@@ -57,11 +57,5 @@ def get_config(variant: str = "pneumoniamnist") -> ml_collections.ConfigDict:
   c.model.dropout = 0.1
   c.model.global_pool = ml_collections.FieldReference(None, field_type=str)
   if "smoke" in parts:
-    c.global_batch_size = 4
-    c.num_steps = 6
-    c.log_every = 1
-    c.checkpoint_every = 2
-    c.progress_bar = False
-    c.eval.batch_size = 2
-    c.eval.report_cases = 1
+    common.smoke_schedule(c)
   return c

@@ -72,13 +72,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   if variant == "smoke":
     c.dataset_kwargs.num_folds = 2
     c.model.features = (4, 8)
-    c.global_batch_size = 4
-    c.num_steps = 3
-    c.log_every = 1
-    c.checkpoint_every = 3
-    c.progress_bar = False
-    c.eval.batch_size = 2
-    c.eval.report_cases = 1
+    common.smoke_schedule(c)
+    c.num_steps = c.checkpoint_every = 3
     c.eval.surface_metrics = False
   elif variant:
     raise ValueError(f"unknown config variant {variant!r}: expected '' or 'smoke'")
