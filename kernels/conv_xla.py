@@ -1,4 +1,4 @@
-"""N-d channels-last convolution in pure XLA: four exact formulations, and the
+"""N-d channels-last convolution in pure XLA: five exact formulations, and the
 fastest mix of them per platform (`conv_fast`).
 
 Every convolution of the 1D/2D/3D models that is not a fused Pallas kernel
@@ -8,7 +8,7 @@ uses it too.
 XLA's CPU convolution (`lax.conv_general_dilated`) is good at the forward pass
 and the input gradient, but its weight gradient (a convolution whose "kernel"
 is the whole output volume) is slow, and for 1-channel inputs even its forward
-pass is slow. The same convolution can be written three other ways, all exact:
+pass is slow. The same convolution can be written four other ways, all exact:
 
 * ``"im2col"``: gather the `prod(window)` shifted views of the padded input
   into `(M, prod(window)*C_in)` patches and do one matmul with the reshaped
@@ -17,6 +17,10 @@ pass is slow. The same convolution can be written three other ways, all exact:
   summing `prod(window[:-1])` matmuls: fewer bytes than full im2col, bigger
   contractions than shifted matmuls.
 * ``"shifted"``: one `(M, C_in) @ (C_in, C_out)` matmul per tap, summed.
+* ``"outshift"``: im2col over the last axis, ONE matmul giving the partial
+  output of every other tap at every padded position, then one fused sum of
+  shifted slices of that product: no per-tap copy of the input (the default
+  for stride-1 3D convs; its two gradients are written out, not autodiffed).
 
 Their autodiff transposes are different programs too (e.g. the weight gradient
 of "shifted" is `sum_t view_t(x)^T @ dy`, one matmul per tap with K = M), so
@@ -138,12 +142,107 @@ def conv_im2col_last(x, w, strides, pads):
   return y.astype(x.dtype)
 
 
+def _last_axis_cols(xp: jax.Array, window, strides, out) -> jax.Array:
+  """The padded input's `window[-1]` shifted views along the last spatial axis,
+  concatenated on channels: `(N, *padded[:-1], out[-1], window[-1]*C)`."""
+  nd = xp.ndim - 2
+  cols = [v for _, v in _views(xp, window, strides, out, (nd - 1,))]
+  return cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
+
+
+def _outer_taps(window) -> list[tuple[int, ...]]:
+  return list(itertools.product(*(range(k) for k in window[:-1])))
+
+
+def conv_outshift(x, w, strides, pads):
+  """Shifted sum of partial outputs: im2col over the last spatial axis, then ONE
+  matmul `(M', window[-1]*C_in) @ (window[-1]*C_in, T*C_out)` that gives every
+  outer tap's (the `T = prod(window[:-1])` taps over the other axes) partial
+  output at every padded position, then one fused sum of the `T` shifted slices.
+
+  The other formulations materialise a shifted copy of the input per tap (XLA
+  does not pass strided views to a matmul); here the shifts are applied to the
+  matmul's output inside one elementwise fusion, so the bytes moved are about
+  `(2*window[-1]*C_in + 2*T*C_out) * M'` instead of `T` copies of the patches,
+  and the matmul has `T*C_out` columns instead of `C_out` (a better shape for
+  the CPU GEMM: 16 -> 144 for a 3x3x3 conv with 16 outputs).
+  """
+  nd = x.ndim - 2
+  window = w.shape[:nd]
+  out = _out_shape(x.shape, window, strides, pads)
+  xp = jnp.pad(x, ((0, 0),) + tuple(pads) + ((0, 0),))
+  cols = _last_axis_cols(xp, window, strides, out)
+  taps = _outer_taps(window)
+  c_out = w.shape[-1]
+  wm = jnp.moveaxis(w.reshape(len(taps), -1, c_out), 0, 1).reshape(-1, len(taps) * c_out)
+  z = _matmul(cols, wm.astype(x.dtype), jnp.float32)
+  y = None
+  for i, tap in enumerate(taps):
+    start, limit, step = [0] * z.ndim, list(z.shape), [1] * z.ndim
+    for a, t in enumerate(tap):
+      start[1 + a] = t
+      limit[1 + a] = t + (out[a] - 1) * strides[a] + 1
+      step[1 + a] = strides[a]
+    start[-1], limit[-1] = i * c_out, (i + 1) * c_out
+    v = lax.slice(z, start, limit, step)
+    y = v if y is None else y + v
+  return y.astype(x.dtype)
+
+
+def outshift_input_grad(x, w, strides, pads, dy):
+  """dL/dx of a stride-1 convolution, as the `conv_outshift` convolution of
+  `dy` with the flipped kernel (channels swapped) and the complementary padding."""
+  nd = x.ndim - 2
+  window = w.shape[:nd]
+  if any(s != 1 for s in strides):
+    raise ValueError(f"outshift input gradient: stride 1 only, got strides={strides}")
+  wt = jnp.swapaxes(jnp.flip(w, tuple(range(nd))), -1, -2)
+  tpads = tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(window, pads))
+  # a negative pad (an input row no output window reaches) crops: lax.pad allows it
+  dyp = lax.pad(dy, jnp.zeros((), dy.dtype),
+                ((0, 0, 0),) + tuple((lo, hi, 0) for lo, hi in tpads) + ((0, 0, 0),))
+  return conv_outshift(dyp, wt, (1,) * nd, ((0, 0),) * nd).astype(x.dtype)
+
+
+def outshift_weight_grad(x, w, strides, pads, dy):
+  """dL/dw of a stride-1 convolution with the roles of `conv_outshift` swapped:
+  the last-axis patches of the padded input against ONE concatenation of `dy`
+  placed at every outer tap's offset in the padded grid, one matmul with
+  K = M' and `T*C_out` columns (instead of `T` copies of the patches)."""
+  nd = x.ndim - 2
+  window = w.shape[:nd]
+  if any(s != 1 for s in strides):
+    raise ValueError(f"outshift weight gradient: stride 1 only, got strides={strides}")
+  out = dy.shape[1:-1]
+  xp = jnp.pad(x, ((0, 0),) + tuple(pads) + ((0, 0),))
+  cols = _last_axis_cols(xp, window, strides, out)  # (N, *padded[:-1], out[-1], kw*C_in)
+  zero = jnp.zeros((), dy.dtype)
+  placed = []
+  for tap in _outer_taps(window):
+    config = [(0, 0, 0)] + [(t, xp.shape[1 + a] - out[a] - t, 0) for a, t in enumerate(tap)]
+    placed.append(lax.pad(dy, zero, config + [(0, 0, 0), (0, 0, 0)]))
+  dys = placed[0] if len(placed) == 1 else jnp.concatenate(placed, axis=-1)
+  dims = tuple(range(nd + 1))
+  g = lax.dot_general(cols.astype(dy.dtype), dys, ((dims, dims), ((), ())),
+                      preferred_element_type=jnp.float32)  # (kw*C_in, T*C_out)
+  c_out = w.shape[-1]
+  g = jnp.moveaxis(g.reshape(-1, len(placed), c_out), 1, 0)
+  return g.reshape(w.shape).astype(w.dtype)
+
+
 FORMULATIONS: dict[str, Callable] = {
     "lax": conv_lax,
     "im2col": conv_im2col,
     "im2col_last": conv_im2col_last,
     "shifted": conv_shifted,
+    "outshift": conv_outshift,
 }
+
+# Gradients written directly instead of by `jax.vjp` of a formulation (the
+# autodiff transpose of `conv_outshift` would scatter `dy` into T zero-filled
+# copies of the partial outputs and add them).
+INPUT_GRADIENTS: dict[str, Callable] = {"outshift": outshift_input_grad}
+WEIGHT_GRADIENTS: dict[str, Callable] = {"outshift": outshift_weight_grad}
 
 
 class Plan(NamedTuple):
@@ -166,9 +265,16 @@ def _mixed_fwd(x, w, strides, pads, plan):
 
 def _mixed_bwd(strides, pads, plan, res, dy):
   x, w = res
-  f_dx, f_dw = FORMULATIONS[plan.dx], FORMULATIONS[plan.dw]
-  dx = jax.vjp(lambda x_: f_dx(x_, w, strides, pads), x)[1](dy)[0]
-  dw = jax.vjp(lambda w_: f_dw(x, w_, strides, pads), w)[1](dy)[0]
+  if plan.dx in INPUT_GRADIENTS:
+    dx = INPUT_GRADIENTS[plan.dx](x, w, strides, pads, dy)
+  else:
+    f_dx = FORMULATIONS[plan.dx]
+    dx = jax.vjp(lambda x_: f_dx(x_, w, strides, pads), x)[1](dy)[0]
+  if plan.dw in WEIGHT_GRADIENTS:
+    dw = WEIGHT_GRADIENTS[plan.dw](x, w, strides, pads, dy)
+  else:
+    f_dw = FORMULATIONS[plan.dw]
+    dw = jax.vjp(lambda w_: f_dw(x, w_, strides, pads), w)[1](dy)[0]
   return dx, dw
 
 
@@ -181,50 +287,54 @@ conv_mixed.defvjp(_mixed_fwd, _mixed_bwd)
 SMALL_CONV_MACS = 2e7
 
 
-def cpu_plan(window: Sequence[int], c_in: int, c_out: int, macs: float = float("inf")) -> Plan:
-  """The formulation per direction on CPU, from channel counts and window.
+def cpu_plan(window: Sequence[int], c_in: int, c_out: int, macs: float = float("inf"),
+             strides: Sequence[int] | None = None) -> Plan:
+  """The formulation per direction on CPU, from the window, channels and strides.
 
-  Measured on a 2-core AMD EPYC (jax 0.10.2), fwd+bwd of one conv+ReLU, batch 2
-  (min of 5, ms; lax = autodiff of `lax.conv_general_dilated`, mixed = this plan):
+  Measured on a 2-core AMD EPYC with AVX-512 (jax 0.10.2, quiet machine,
+  2026-11-26), ms per direction, batch 2, median of 5 (`lax` = XLA's conv):
 
-  ======================  =====  =====
-  layer                     lax  mixed
-  ======================  =====  =====
-  32x64x64 1->8 k3 (dw)     245     35
-  32x64x64 8->8 k3          954    588
-  32x64x64 16->16 k3       2100   1158
-  48^3 16->16 k3            692    477
-  16x32x32 32->32 k3        444    284
-  8x16x16 64->64 k3         108     71
-  16x32x32 32->32 k5       2120   1151
-  32x64x64 8->16 k2 s2      538     13
-  32x64x64 16->2 k1          28      8
-  ======================  =====  =====
+  ========================  ====================  =================  ================
+  layer                     forward lax/i2cl/os   dx lax/shift/os    dw lax/i2cl/os
+  ========================  ====================  =================  ================
+  64^3 16->16 k3            266 / 338 / 139       256 / 288 / 144    464 / 361 / 247
+  64^3 32->16 k3            505 / 647 / 208       277 / 554 / 259    913 / 587 / 451
+  32^3 32->32 k3             60 /  88 /  48        64 /  75 /  45    126 /  97 /  82
+  32^3 64->32 k3            128 / 166 /  68        73 / 152 /  86    258 / 209 / 114
+  16^3 64->64 k3             18 /  26 /   6        18 /  10 /   8     39 /  27 /  12
+  16^3 128->64 k3            36 /  46 /  13        20 /  40 /  31     69 /  59 /  39
+  32^3 16->16 k5            133 / 165 /  62       138 / 210 /  60    274 / 195 / 109
+  2D 8x128^2 32->16 k3        7 /  74 /  31         5 /  46 /  27     10 /  70 /  43
+  ========================  ====================  =================  ================
 
-  * 1x1 windows: a plain matmul every way (`im2col` has a single tap).
-  * C_in <= 4 (the first layer of a network): shifted matmuls every way; XLA's
-    convolution of a 1-channel volume is ~100x slower than 27 fused
-    multiply-adds.
-  * otherwise: forward by `im2col_last`, input gradient by `shifted` (its
-    transpose: one `dy @ w_t^T` per tap, added into the padded input), weight
-    gradient by `im2col_last` (transpose: `cols^T @ dy`). Windows of more than
-    27 taps (5x5x5) take the input gradient by `im2col_last` too: 125 shifted
-    matmuls take 8 s to compile against 3 s.
+  (i2cl = `im2col_last`, shift = `shifted`, os = `outshift`.)
+
   * fewer than `SMALL_CONV_MACS` multiply-adds (`macs`): the XLA conv every way
     (compile time dominates).
-  `c_out` is part of the signature so the rule can grow without an API change.
-
-  Cost: compiling the matmul formulations takes ~0.75 s per layer against
-  ~0.2 s: the default 3D U-Net's first step goes from 5 s to 16 s, every later
-  step from 0.97 s to 0.44 s.
+  * 1D/2D: the XLA conv every way. XLA's CPU 2D convolution is 5-10x faster
+    than any of the matmul formulations here; its 3D convolution is not.
+  * 1x1x1 windows: a plain matmul every way (`im2col` has a single tap).
+  * C_in <= 4 (the first layer of a network): shifted matmuls every way; XLA's
+    convolution of a 1-channel volume is ~10-100x slower than 27 fused
+    multiply-adds.
+  * stride 1: `outshift` every way. (XLA's own input gradient is a little
+    faster alone when C_in >= 2 C_out, 73 against 86 ms at 32^3 64->32, but
+    inside the U-Net's training step the same convolutions took 1.5-2.8 s
+    each: 10-20x their time alone.)
+  * strided (V-Net's 2x2x2 stride-2 down convs): forward by `im2col_last`, input gradient by `shifted`
+    (`im2col_last` above 27 taps, for compile time), weight gradient by
+    `im2col_last`.
   """
-  del c_out
-  if macs < SMALL_CONV_MACS:
+  del c_out  # in the signature so the rule can use it without an API change
+  strides = tuple(strides) if strides is not None else (1,) * len(window)
+  if macs < SMALL_CONV_MACS or len(window) != 3:
     return Plan("lax", "lax", "lax")
   if all(k == 1 for k in window):
     return Plan("im2col", "im2col", "im2col")
   if c_in <= 4:
     return Plan("shifted", "shifted", "shifted")
+  if all(s == 1 for s in strides):
+    return Plan("outshift", "outshift", "outshift")
   taps = math.prod(window)
   return Plan("im2col_last", "shifted" if taps <= 27 else "im2col_last", "im2col_last")
 
@@ -241,7 +351,7 @@ def conv_fast_cpu(x: jax.Array, w: jax.Array, strides: Sequence[int], padding) -
   pads = explicit_padding(x.shape[1:-1], window, strides, padding)
   out = _out_shape(x.shape, window, strides, pads)
   macs = x.shape[0] * math.prod(out) * math.prod(window) * x.shape[-1] * w.shape[-1]
-  plan = cpu_plan(window, x.shape[-1], w.shape[-1], macs)
+  plan = cpu_plan(window, x.shape[-1], w.shape[-1], macs, strides)
   if plan == Plan("lax", "lax", "lax"):
     return conv_lax(x, w, strides, pads)
   return conv_mixed(x, w, strides, pads, plan)

@@ -88,6 +88,28 @@ def test_every_formulation_equals_lax(x_shape, window, cout, strides, padding, p
   _check_fwd_grads(f, x, w, strides, padding, kd)
 
 
+OUTSHIFT_CASES = [c for c in CASES if all(s == 1 for s in c[3])] + [
+    ((1, 6, 7, 9, 4), (2, 3, 4), 3, (1, 1, 1), ((1, 0), (0, 2), (3, 1))),  # even, asymmetric
+    ((2, 5, 6, 7, 6), (3, 3, 3), 3, (1, 1, 1), "SAME"),  # C_in = 2 C_out (decoder)
+]
+
+
+@pytest.mark.parametrize("x_shape,window,cout,strides,padding", OUTSHIFT_CASES)
+def test_outshift_equals_lax(x_shape, window, cout, strides, padding):
+  """`outshift` forward and its two hand-written gradients (the stride-1 rule)."""
+  x, w, kd = _inputs(x_shape, window + (x_shape[-1], cout))
+  pads = conv_xla_lib.explicit_padding(x_shape[1:-1], window, strides, padding)
+  plan = conv_xla_lib.Plan("outshift", "outshift", "outshift")
+  f = lambda x, w: conv_xla_lib.conv_mixed(x, w, strides, pads, plan)
+  _check_fwd_grads(f, x, w, strides, pads, kd)
+
+
+def test_outshift_forward_strided():
+  x, w, _ = _inputs((2, 7, 6, 8, 5), (3, 3, 3, 5, 4))
+  pads = conv_xla_lib.explicit_padding((7, 6, 8), (3, 3, 3), (2, 2, 2), "SAME")
+  _close(conv_xla_lib.conv_outshift(x, w, (2, 2, 2), pads), _lax_conv(x, w, (2, 2, 2), pads))
+
+
 @pytest.mark.parametrize("activation", [None, "prelu"])  # relu, leaky: test_kernel_conv3d
 def test_conv_bias_residual_activation(activation):
   x, w, kd = _inputs((2, 4, 5, 6, 3), (3, 3, 3, 3, 4))
@@ -106,10 +128,23 @@ def test_cpu_plan_rule():
   P = conv_xla_lib.Plan
   assert conv_xla_lib.cpu_plan((1, 1, 1), 16, 2) == P("im2col", "im2col", "im2col")
   assert conv_xla_lib.cpu_plan((3, 3, 3), 1, 16) == P("shifted", "shifted", "shifted")
-  assert conv_xla_lib.cpu_plan((3, 3, 3), 16, 16) == P("im2col_last", "shifted", "im2col_last")
-  assert conv_xla_lib.cpu_plan((5, 5, 5), 16, 16) == P("im2col_last", "im2col_last", "im2col_last")
+  assert conv_xla_lib.cpu_plan((3, 3, 3), 16, 16) == P("outshift", "outshift", "outshift")
+  assert conv_xla_lib.cpu_plan((5, 5, 5), 16, 16) == P("outshift", "outshift", "outshift")
+  assert conv_xla_lib.cpu_plan((3, 3, 3), 64, 32) == P("outshift", "outshift", "outshift")
+  assert conv_xla_lib.cpu_plan((3, 3, 3), 16, 16, strides=(2, 2, 2)) == P(
+      "im2col_last", "shifted", "im2col_last")
+  assert conv_xla_lib.cpu_plan((5, 5, 5), 16, 16, strides=(2, 2, 2)) == P(
+      "im2col_last", "im2col_last", "im2col_last")
+  assert conv_xla_lib.cpu_plan((3, 3), 16, 16) == P("lax", "lax", "lax")  # 2D: XLA's conv
   small = conv_xla_lib.SMALL_CONV_MACS - 1
   assert conv_xla_lib.cpu_plan((3, 3, 3), 16, 16, macs=small) == P("lax", "lax", "lax")
+
+
+def test_outshift_refuses_strided_gradients():
+  x, w, _ = _inputs((1, 6, 6, 6, 8), (3, 3, 3, 8, 8))
+  pads = ((1, 1),) * 3
+  with pytest.raises(ValueError, match="stride 1 only"):
+    conv_xla_lib.outshift_input_grad(x, w, (2, 2, 2), pads, x[:, ::2, ::2, ::2])
 
 
 def test_conv_xla_lowers_to_lax_conv_off_cpu():
