@@ -89,6 +89,31 @@ def test_lru_keeps_the_most_recently_used_cases(cases):
     case_cache.CaseCache(source, PATCH, capacity=0)
 
 
+def test_byte_budget_keeps_what_fits(cases):
+  """Default (no count): cases kept while their decoded bytes fit the budget."""
+  source = CountingSource(cases)
+  one = case_cache.CaseCache(source, PATCH, capacity=1)
+  size = one[0].image.nbytes + one[0].label.nbytes
+  assert all(c["image"].shape == cases[0]["image"].shape for c in cases)  # equal sizes
+  source.reads.clear()
+  cache = case_cache.CaseCache(source, PATCH, max_bytes=2 * size)
+  for index in (0, 1, 0, 2, 0, 1):
+    cache[index]
+    assert cache.cached_bytes <= 2 * size
+  assert source.reads == [0, 1, 2, 1] and cache.cached == (0, 1)  # same LRU order as capacity=2
+  assert cache.cached_bytes == 2 * size
+  tiny = case_cache.CaseCache(source, PATCH, max_bytes=1)  # smaller than a case: keeps one
+  tiny[0], tiny[1]
+  assert tiny.cached == (1,)
+  big = case_cache.CaseCache(CountingSource(cases), PATCH)  # default 1 GiB: all of them
+  for _ in range(2):
+    for index in range(len(cases)):
+      big[index]
+  assert big.reads == len(cases) and big.cached_bytes == len(cases) * size
+  with pytest.raises(InputError, match="max_bytes=0"):
+    case_cache.CaseCache(source, PATCH, max_bytes=0)
+
+
 def test_stored_locations_are_used_and_shifted_by_the_padding():
   label = np.zeros((4, 10, 10), np.uint8)
   label[1, 2, 3] = 1

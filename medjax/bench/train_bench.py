@@ -185,22 +185,27 @@ def time_train_step(config: ml_collections.ConfigDict, *, steps: int, warmup: in
 
 
 def time_input(config: ml_collections.ConfigDict, *, batches: int) -> dict:
-  """Batches/s of the task's `train_batches` on the train split, after the first batch."""
+  """Batches/s of the task's `train_batches` on the train split, after the first batch;
+  `warm_batches_per_s` over the second half alone (the case cache filled by then
+  when the dataset fits it: the rate of the rest of a run)."""
   task = tasks.get_task(config.task)
   source = load_split(config, "train")
   it = iter(task.train_batches(config, source, start_step=0, process_index=0, process_count=1))
   next(it)
+  times = []
   t0 = time.perf_counter()
-  n = 0
   for _ in range(batches):
     try:
       next(it)
     except StopIteration:
       break
-    n += 1
-  seconds = time.perf_counter() - t0
+    times.append(time.perf_counter() - t0)
+  n = len(times)
+  seconds = times[-1] if times else 0.0
+  half = n // 2
+  warm = (n - half) / (times[-1] - times[half - 1]) if half and times[-1] > times[half - 1] else None
   return {"batches": n, "seconds": seconds, "batches_per_s": n / seconds if seconds else None,
-          "workers": int(config.get("data_workers", 0))}
+          "warm_batches_per_s": warm, "workers": int(config.get("data_workers", 0))}
 
 
 def time_inference(config: ml_collections.ConfigDict, variables: dict, *, volumes: int) -> dict:
@@ -244,7 +249,9 @@ def bench_train(config: ml_collections.ConfigDict, *, steps: int = 5, warmup: in
           timespec="seconds"),
       "machine": {"platform": device.platform, "device": str(getattr(device, "device_kind", device)),
                   "cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                  "jax": jax.__version__},
+                  "jax": jax.__version__,
+                  # experiments/host_allocator.py sets glibc.malloc.hugetlb=1 (or not)
+                  "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")},
       "config": {"model": config.model.to_dict(), "kernels": config.kernels,
                  "dtype": config.get("dtype", "float32"), "remat": bool(config.get("remat", False)),
                  "remat_policy": config.get("remat_policy", ""), "loss": config.loss.to_dict(),

@@ -75,7 +75,7 @@ def train_batches(source: Sequence[dict[str, Any]], *, patch_size: Sequence[int]
                   foreground_classes: Optional[Sequence[int]] = None,
                   num_classes: Optional[int] = None,
                   worker_count: int = 0,
-                  cache_size: int = case_cache.DEFAULT_CAPACITY) -> Iterator[dict[str, np.ndarray]]:
+                  cache_size: Optional[int] = None) -> Iterator[dict[str, np.ndarray]]:
   """Segmentation training batches of random patches, steps `start_step..num_steps-1`.
 
   Cases are drawn uniformly; in each global batch the last
@@ -84,8 +84,9 @@ def train_batches(source: Sequence[dict[str, Any]], *, patch_size: Sequence[int]
   Isensee et al. 2021, default 0.33), the others are uniform. Each patch is
   flipped along each of `flip_axes` with probability 1/2.
 
-  Cases are read from `source` when a sample needs them and at most
-  `cache_size` are kept decoded (`case_cache.CaseCache`); each is checked
+  Cases are read from `source` when a sample needs them and the most recently
+  used are kept decoded (`case_cache.CaseCache`: `cache_size` cases, or by
+  default as many as fit in `case_cache.DEFAULT_MAX_BYTES`); each is checked
   when decoded (a NaN voxel, a shape mismatch or a label outside
   `[0, num_classes)` raises an InputError naming the case while batches are
   drawn).
@@ -100,7 +101,7 @@ def train_batches(source: Sequence[dict[str, Any]], *, patch_size: Sequence[int]
       `transforms.keep_intensities` for images normalised already).
     num_classes: when given, labels are checked to lie in [0, num_classes).
     worker_count: threads used by grain to prepare batches ahead.
-    cache_size: decoded cases kept in memory.
+    cache_size: decoded cases kept in memory (None: a 1 GiB budget).
 
   Yields:
     `{"image": float32 (B, *patch_size, C), "label": int32 (B, *patch_size)}`
