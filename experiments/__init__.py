@@ -1,0 +1,6 @@
+"""Launchers (`python -m experiments.<name>`) and their configs."""
+import sys
+
+if sys.argv[:1] == ["-m"]:  # `python -m experiments.<launcher>`, before the launcher's imports
+  from experiments import host_allocator
+  host_allocator.reexec_with_huge_pages()
