@@ -69,7 +69,8 @@ def reexec_with_huge_pages() -> None:
   sys.stdout.flush()
   sys.stderr.flush()
   try:
-    os.execve(sys.executable, sys.orig_argv, env)
+    # argv[0] = the interpreter's full path: Python derives sys.prefix (a venv) from it
+    os.execve(sys.executable, [sys.executable] + list(sys.orig_argv[1:]), env)
   except OSError:  # cannot re-execute (a frozen or sandboxed interpreter): run as is
     return
 
