@@ -126,9 +126,13 @@ def test_train_batches_shapes_and_dtypes(cases):
   assert len(batches) == 5
   for b in batches:
     assert b["image"].shape == (4, *PATCH, 1) and b["image"].dtype == np.float32
-    assert b["label"].shape == (4, *PATCH) and b["label"].dtype == np.int32
+    assert b["label"].shape == (4, *PATCH) and b["label"].dtype == np.uint8  # as the cases'
     assert np.all(np.isfinite(b["image"]))
     assert set(np.unique(b["label"])) <= {0, 1, 2}
+  wide = [dict(c, label=c["label"].astype(np.int16)) for c in cases]  # not uint8: int32
+  for got, want in zip(_batches(wide), batches):
+    assert got["label"].dtype == np.int32
+    np.testing.assert_array_equal(got["label"], want["label"])
 
 
 def test_resumed_iterator_equals_tail_of_uninterrupted(cases):

@@ -22,9 +22,16 @@ SHAPES: list[tuple[str, tuple[int, ...], int, str]] = [
 ]
 
 
+# The training pipeline's label dtype (`medjax.data.pipeline.train_batches`: uint8 for up to
+# 256 classes), so the benchmarks and the compile check read what training reads.
+LABEL_DTYPE = "uint8"
+
+
 def make_inputs(shape: tuple[int, ...], K: int, dtype: str | jnp.dtype = "float32",
-                seed: int = 0) -> tuple[jax.Array, jax.Array]:
-  """Random logits (*shape, K) ~ 2·N(0, 1) in `dtype` and integer labels `shape` in [0, K).
+                seed: int = 0, label_dtype: str | jnp.dtype = LABEL_DTYPE
+                ) -> tuple[jax.Array, jax.Array]:
+  """Random logits (*shape, K) ~ 2·N(0, 1) in `dtype` and integer labels `shape` in [0, K)
+  (`label_dtype`, uint8 by default as in training).
 
   Labels are drawn from a skewed distribution (background ~70 %) as in medical volumes;
   never zeros, so no kernel can shortcut the work.
@@ -32,16 +39,16 @@ def make_inputs(shape: tuple[int, ...], K: int, dtype: str | jnp.dtype = "float3
   k_logits, k_labels = jax.random.split(jax.random.key(seed))
   logits = (2.0 * jax.random.normal(k_logits, (*shape, K), jnp.float32)).astype(dtype)
   weights = jnp.full((K,), 0.3 / max(K - 1, 1)).at[0].set(0.7 if K > 1 else 1.0)
-  labels = jax.random.categorical(k_labels, jnp.log(weights), shape=shape).astype(jnp.int32)
+  labels = jax.random.categorical(k_labels, jnp.log(weights), shape=shape).astype(label_dtype)
   return logits, labels
 
 
 def bytes_moved(shape: tuple[int, ...], K: int, dtype: str | jnp.dtype,
-                backward: bool = False) -> int:
-  """HBM bytes of the fused kernel's floor: logits + int32 labels read once (forward);
+                backward: bool = False, label_dtype: str | jnp.dtype = LABEL_DTYPE) -> int:
+  """HBM bytes of the fused kernel's floor: logits + labels read once (forward);
   plus dlogits written (backward)."""
   voxels = 1
   for s in shape:
     voxels *= s
   itemsize = jnp.dtype(dtype).itemsize
-  return voxels * (K * itemsize * (2 if backward else 1) + 4)
+  return voxels * (K * itemsize * (2 if backward else 1) + jnp.dtype(label_dtype).itemsize)

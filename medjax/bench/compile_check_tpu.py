@@ -118,7 +118,7 @@ def cases(dtypes: tuple[str, ...], put: Callable, only: str = "") -> Iterator[tu
     def dice_loss(x, lab):
       i, p, t = sd_api.soft_dice_stats(x, lab, backend="pallas_tpu")
       return jnp.mean(1.0 - (2.0 * i + 1e-5) / (p + t + 1e-5))
-    yield tag, dt, jax.grad(dice_loss), (put((*shape, kc), dt), put(shape, "int32"))
+    yield tag, dt, jax.grad(dice_loss), (put((*shape, kc), dt), put(shape, sd_shapes.LABEL_DTYPE))
 
 
 def vmem_figures(message: str) -> str:

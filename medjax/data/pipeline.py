@@ -104,9 +104,12 @@ def train_batches(source: Sequence[dict[str, Any]], *, patch_size: Sequence[int]
     cache_size: decoded cases kept in memory (None: a 1 GiB budget).
 
   Yields:
-    `{"image": float32 (B, *patch_size, C), "label": int32 (B, *patch_size)}`
+    `{"image": float32 (B, *patch_size, C), "label": (B, *patch_size)}`
     with `B = global_batch_size // process_count` (`C = 1` for images without
-    a channel axis), a pure function of `(seed, step, process_index)`.
+    a channel axis), a pure function of `(seed, step, process_index)`. Labels
+    are uint8 when the cases' are (the built-in and folder datasets with up to
+    256 classes: 4x fewer label bytes to the device and through the soft-Dice
+    kernel than int32), int32 otherwise.
   """
   local = _local_batch_size(global_batch_size, process_index, process_count)
   _check_seed(seed)
@@ -132,8 +135,9 @@ def train_batches(source: Sequence[dict[str, Any]], *, patch_size: Sequence[int]
       image, label = transforms.random_flip(rng, image, label, flip_axes)
       images.append(image)
       labels.append(label)
+    label_batch = np.stack(labels)
     return {"image": np.stack(images).astype(np.float32),
-            "label": np.stack(labels).astype(np.int32)}
+            "label": label_batch if label_batch.dtype == np.uint8 else label_batch.astype(np.int32)}
 
   return _iterate(batch_fn, start_step, num_steps, worker_count)
 

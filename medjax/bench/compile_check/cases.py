@@ -59,7 +59,7 @@ def soft_dice_cases(dtypes: tuple[str, ...]) -> Iterator[Case]:
       continue
     for squared in (False, True):
       args = (jax.ShapeDtypeStruct((*shape, kc), jnp.dtype(dt)),
-              jax.ShapeDtypeStruct(shape, jnp.int32))
+              jax.ShapeDtypeStruct(shape, jnp.dtype(bench_shapes.LABEL_DTYPE)))
 
       def loss(x, lab, squared=squared, **switch):
         i, p, t = api.soft_dice_stats(x, lab, squared=squared, **switch)
