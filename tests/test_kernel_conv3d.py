@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from medjax_kernels import conv_xla
-from medjax_kernels.conv3d import conv3d, reference
+from medjax_kernels.conv3d import api, conv3d, reference
 from medjax_kernels.dispatch import CUSTOM_CALLS, export_for
 
 COMPILED = os.environ.get("MEDJAX_KERNEL_TESTS") == "compiled"
@@ -151,6 +151,23 @@ def test_lowers_for_accelerators(name, kernels, platform):
     text = export_for(f, platform, x, w, b, r, s).mlir_module()
     calls = re.findall(r"custom_call @([\w$.]+)", text)
     assert calls.count(CUSTOM_CALLS[platform]) >= n_min, (calls, f)
+
+
+@pytest.mark.parametrize("platform", ["cuda", "tpu"])
+def test_auto_keeps_a_first_layer_on_xla(platform):
+  """kernels="auto": C_in <= AUTO_XLA_MAX_C_IN takes XLA's conv (no 1 -> 16 channel padding),
+  wider inputs the kernel; "pallas" forces the kernel either way."""
+  w1 = jnp.ones((3, 3, 3, 1, 16), jnp.float32)
+  x1 = jnp.ones((1, 8, 8, 8, 1), jnp.float32)
+  for kernels, kernel_expected in (("auto", False), ("pallas", True)):
+    f = lambda x, w, kernels=kernels: conv3d(x, w, activation="relu", kernels=kernels)
+    text = export_for(f, platform, x1, w1).mlir_module()
+    assert (CUSTOM_CALLS[platform] in text) == kernel_expected, kernels
+    assert ("stablehlo.convolution" in text) != kernel_expected, kernels
+  w5 = jnp.ones((3, 3, 3, api.AUTO_XLA_MAX_C_IN + 1, 16), jnp.float32)
+  x5 = jnp.ones((1, 8, 8, 8, api.AUTO_XLA_MAX_C_IN + 1), jnp.float32)
+  text = export_for(lambda x, w: conv3d(x, w, kernels="auto"), platform, x5, w5).mlir_module()
+  assert CUSTOM_CALLS[platform] in text
 
 
 def _valid_ref(xp, w, b):

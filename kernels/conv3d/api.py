@@ -60,6 +60,15 @@ def _tpu_kernel(*args, name=None, precision=None, **kw):
 
 _KERNELS = {"pallas_gpu": pallas_gpu.conv3d_valid, "pallas_tpu": _tpu_kernel}
 
+# With kernels="auto", inputs of at most this many channels (a network's first layer: 1-4
+# modalities) take XLA's convolution (cuDNN, the TPU emitter) instead of the kernels: the
+# Triton kernel pads C_in to 16 (the tensor-core minimum K) and the Mosaic kernel to a lane
+# tile, in a copy of the input written before the kernel. Deviceless H100 compile of the
+# 128^3 1->32 layer's forward + backward (benchmarks/RESULTS.md, static roofline): Pallas
+# 7,089 MB float32 / 3,679 MB bfloat16 = 6.3x / 6.6x the byte floor, XLA/cuDNN 2,735 /
+# 2,785 MB = 2.4x / 5.0x. kernels="pallas" still forces the kernel.
+AUTO_XLA_MAX_C_IN = 4
+
 
 def _check(x, w, b, activation, prelu_slope, stride, padding, kernels, backend, precision):
   dispatch.check_kernels(kernels)
@@ -193,7 +202,8 @@ def conv3d(x: jax.Array, w: jax.Array, b: Optional[jax.Array] = None, *,
     residual: `(N, D_out, H_out, W_out, C_out)` added before the activation.
     stride: 1 or 2 (all spatial dims).
     padding: "SAME" or "VALID".
-    kernels: "auto", "xla" or "pallas" (`medjax_kernels.dispatch`).
+    kernels: "auto", "xla" or "pallas" (`medjax_kernels.dispatch`); "auto" takes XLA's
+      conv on every platform for inputs of at most `AUTO_XLA_MAX_C_IN` channels.
     interpret: run the Pallas kernels in the interpreter (any platform; slow).
     backend: None, or "pallas_gpu" / "pallas_tpu" / "reference" to run that
       implementation whatever the platform (tests, benchmarks); overrides `kernels`.
@@ -215,6 +225,8 @@ def conv3d(x: jax.Array, w: jax.Array, b: Optional[jax.Array] = None, *,
                             residual=residual, stride=stride, padding=padding)
   arrays = (x, w, b, residual, prelu_slope)
   static = dict(activation=activation, stride=stride, padding=padding)
+  if kernels == "auto" and x.shape[-1] <= AUTO_XLA_MAX_C_IN:
+    kernels = "xla"  # a first layer: no channel padding (AUTO_XLA_MAX_C_IN)
   if backend is not None:
     return _conv3d_pallas(*arrays, backend=backend, interpret=interpret, precision=precision,
                           **static)
