@@ -194,6 +194,19 @@ def test_split_k_and_channel_blocks_match_reference():
   _close(y, _valid_ref(xp, w, b), 1e-5)
 
 
+def test_gpu_tiles_narrow_the_channel_block_of_underfilled_layers():
+  """Deep layers: block_q stops at 64 (wgmma's M), then block_co halves down to 16 while the
+  grid is short of MIN_PROGRAMS; a large layer keeps the table's tile."""
+  from medjax_kernels.conv3d import config as config_lib
+  programs = lambda c, c_out, q, n: n * -(-q // c.block_q) * (c_out // c.block_co)
+  deep = config_lib.gpu_config(128, 256, q_total=8 * 8 * 8, dtype_bytes=4, batch=2)
+  assert (deep.block_q, deep.block_co) == (64, 16)
+  assert programs(deep, 256, 512, 2) == 256  # was 2 * 8 * 4 = 64 with 64-channel blocks
+  big = config_lib.gpu_config(32, 32, q_total=130 * 130 * 128, dtype_bytes=4, batch=2)
+  assert (big.block_q, big.block_co) == (128, 32)
+  assert programs(big, 32, 130 * 130 * 128, 2) >= config_lib.MIN_PROGRAMS
+
+
 def test_large_operands_run_one_batch_element_per_call(monkeypatch):
   """32-bit offsets: past `MAX_ELEMENTS` the batch is split (same numbers); a single
   element past it is refused with a one-line error."""

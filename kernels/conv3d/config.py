@@ -52,7 +52,8 @@ def gpu_config(c_in: int, c_out: int, q_total: int, dtype_bytes: int = 4,
     8-warp 128x128 tile took 132 registers, 1 CTA/SM, against 155-159 and 3 CTAs/SM);
     `block_q` halves (down to 64) while the grid has fewer than `MIN_PROGRAMS` programs:
     a 32-row tile is below the 64 rows a Hopper warpgroup MMA (wgmma) takes, and
-    Triton falls back to mma.sync (seen in the PTX of the compile check).
+    Triton falls back to mma.sync (seen in the PTX of the compile check); then
+    `block_co` halves (down to 16) while the grid is still short of `MIN_PROGRAMS`.
   * `num_stages`: 3 (cp.async multi-buffering of the (tap x C_in chunk) loop).
   """
   c_in_p, c_out_p = max(16, next_pow2(c_in)), max(16, next_pow2(c_out))
@@ -63,6 +64,11 @@ def gpu_config(c_in: int, c_out: int, q_total: int, dtype_bytes: int = 4,
     block_co, num_warps = 64, 4
   while block_q > 64 and programs(block_q, block_co) < MIN_PROGRAMS:
     block_q //= 2
+  # Still too few (deep layers: V-Net down3 launched 64 programs, stage 4 144): narrower
+  # output-channel tiles, down to 16 (a wgmma N may be 8-256; the input rows are re-read per
+  # C_out tile, from L2 at these sizes).
+  while block_co > 16 and programs(block_q, block_co) < MIN_PROGRAMS:
+    block_co //= 2
   block_q = min(block_q, max(16, next_pow2(q_total)))
   return GpuConfig(block_q=block_q, block_co=block_co, block_k=block_k, num_warps=num_warps)
 
