@@ -1,7 +1,7 @@
 """`python -m experiments.compile_check --target tpu-v5e`: the Pallas kernels compiled
 for a TPU v5e by libtpu's compile-only client on this CPU machine.
 
-The regression case is the 3D U-Net's 128^3 3x3x3 32->32 layer, forward and
+The regression case is the 3D U-Net's 128^3 3x3x3 32->32 layer, float32 and bfloat16, forward and
 backward (issue 13): while the Mosaic conv held whole padded 130x130 planes in
 VMEM it failed with `RESOURCE_EXHAUSTED: CompileTimeScopedVmemOom`; the
 halo-blocked kernel compiles. libtpu is installed by
@@ -33,14 +33,15 @@ def test_unet_128_conv_compiles_for_v5e(tmp_path):
   except compile_check_tpu.InputError as e:
     pytest.fail(f"{e} (.ci/run installs them)")
   out = tmp_path / "check.json"
-  proc = _launch("--only", r"conv3d/unet3d_128_l0_32to32_128\^3/", "--dtypes", "bfloat16",
-                 "--json", str(out))
+  proc = _launch("--only", r"conv3d/unet3d_128_l0_32to32_128\^3/", "--dtypes",
+                 "float32,bfloat16", "--json", str(out))
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
   result = json.loads(out.read_text())
   assert result["topology"] == "v5e:2x2" and result["summary"]["failures"] == 0
-  (row,) = result["rows"]
-  assert row["case"] == "conv3d/unet3d_128_l0_32to32_128^3/bfloat16" and row["status"] == "ok"
-  assert "TPU v5 lite" in proc.stdout and "1 cases: 0 failing (0 VMEM OOM)" in proc.stdout
+  rows = {row["case"]: row["status"] for row in result["rows"]}
+  assert rows == {f"conv3d/unet3d_128_l0_32to32_128^3/{dt}": "ok"
+                  for dt in ("float32", "bfloat16")}
+  assert "TPU v5 lite" in proc.stdout and "2 cases: 0 failing (0 VMEM OOM)" in proc.stdout
 
 
 def test_missing_tools_is_one_line(tmp_path):
