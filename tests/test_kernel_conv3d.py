@@ -220,6 +220,12 @@ def test_large_operands_run_one_batch_element_per_call(monkeypatch):
   calls = [e for e in outer.params["jaxpr"].eqns if e.primitive.name == "jit"]
   assert len(calls) == 2 and all(c.params["jaxpr"].in_avals[0].shape[0] == 1 for c in calls)
   _close(f(xp), want, 1e-5)
+  # the PReLU forward's pair (output, pre-activation) is split and joined the same way
+  slope = jnp.full((4,), 0.25)
+  y, z = pallas_gpu.conv3d_valid(xp, w, b, prelu_slope=slope, activation="prelu",
+                                 interpret=True, save_preactivation=True)
+  _close(z, want, 1e-5)
+  _close(y, jnp.where(want >= 0, want, 0.25 * want), 1e-5)
   monkeypatch.setattr(pallas_gpu, "MAX_ELEMENTS", 1000)
   with pytest.raises(ValueError, match=r"one batch element .* > 2\^31-1"):
     jax.eval_shape(lambda xp: pallas_gpu.conv3d_valid(xp[:1], w, b, interpret=True), xp)

@@ -22,9 +22,9 @@ What is Pallas and what is XLA in the Pallas implementations:
   rearranged kernel with window `ceil(k/2)`, after which the stride-1 kernel
   runs (exact: the missing taps have zero weights).
 * backward (`jax.custom_vjp`): the activation derivative, the bias and
-  PReLU-slope gradients are XLA (for PReLU the pre-activation is recomputed by
-  the Pallas kernel without activation; ReLU/leaky ReLU read the mask off the
-  saved output); the input gradient is the *same Pallas kernel* (a stride-1
+  PReLU-slope gradients are XLA (for PReLU the Triton forward kernel also writes
+  the pre-activation, the Mosaic kernel recomputes it without activation;
+  ReLU/leaky ReLU read the mask off the saved output); the input gradient is the *same Pallas kernel* (a stride-1
   VALID convolution of the `k-1`-padded `dz` with the flipped, transposed
   kernel); the weight gradient is XLA (one `lax.conv_general_dilated` of the
   input with `dz` as the kernel, in the input dtype, float32 accumulation).
@@ -130,6 +130,13 @@ def _fused(xp, w, b, residual, prelu_slope, backend, activation, interpret, prec
 
 
 def _fused_fwd(xp, w, b, residual, prelu_slope, backend, activation, interpret, precision):
+  if activation == "prelu" and backend == "pallas_gpu":
+    # The Triton kernel also writes the pre-activation, which the PReLU backward needs:
+    # one more tile store instead of a second convolution in the backward pass.
+    y, z = pallas_gpu.conv3d_valid(xp, w, b, residual, prelu_slope, activation=activation,
+                                   interpret=interpret, precision=precision,
+                                   save_preactivation=True)
+    return y, (xp, w, b, residual, prelu_slope, z)
   y = _fused(xp, w, b, residual, prelu_slope, backend, activation, interpret, precision)
   return y, (xp, w, b, residual, prelu_slope, y)
 
@@ -143,9 +150,12 @@ def _fused_bwd(backend, activation, interpret, precision, res, dy):
     g = jnp.where(y > 0, g, 0.0)
   elif activation == "leaky_relu":
     g = jnp.where(y >= 0, g, reference.LEAKY_RELU_SLOPE * g)
-  elif activation == "prelu":  # recompute the pre-activation (its sign needs z, not y)
-    z = kernel(xp, w, b, residual, None, activation=None,
-               name=KERNEL_NAMES["recompute"]).astype(jnp.float32)
+  elif activation == "prelu":  # the pre-activation (its sign needs z, not y)
+    if backend == "pallas_gpu":
+      z = y.astype(jnp.float32)  # saved by the forward kernel (`_fused_fwd`)
+    else:  # Mosaic: recomputed by the kernel without the activation
+      z = kernel(xp, w, b, residual, None, activation=None,
+                 name=KERNEL_NAMES["recompute"]).astype(jnp.float32)
     dslope = jnp.sum(jnp.where(z < 0, g * z, 0.0), axis=(0, 1, 2, 3)).astype(slope.dtype)
     g = jnp.where(z >= 0, g, slope.astype(jnp.float32) * g)
   db = None if b is None else jnp.sum(g, axis=(0, 1, 2, 3)).astype(b.dtype)

@@ -54,12 +54,18 @@ from medjax_kernels.conv3d import config as config_lib
 from medjax_kernels.conv3d.reference import LEAKY_RELU_SLOPE
 
 
-def _epilogue(acc, b_ref, r_ref, s_ref, activation):
-  """bias + residual + activation on the float32 accumulator tile."""
+def _preactivation(acc, b_ref, r_ref):
+  """bias + residual on the float32 accumulator tile."""
   if b_ref is not None:
     acc = acc + b_ref[...].astype(jnp.float32)
   if r_ref is not None:
     acc = acc + r_ref[...].astype(jnp.float32)
+  return acc
+
+
+def _epilogue(acc, b_ref, r_ref, s_ref, activation):
+  """bias + residual + activation on the float32 accumulator tile."""
+  acc = _preactivation(acc, b_ref, r_ref)
   if activation == "relu":
     acc = jnp.maximum(acc, 0.0)
   elif activation == "leaky_relu":
@@ -71,14 +77,15 @@ def _epilogue(acc, b_ref, r_ref, s_ref, activation):
 
 def conv_kernel(x_ref, w_ref, *refs, dims: tuple[int, ...], block_q: int, block_k: int,
                 n_k: int, n_co: int, has_bias: bool, has_residual: bool,
-                activation: Optional[str], precision=None):
+                activation: Optional[str], precision=None, save_preactivation: bool = False):
   """One (BLOCK_Q, BLOCK_CO) output tile: a loop over (tap, C_in chunk) pairs.
 
   Refs: x `(L, C_in)` (one batch element, flattened padded volume), w
   `(T, C_in, BLOCK_CO)`, [b `(1, BLOCK_CO)`], [r `(BLOCK_Q, BLOCK_CO)`],
-  [slope `(1, BLOCK_CO)`], out `(BLOCK_Q, BLOCK_CO)`.
+  [slope `(1, BLOCK_CO)`], out `(BLOCK_Q, BLOCK_CO)`, [pre-activation out, same tile].
   """
   refs = list(refs)
+  z_ref = refs.pop() if save_preactivation else None
   o_ref = refs.pop()
   b_ref = refs.pop(0) if has_bias else None
   r_ref = refs.pop(0) if has_residual else None
@@ -96,7 +103,12 @@ def conv_kernel(x_ref, w_ref, *refs, dims: tuple[int, ...], block_q: int, block_
     return acc + jnp.dot(xt, wt, preferred_element_type=jnp.float32, precision=precision)
 
   acc = jax.lax.fori_loop(0, taps * n_k, step, jnp.zeros(o_ref.shape, jnp.float32))
-  o_ref[...] = _epilogue(acc, b_ref, r_ref, s_ref, activation).astype(o_ref.dtype)
+  if z_ref is None:
+    o_ref[...] = _epilogue(acc, b_ref, r_ref, s_ref, activation).astype(o_ref.dtype)
+    return
+  z = _preactivation(acc, b_ref, r_ref)
+  z_ref[...] = z.astype(z_ref.dtype)
+  o_ref[...] = _epilogue(z, None, None, s_ref, activation).astype(o_ref.dtype)
 
 
 def _pad_axis(a, axis, size):
@@ -119,12 +131,13 @@ MAX_ELEMENTS = 2 ** 31 - 1
 
 
 @functools.partial(jax.jit, static_argnames=("activation", "interpret", "config", "name",
-                                             "precision"))
+                                             "precision", "save_preactivation"))
 def conv3d_valid(xp: jax.Array, w: jax.Array, b: Optional[jax.Array] = None,
                  residual: Optional[jax.Array] = None, prelu_slope: Optional[jax.Array] = None,
                  *, activation: Optional[str] = None, interpret: bool = False,
                  config: Optional[config_lib.GpuConfig] = None,
-                 name: str = "medjax_conv3d", precision: str = "default") -> jax.Array:
+                 name: str = "medjax_conv3d", precision: str = "default",
+                 save_preactivation: bool = False):
   """`act(conv_valid_stride1(xp, w) + b + residual)` on GPU (Triton).
 
   Args:
@@ -135,8 +148,11 @@ def conv3d_valid(xp: jax.Array, w: jax.Array, b: Optional[jax.Array] = None,
     name: the kernel's name in the compiled program (profiles, `compile_check`).
     precision: float32 dot algorithm, a key of `PRECISIONS` (see the module docstring);
       the interpreter always computes exact float32.
+    save_preactivation: also return `conv + b + residual` before the activation (what
+      the PReLU backward needs), written by the same kernel.
   Returns:
-    `(N, Do, Ho, Wo, C_out)` with `Do = Dp - kd + 1` etc., in `xp.dtype`.
+    `(N, Do, Ho, Wo, C_out)` with `Do = Dp - kd + 1` etc., in `xp.dtype`; with
+    `save_preactivation`, a pair (output, pre-activation) of that shape.
   Raises:
     ValueError: one batch element has >= 2^31 elements in an operand.
   """
@@ -160,10 +176,13 @@ def conv3d_valid(xp: jax.Array, w: jax.Array, b: Optional[jax.Array] = None,
                      "e.g. with medjax.inference.sliding_window")
   if n > 1 and n * per_sample > MAX_ELEMENTS:  # one batch element per call
     call = functools.partial(conv3d_valid, activation=activation, interpret=interpret,
-                             config=cfg, name=name, precision=precision)
-    return jnp.concatenate([
-        call(xp[i:i + 1], w, b, None if residual is None else residual[i:i + 1], prelu_slope)
-        for i in range(n)])
+                             config=cfg, name=name, precision=precision,
+                             save_preactivation=save_preactivation)
+    parts = [call(xp[i:i + 1], w, b, None if residual is None else residual[i:i + 1],
+                  prelu_slope) for i in range(n)]
+    if save_preactivation:
+      return tuple(jnp.concatenate(p) for p in zip(*parts))
+    return jnp.concatenate(parts)
 
   x_flat = _pad_axis(_pad_axis(xp, 4, c_in_p).reshape(n, dp * hp * wp, c_in_p), 1, length)
   w_flat = _pad_axis(_pad_axis(w.astype(xp.dtype), 3, c_in_p), 4, c_out_p)
@@ -193,16 +212,18 @@ def conv3d_valid(xp: jax.Array, w: jax.Array, b: Optional[jax.Array] = None,
       conv_kernel, dims=(taps, hp * wp, wp, kh, kw), block_q=cfg.block_q, block_k=block_k,
       n_k=c_in_p // block_k, n_co=n_co, has_bias=b is not None,
       precision=None if interpret or xp.dtype != jnp.float32 else PRECISIONS[precision],
-      has_residual=residual is not None, activation=activation)
-  y = pl.pallas_call(
+      has_residual=residual is not None, activation=activation,
+      save_preactivation=save_preactivation)
+  out = jax.ShapeDtypeStruct((n, q_total, c_out_p), xp.dtype)
+  outs = pl.pallas_call(
       kernel,
-      out_shape=jax.ShapeDtypeStruct((n, q_total, c_out_p), xp.dtype),
+      out_shape=(out, out) if save_preactivation else out,
       grid=(n_q * n_co, n),
       in_specs=in_specs,
-      out_specs=tile_spec,
+      out_specs=(tile_spec, tile_spec) if save_preactivation else tile_spec,
       compiler_params=plgpu.CompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages),
       interpret=interpret,
       name=name,
   )(*args)
-  y = y[:, :q_valid].reshape(n, do, hp, wp, c_out_p)
-  return y[:, :, :ho, :wo, :c_out]
+  valid = lambda y: y[:, :q_valid].reshape(n, do, hp, wp, c_out_p)[:, :, :ho, :wo, :c_out]
+  return tuple(map(valid, outs)) if save_preactivation else valid(outs)

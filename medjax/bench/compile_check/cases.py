@@ -23,7 +23,8 @@ class Case:
 
 
 def conv_cases(dtypes: tuple[str, ...]) -> Iterator[Case]:
-  """`conv3d` forward and its full gradient (dx kernel; PReLU recompute) per bench shape."""
+  """`conv3d` forward and its full gradient (dx kernel; with PReLU the forward kernel also
+  writes the pre-activation) per bench shape."""
   import jax
   import jax.numpy as jnp
   from medjax_kernels.conv3d import api, bench_shapes
