@@ -126,28 +126,27 @@ def conv_shifted(x, w, strides, pads):
   return y.astype(x.dtype)
 
 
-def conv_im2col_last(x, w, strides, pads):
-  """im2col over the last spatial axis (K = window[-1]*C_in), matmuls over the rest."""
-  nd = x.ndim - 2
-  window = w.shape[:nd]
-  out = _out_shape(x.shape, window, strides, pads)
-  xp = jnp.pad(x, ((0, 0),) + tuple(pads) + ((0, 0),))
-  cols = [v for _, v in _views(xp, window, strides, out, (nd - 1,))]
-  cols = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
-  wl = w.reshape(window[:-1] + (-1, w.shape[-1])).astype(x.dtype)
-  y = None
-  for tap, v in _views(cols, window, strides, out, tuple(range(nd - 1))):
-    z = _matmul(v, wl[tap], jnp.float32)
-    y = z if y is None else y + z
-  return y.astype(x.dtype)
-
-
 def _last_axis_cols(xp: jax.Array, window, strides, out) -> jax.Array:
   """The padded input's `window[-1]` shifted views along the last spatial axis,
   concatenated on channels: `(N, *padded[:-1], out[-1], window[-1]*C)`."""
   nd = xp.ndim - 2
   cols = [v for _, v in _views(xp, window, strides, out, (nd - 1,))]
   return cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
+
+
+def conv_im2col_last(x, w, strides, pads):
+  """im2col over the last spatial axis (K = window[-1]*C_in), matmuls over the rest."""
+  nd = x.ndim - 2
+  window = w.shape[:nd]
+  out = _out_shape(x.shape, window, strides, pads)
+  xp = jnp.pad(x, ((0, 0),) + tuple(pads) + ((0, 0),))
+  cols = _last_axis_cols(xp, window, strides, out)
+  wl = w.reshape(window[:-1] + (-1, w.shape[-1])).astype(x.dtype)
+  y = None
+  for tap, v in _views(cols, window, strides, out, tuple(range(nd - 1))):
+    z = _matmul(v, wl[tap], jnp.float32)
+    y = z if y is None else y + z
+  return y.astype(x.dtype)
 
 
 def _outer_taps(window) -> list[tuple[int, ...]]:
@@ -177,14 +176,8 @@ def conv_outshift(x, w, strides, pads):
   wm = jnp.moveaxis(w.reshape(len(taps), -1, c_out), 0, 1).reshape(-1, len(taps) * c_out)
   z = _matmul(cols, wm.astype(x.dtype), jnp.float32)
   y = None
-  for i, tap in enumerate(taps):
-    start, limit, step = [0] * z.ndim, list(z.shape), [1] * z.ndim
-    for a, t in enumerate(tap):
-      start[1 + a] = t
-      limit[1 + a] = t + (out[a] - 1) * strides[a] + 1
-      step[1 + a] = strides[a]
-    start[-1], limit[-1] = i * c_out, (i + 1) * c_out
-    v = lax.slice(z, start, limit, step)
+  for i, (_, v) in enumerate(_views(z, window, strides, out, tuple(range(nd - 1)))):
+    v = v[..., i * c_out:(i + 1) * c_out]  # tap i's partial output, shifted into place
     y = v if y is None else y + v
   return y.astype(x.dtype)
 
@@ -321,9 +314,9 @@ def cpu_plan(window: Sequence[int], c_in: int, c_out: int, macs: float = float("
     faster alone when C_in >= 2 C_out, 73 against 86 ms at 32^3 64->32, but
     inside the U-Net's training step the same convolutions took 1.5-2.8 s
     each: 10-20x their time alone.)
-  * strided (V-Net's 2x2x2 stride-2 down convs): forward by `im2col_last`, input gradient by `shifted`
-    (`im2col_last` above 27 taps, for compile time), weight gradient by
-    `im2col_last`.
+  * strided (V-Net's 2x2x2 stride-2 down convs): forward by `im2col_last`, input
+    gradient by `shifted` (`im2col_last` above 27 taps, for compile time), weight
+    gradient by `im2col_last`.
   """
   del c_out  # in the signature so the rule can use it without an API change
   strides = tuple(strides) if strides is not None else (1,) * len(window)

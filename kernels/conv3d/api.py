@@ -24,10 +24,11 @@ What is Pallas and what is XLA in the Pallas implementations:
 * backward (`jax.custom_vjp`): the activation derivative, the bias and
   PReLU-slope gradients are XLA (for PReLU the Triton forward kernel also writes
   the pre-activation, the Mosaic kernel recomputes it without activation;
-  ReLU/leaky ReLU read the mask off the saved output); the input gradient is the *same Pallas kernel* (a stride-1
-  VALID convolution of the `k-1`-padded `dz` with the flipped, transposed
-  kernel); the weight gradient is XLA (one `lax.conv_general_dilated` of the
-  input with `dz` as the kernel, in the input dtype, float32 accumulation).
+  ReLU/leaky ReLU read the mask off the saved output); the input gradient is
+  the *same Pallas kernel* (a stride-1 VALID convolution of the `k-1`-padded
+  `dz` with the flipped, transposed kernel); the weight gradient is XLA (one
+  `lax.conv_general_dilated` of the input with `dz` as the kernel, in the input
+  dtype, float32 accumulation).
   The XLA space-to-depth/padding ops are differentiated by JAX as usual.
 
 References: V-Net (Milletari et al. 2016): 5x5x5 convs, PReLU, residual

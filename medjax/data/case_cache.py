@@ -36,7 +36,7 @@ Normalize = Callable[[np.ndarray], np.ndarray]
 # Decoded cases kept by default: 1 GiB holds 4 volumes of 512x512x200 float32
 # with uint8 labels (262 MB each), or a whole small dataset. Re-decoding a case
 # for every patch costs ~20 ms per 64x96x96 case: with the old fixed 4 cases
-# the default config's input pipeline gave 48 batches/s, 3.7x its training
+# the default config's input pipeline gave 48 batches/s, 3.8x its training
 # steps/s; a dataset held whole gives thousands.
 DEFAULT_MAX_BYTES = 1 << 30
 
