@@ -40,13 +40,11 @@ def test_subset_compiles_for_h100_without_spills(tmp_path):
   result = json.loads(out.read_text())
   rows = result["rows"]
   assert result["target"] == "h100" and result["summary"]["failures"] == 0
-  # both dtypes, conv forward and both backward kernels, soft Dice both ways
+  # both dtypes, conv forward and both backward kernels (dx, dw), soft Dice both ways
   seen = {(r["case"].split("/")[0], r["dtype"], r["kernel"]) for r in rows}
   for dtype in ("float32", "bfloat16"):
-    for kernel in ("medjax_conv3d", "medjax_conv3d_dx"):
+    for kernel in ("medjax_conv3d", "medjax_conv3d_dx", "medjax_conv3d_dw"):
       assert ("conv3d", dtype, kernel) in seen
-    # PReLU's backward reads the pre-activation the forward kernel wrote: no recompute
-    assert ("conv3d", dtype, "medjax_conv3d_recompute") not in seen
     for kernel in ("soft_dice_stats_fwd", "soft_dice_stats_bwd"):
       assert ("soft_dice", dtype, kernel) in seen
   for r in rows:
@@ -56,13 +54,17 @@ def test_subset_compiles_for_h100_without_spills(tmp_path):
     assert 0 < r["regs"] <= 255 and r["ctas_per_sm"] >= 1, r
   # the regression case: every kernel of the V-Net down conv fits, with room for 2+ CTAs/SM
   down = [r for r in rows if "vnet_down3" in r["case"]]
-  assert len(down) == 4 and all(r["smem"] <= 64 * 1024 and r["ctas_per_sm"] >= 2 for r in down)
+  assert len(down) == 6 and all(r["smem"] <= 64 * 1024 and r["ctas_per_sm"] >= 2 for r in down)
   # the conv loop over (tap x C_in chunk) is software-pipelined (cp.async multi-buffering)
-  # and runs on Hopper's warpgroup MMA, in float32 (TF32) and bfloat16
-  conv = [r for r in rows if r["kernel"].startswith("medjax_conv3d")]
+  # and runs on Hopper's warpgroup MMA, in float32 (TF32) and bfloat16; the weight
+  # gradient's row loop is pipelined too (its M is the C_in tile: wgmma from 64 channels)
+  conv = [r for r in rows if r["kernel"] in ("medjax_conv3d", "medjax_conv3d_dx")]
   assert all(r["cp_async"] > 0 and r["mma"] == "wgmma" for r in conv), conv
+  dw = [r for r in rows if r["kernel"] == "medjax_conv3d_dw"]
+  assert dw and all(r["cp_async"] > 0 for r in dw), dw
+  assert {r["mma"] for r in dw if "vnet_down3" in r["case"]} == {"wgmma"}
   # the table printed one line per kernel instance, with the summary
-  assert proc.stdout.count("conv3d/vnet_down3") == 4
+  assert proc.stdout.count("conv3d/vnet_down3") == 6
   assert f"{len(rows)} kernel instances" in proc.stdout
 
 
@@ -102,14 +104,16 @@ def test_pins_and_occupancy():
 
 def test_full_compiles_the_whole_program(tmp_path):
   """--full: XLA's compile-only H100 compiles the whole forward + backward, Pallas and
-  kernels="xla"; the Pallas one holds the 2 Triton kernels, the XLA one none."""
+  kernels="xla"; the Pallas one holds the 3 Triton kernels (forward, dx, dw) and no cuDNN
+  call, the XLA one no Triton kernel."""
   compile_check.tools_env()
   out = tmp_path / "full.json"
   proc = _launch("--only", r"conv3d/cpu_unet_l1_16to32_16x32x32/bfloat16", "--full",
                  "--json", str(out))
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
   (row,) = json.loads(out.read_text())["whole"]
-  assert row["pallas"]["kernels"]["__gpu$xla.gpu.triton"] == 2
+  assert row["pallas"]["kernels"]["__gpu$xla.gpu.triton"] == 3
+  assert not any("cudnn" in k for k in row["pallas"]["kernels"]), row["pallas"]["kernels"]
   assert "__gpu$xla.gpu.triton" not in row["xla"]["kernels"]
   for v in ("pallas", "xla"):
     assert row[v]["bytes"] > row["floor_bytes"] > 0 and row[v]["lower_bound_ms"] > 0

@@ -11,6 +11,7 @@ import re
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 import numpy as np
 import pytest
 
@@ -207,28 +208,61 @@ def test_gpu_tiles_narrow_the_channel_block_of_underfilled_layers():
   assert programs(big, 32, 130 * 130 * 128, 2) >= config_lib.MIN_PROGRAMS
 
 
-def test_large_operands_run_one_batch_element_per_call(monkeypatch):
-  """32-bit offsets: past `MAX_ELEMENTS` the batch is split (same numbers); a single
-  element past it is refused with a one-line error."""
+def _triton_ir_text(fn, *args):
+  """The Triton IR of the (single) Triton call of `fn` for cuda, as text."""
+  from jax._src.lib.mlir import ir
+  from medjax.bench.compile_check.kernels import triton_calls
+  (call,) = triton_calls(fn, args)
+  ctx = ir.Context()
+  ctx.allow_unregistered_dialects = True
+  with ctx:
+    return str(ir.Module.parse(call["ir"]))
+
+
+def test_large_operands_take_64_bit_offsets_and_huge_volumes_are_refused():
+  """Row indices are int32; Pallas scales them by the row stride in 64 bits once an operand
+  exceeds 4 GiB (a batch of nine 128^3 x 64 float32 volumes), so no batch splitting is
+  needed; a single volume of 2^31 voxels or more is refused with a one-line error."""
   from medjax_kernels.conv3d import pallas_gpu
-  xp, w, b = _np_inputs((2, 4, 5, 6, 3), 1, 4, 4)
-  want = _valid_ref(xp, w, b)
-  # per batch element (1x1x1): 2,048 elements (128 output rows x 16 padded channels)
-  monkeypatch.setattr(pallas_gpu, "MAX_ELEMENTS", 3000)
-  f = lambda xp: pallas_gpu.conv3d_valid(xp, w, b, interpret=True)
-  (outer,) = jax.make_jaxpr(f)(xp).eqns
-  calls = [e for e in outer.params["jaxpr"].eqns if e.primitive.name == "jit"]
-  assert len(calls) == 2 and all(c.params["jaxpr"].in_avals[0].shape[0] == 1 for c in calls)
-  _close(f(xp), want, 1e-5)
-  # the PReLU forward's pair (output, pre-activation) is split and joined the same way
-  slope = jnp.full((4,), 0.25)
-  y, z = pallas_gpu.conv3d_valid(xp, w, b, prelu_slope=slope, activation="prelu",
-                                 interpret=True, save_preactivation=True)
-  _close(z, want, 1e-5)
-  _close(y, jnp.where(want >= 0, want, 0.25 * want), 1e-5)
-  monkeypatch.setattr(pallas_gpu, "MAX_ELEMENTS", 1000)
-  with pytest.raises(ValueError, match=r"one batch element .* > 2\^31-1"):
-    jax.eval_shape(lambda xp: pallas_gpu.conv3d_valid(xp[:1], w, b, interpret=True), xp)
+  w = jax.ShapeDtypeStruct((3, 3, 3, 64, 64), jnp.float32)
+  f = lambda x, w: pallas_gpu.conv3d(x, w, pads=((1, 1),) * 3)
+  small = _triton_ir_text(f, jax.ShapeDtypeStruct((1, 128, 128, 128, 64), jnp.float32), w)
+  large = _triton_ir_text(f, jax.ShapeDtypeStruct((9, 128, 128, 128, 64), jnp.float32), w)
+  assert "xi64>" not in small and "xi64>" in large
+  huge = jax.ShapeDtypeStruct((1, 1291, 1291, 1291, 1), jnp.float32)
+  with pytest.raises(ValueError, match=r"more than 2\^31-1 voxels"):
+    jax.eval_shape(lambda x: pallas_gpu.conv3d(x, jnp.ones((1, 1, 1, 1, 1))), huge)
+
+
+def test_halo_inside_the_kernel_matches_reference_for_asymmetric_pads(monkeypatch):
+  """The zero halo is masked inside the Triton kernel for any (lo, hi) pads per axis (as
+  "SAME" with even windows needs), partial row blocks included; the weight-gradient kernel
+  with channel tiles, tap groups and row splits that do not divide the shape (the batch
+  folded into the rows) equals autodiff of the reference, also one batch element at a time."""
+  from medjax_kernels.conv3d import config as config_lib, pallas_gpu, pallas_gpu_wgrad
+  x, w, b = _np_inputs((2, 5, 6, 7, 8), 3, 20, 6)
+  pads = ((2, 0), (1, 3), (0, 2))
+  conv = lambda x, w: lax.conv_general_dilated(
+      x, w, (1, 1, 1), list(pads), dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+      precision="highest")
+  cfg = config_lib.GpuConfig(block_q=32, block_co=16, block_k=16)
+  y = pallas_gpu.conv3d(x, w, b, pads=pads, activation=None, interpret=True, config=cfg)
+  _close(y, conv(x, w) + b, 1e-5)
+  z, vjp = jax.vjp(lambda w: conv(x, w), w)
+  dz = jnp.asarray(np.random.default_rng(7).standard_normal(z.shape), jnp.float32)
+  wcfg = pallas_gpu_wgrad.WgradConfig(block_q=16, block_ci=16, block_co=16, group=3, splits=5)
+  dw = pallas_gpu_wgrad.conv3d_wgrad(x, dz, window=(3, 3, 3), pads=pads, interpret=True,
+                                     config=wcfg)
+  _close(dw, vjp(dz)[0], 1e-5)
+  # past int32 rows for the whole batch (N * rows), one batch element per call, summed
+  monkeypatch.setattr(pallas_gpu_wgrad, "MAX_ROWS", 5 * 6 * 7 * 8)
+  calls = jax.make_jaxpr(lambda x, dz: pallas_gpu_wgrad.conv3d_wgrad(
+      x, dz, window=(3, 3, 3), pads=pads, interpret=True, config=wcfg))(x, dz).eqns
+  inner = calls[0].params["jaxpr"].eqns
+  assert sum(e.primitive.name == "jit" for e in inner) == 2
+  dw1 = pallas_gpu_wgrad.conv3d_wgrad(x, dz, window=(3, 3, 3), pads=pads, interpret=True,
+                                      config=wcfg)
+  _close(dw1, vjp(dz)[0], 1e-5)
 
 
 def test_precision_option_lowers_and_interprets_exactly():

@@ -15,20 +15,23 @@ runs that implementation whatever the platform, for tests and benchmarks.
 
 What is Pallas and what is XLA in the Pallas implementations:
 
-* forward: Pallas, one kernel: conv (stride 1, VALID, over an input padded in
-  XLA) + bias + residual + activation; nothing intermediate written.
-  "SAME" padding and channel padding are XLA pads; stride 2 is an XLA
-  space-to-depth of the input (2x2x2 parity phases as channels) and a
-  rearranged kernel with window `ceil(k/2)`, after which the stride-1 kernel
-  runs (exact: the missing taps have zero weights).
+* forward: Pallas, one kernel: conv (stride 1) + bias + residual + activation;
+  nothing intermediate written. Triton: the input unpadded, the "SAME"/"VALID" zero
+  halo masked inside the kernel, the output written on the output grid (no XLA pad
+  before it, no slice after it). Mosaic: over an input padded in XLA. Stride 2 is an
+  XLA space-to-depth of the (padded) input (2x2x2 parity phases as channels) and a
+  rearranged kernel with window `ceil(k/2)`, after which the stride-1 kernel runs
+  (exact: the missing taps have zero weights). Channels are padded to a power of two
+  >= 16 in XLA only where a layer's count is not one already.
 * backward (`jax.custom_vjp`): the activation derivative, the bias and
   PReLU-slope gradients are XLA (for PReLU the Triton forward kernel also writes
   the pre-activation, the Mosaic kernel recomputes it without activation;
   ReLU/leaky ReLU read the mask off the saved output); the input gradient is
-  the *same Pallas kernel* (a stride-1 VALID convolution of the `k-1`-padded
-  `dz` with the flipped, transposed kernel); the weight gradient is XLA (one
-  `lax.conv_general_dilated` of the input with `dz` as the kernel, in the input
-  dtype, float32 accumulation).
+  the *same Pallas kernel* (a stride-1 convolution of `dz` with the flipped,
+  transposed kernel and pads `k-1-pad`: in-kernel on Triton, an XLA pad on Mosaic);
+  the weight gradient is a Triton kernel on GPU (`pallas_gpu_wgrad`: channels-last,
+  input dtype, float32 accumulation) and XLA on TPU (one `lax.conv_general_dilated` of
+  the input with `dz` as the kernel).
   The XLA space-to-depth/padding ops are differentiated by JAX as usual.
 
 References: V-Net (Milletari et al. 2016): 5x5x5 convs, PReLU, residual
@@ -45,21 +48,13 @@ import jax.numpy as jnp
 from jax import lax
 
 from medjax_kernels import conv_xla, dispatch
-from medjax_kernels.conv3d import pallas_gpu, pallas_tpu, reference
+from medjax_kernels.conv3d import pallas_gpu, pallas_gpu_wgrad, pallas_tpu, reference
 
-# Kernel names in the compiled program (what `medjax.bench.compile_check` and GPU
-# profiles show): the forward conv, the PReLU pre-activation recomputed in the
-# backward pass, the input gradient.
-KERNEL_NAMES = {"fwd": "medjax_conv3d", "recompute": "medjax_conv3d_recompute",
-                "dx": "medjax_conv3d_dx"}
+# Triton kernel names in the compiled program (what `medjax.bench.compile_check` and GPU
+# profiles show): the forward conv, the input gradient, the weight gradient.
+KERNEL_NAMES = {"fwd": "medjax_conv3d", "dx": "medjax_conv3d_dx",
+                "dw": pallas_gpu_wgrad.KERNEL_NAME}
 
-
-def _tpu_kernel(*args, name=None, precision=None, **kw):
-  del name, precision  # the Mosaic kernel has one name; the MXU takes float32 as it is
-  return pallas_tpu.conv3d_valid(*args, **kw)
-
-
-_KERNELS = {"pallas_gpu": pallas_gpu.conv3d_valid, "pallas_tpu": _tpu_kernel}
 
 # With kernels="auto", inputs of at most this many channels (a network's first layer: 1-4
 # modalities) take XLA's convolution (cuDNN, the TPU emitter) instead of the kernels: the
@@ -124,55 +119,97 @@ def _space_to_depth_stride2(xp: jax.Array, w: jax.Array, out: tuple[int, ...]):
   return xs, w2
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
-def _fused(xp, w, b, residual, prelu_slope, backend, activation, interpret, precision):
-  return _KERNELS[backend](xp, w, b, residual, prelu_slope, activation=activation,
-                           interpret=interpret, precision=precision)
-
-
-def _fused_fwd(xp, w, b, residual, prelu_slope, backend, activation, interpret, precision):
-  if activation == "prelu" and backend == "pallas_gpu":
-    # The Triton kernel also writes the pre-activation, which the PReLU backward needs:
-    # one more tile store instead of a second convolution in the backward pass.
-    y, z = pallas_gpu.conv3d_valid(xp, w, b, residual, prelu_slope, activation=activation,
-                                   interpret=interpret, precision=precision,
-                                   save_preactivation=True)
-    return y, (xp, w, b, residual, prelu_slope, z)
-  y = _fused(xp, w, b, residual, prelu_slope, backend, activation, interpret, precision)
-  return y, (xp, w, b, residual, prelu_slope, y)
-
-
-def _fused_bwd(backend, activation, interpret, precision, res, dy):
-  xp, w, b, residual, slope, y = res
-  kernel = functools.partial(_KERNELS[backend], interpret=interpret, precision=precision)
+def _activation_grads(dy, saved, activation, slope, b, residual):
+  """Gradient of the pre-activation `z` (float32) and of b, the residual and the PReLU
+  slope, from `dy` and what the forward saved: the output `y` (ReLU, leaky ReLU: their
+  masks read off y) or, for PReLU, `z` itself (its sign is not y's where the slope is
+  negative)."""
   g = dy.astype(jnp.float32)
   dslope = None
   if activation == "relu":
-    g = jnp.where(y > 0, g, 0.0)
+    g = jnp.where(saved > 0, g, 0.0)
   elif activation == "leaky_relu":
-    g = jnp.where(y >= 0, g, reference.LEAKY_RELU_SLOPE * g)
-  elif activation == "prelu":  # the pre-activation (its sign needs z, not y)
-    if backend == "pallas_gpu":
-      z = y.astype(jnp.float32)  # saved by the forward kernel (`_fused_fwd`)
-    else:  # Mosaic: recomputed by the kernel without the activation
-      z = kernel(xp, w, b, residual, None, activation=None,
-                 name=KERNEL_NAMES["recompute"]).astype(jnp.float32)
+    g = jnp.where(saved >= 0, g, reference.LEAKY_RELU_SLOPE * g)
+  elif activation == "prelu":
+    z = saved.astype(jnp.float32)
     dslope = jnp.sum(jnp.where(z < 0, g * z, 0.0), axis=(0, 1, 2, 3)).astype(slope.dtype)
     g = jnp.where(z >= 0, g, slope.astype(jnp.float32) * g)
   db = None if b is None else jnp.sum(g, axis=(0, 1, 2, 3)).astype(b.dtype)
   dres = None if residual is None else g.astype(residual.dtype)
+  return g, db, dres, dslope
+
+
+def _flipped(w, dtype):
+  """The input gradient's kernel: spatially flipped, C_in and C_out swapped."""
+  return jnp.flip(w, (0, 1, 2)).swapaxes(3, 4).astype(dtype)
+
+
+# --- Triton (GPU): unpadded input, the zero halo inside the kernels --------------------
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
+def _fused_gpu(x, w, b, residual, prelu_slope, pads, activation, interpret, precision):
+  return pallas_gpu.conv3d(x, w, b, residual, prelu_slope, pads=pads, activation=activation,
+                           interpret=interpret, precision=precision)
+
+
+def _fused_gpu_fwd(x, w, b, residual, prelu_slope, pads, activation, interpret, precision):
+  if activation == "prelu":
+    # The kernel also writes the pre-activation, which the PReLU backward needs: one
+    # more tile store instead of a second convolution in the backward pass.
+    y, z = pallas_gpu.conv3d(x, w, b, residual, prelu_slope, pads=pads,
+                             activation=activation, interpret=interpret,
+                             precision=precision, save_preactivation=True)
+    return y, (x, w, b, residual, prelu_slope, z)
+  y = _fused_gpu(x, w, b, residual, prelu_slope, pads, activation, interpret, precision)
+  return y, (x, w, b, residual, prelu_slope, y)
+
+
+def _fused_gpu_bwd(pads, activation, interpret, precision, res, dy):
+  x, w, b, residual, slope, saved = res
+  g, db, dres, dslope = _activation_grads(dy, saved, activation, slope, b, residual)
+  dz = g.astype(x.dtype)
+  window = w.shape[:3]
+  # Input gradient: the same kernel, the flipped kernel, pads k-1-pad (a full correlation
+  # for VALID), its halo masked in-kernel as the forward's.
+  dx_pads = tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(window, pads))
+  dx = pallas_gpu.conv3d(dz, _flipped(w, x.dtype), pads=dx_pads, interpret=interpret,
+                         precision=precision, name=KERNEL_NAMES["dx"])
+  # Weight gradient: the Triton kernel of `pallas_gpu_wgrad` (channels-last, input dtype).
+  dw = pallas_gpu_wgrad.conv3d_wgrad(x, dz, window=window, pads=pads, interpret=interpret,
+                                     precision=precision).astype(w.dtype)
+  return dx, dw, db, dres, dslope
+
+
+_fused_gpu.defvjp(_fused_gpu_fwd, _fused_gpu_bwd)
+
+
+# --- Mosaic (TPU): a padded input --------------------------------------------------------
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _fused_tpu(xp, w, b, residual, prelu_slope, activation, interpret):
+  return pallas_tpu.conv3d_valid(xp, w, b, residual, prelu_slope, activation=activation,
+                                 interpret=interpret)
+
+
+def _fused_tpu_fwd(xp, w, b, residual, prelu_slope, activation, interpret):
+  y = _fused_tpu(xp, w, b, residual, prelu_slope, activation, interpret)
+  return y, (xp, w, b, residual, prelu_slope, y)
+
+
+def _fused_tpu_bwd(activation, interpret, res, dy):
+  xp, w, b, residual, slope, y = res
+  kernel = functools.partial(pallas_tpu.conv3d_valid, interpret=interpret)
+  if activation == "prelu":  # the pre-activation, recomputed without the activation
+    y = kernel(xp, w, b, residual, None, activation=None)
+  g, db, dres, dslope = _activation_grads(dy, y, activation, slope, b, residual)
   dz = g.astype(xp.dtype)
   k = w.shape[:3]
   # Input gradient: full correlation with the flipped, transposed kernel (Pallas).
   dz_pad = jnp.pad(dz, [(0, 0)] + [(kk - 1, kk - 1) for kk in k] + [(0, 0)])
-  w_t = jnp.flip(w, (0, 1, 2)).swapaxes(3, 4).astype(xp.dtype)
-  dxp = kernel(dz_pad, w_t, None, None, None, activation=None,
-               name=KERNEL_NAMES["dx"]).astype(xp.dtype)
+  dxp = kernel(dz_pad, _flipped(w, xp.dtype), activation=None).astype(xp.dtype)
   # Weight gradient (XLA): dw[t, ci, co] = sum_{n,o} xp[n, o + t, ci] dz[n, o, co], one
   # convolution of the input with dz as the kernel (N contracted, C_in as its batch), in the
-  # input dtype (`w` is in it already: `_conv3d_pallas` casts), no float32 output type for
-  # bfloat16 (cuDNN has no bf16-in/f32-out conv, so XLA upcast both operands to float32);
-  # not the autodiff transpose of a float32 conv (issue 13, finding 4).
+  # input dtype with float32 accumulation (not the autodiff transpose of a float32 conv).
   dw = lax.conv_general_dilated(
       xp, dz, (1, 1, 1), "VALID", dimension_numbers=("CDHWN", "IDHWO", "DHWNC"),
       preferred_element_type=jnp.float32 if xp.dtype == jnp.float32 else None
@@ -180,19 +217,24 @@ def _fused_bwd(backend, activation, interpret, precision, res, dy):
   return dxp, dw, db, dres, dslope
 
 
-_fused.defvjp(_fused_fwd, _fused_bwd)
+_fused_tpu.defvjp(_fused_tpu_fwd, _fused_tpu_bwd)
 
 
 def _conv3d_pallas(x, w, b, residual, prelu_slope, *, activation, stride, padding,
                    backend, interpret, precision="default"):
   window = w.shape[:3]
   pads = conv_xla.explicit_padding(x.shape[1:4], window, (stride,) * 3, padding)
-  xp = jnp.pad(x, ((0, 0),) + pads + ((0, 0),))
   w = w.astype(x.dtype)
+  if stride == 2 or backend == "pallas_tpu":
+    x = jnp.pad(x, ((0, 0),) + pads + ((0, 0),))
+    pads = pallas_gpu.NO_PADS
   if stride == 2:
-    out = tuple((d - kk) // 2 + 1 for d, kk in zip(xp.shape[1:4], window))
-    xp, w = _space_to_depth_stride2(xp, w, out)
-  return _fused(xp, w, b, residual, prelu_slope, backend, activation, interpret, precision)
+    out = tuple((d - kk) // 2 + 1 for d, kk in zip(x.shape[1:4], window))
+    x, w = _space_to_depth_stride2(x, w, out)
+  if backend == "pallas_tpu":
+    return _fused_tpu(x, w, b, residual, prelu_slope, activation, interpret)
+  return _fused_gpu(x, w, b, residual, prelu_slope, tuple(pads), activation, interpret,
+                    precision)
 
 
 @functools.partial(jax.jit, static_argnames=("activation", "stride", "padding", "kernels",

@@ -19,8 +19,8 @@ from medjax.errors import InputError
 
 TRITON_CALL = "__gpu$xla.gpu.triton"
 # Which pass a kernel belongs to, by its name in the compiled program.
-KERNEL_DIRECTIONS = {"medjax_conv3d": "fwd", "medjax_conv3d_recompute": "bwd",
-                     "medjax_conv3d_dx": "bwd", "soft_dice_stats_fwd": "fwd",
+KERNEL_DIRECTIONS = {"medjax_conv3d": "fwd", "medjax_conv3d_dx": "bwd",
+                     "medjax_conv3d_dw": "bwd", "soft_dice_stats_fwd": "fwd",
                      "soft_dice_stats_bwd": "bwd"}
 
 

@@ -1,0 +1,189 @@
+"""Weight gradient of the fused 3D convolution as a Pallas GPU (Triton) kernel.
+
+`dw[t, ci, co] = sum_{n, o} x[n, o + t - pad_lo, ci] * dz[n, o, co]`: for each tap, the
+input rows the forward gathered (`pallas_gpu.tap_rows`, zero halo masked in-kernel)
+transposed against the output gradient's rows, channels-last, in the input dtype with
+float32 accumulation. Before (issue 13, roofline cause 3) XLA computed it as cuDNN's
+convBackwardFilter on NCDHW transposes of x and dz, written out and read back (and in
+float32 for bfloat16 inputs).
+
+Work split: the batch is folded into the rows (`N * Do*Ho*Wo` output rows). A program
+owns one group of `G` taps (the `kw` taps of one kernel row, whose gathered rows are one
+row apart: the same cache lines), one `(BLOCK_CI, BLOCK_CO)` channel tile and one slice
+of the rows. It loops over its rows `BLOCK_Q` at a time: one load of the `dz` tile, then
+for each tap of the group a masked gather of the input tile and a `(BLOCK_CI, BLOCK_Q) @
+(BLOCK_Q, BLOCK_CO)` dot into that tap's float32 accumulator (`G` accumulators live in
+registers: `G * BLOCK_CI * BLOCK_CO / (32 * num_warps)` per thread). Programs write
+float32 partial sums `(splits, T, C_in, C_out)`, which XLA adds up; `splits` is as many
+as fill the GPU while the partial sums (written and read back) stay within
+`PARTIAL_FRACTION` of the bytes of x and dz: deep layers, whose weights are as large as
+their activations, take one slice. The row slices are the slowest grid axis, so the
+programs reading the same rows of x and dz run together and share L2.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+from medjax_kernels.conv3d import config as config_lib
+from medjax_kernels.conv3d.pallas_gpu import (MAX_ROWS, _pad_axis, check_rows, dot_precision,
+                                              gather_rows, output_origin, padded_channels,
+                                              tap_rows)
+
+KERNEL_NAME = "medjax_conv3d_dw"
+
+
+@dataclasses.dataclass(frozen=True)
+class WgradConfig:
+  """Triton tiles of the weight gradient: rows per step (the dots' K), channel tiles,
+  taps per program, warps, pipeline stages, and row slices per batch element."""
+  block_q: int = 32
+  block_ci: int = 32
+  block_co: int = 32
+  group: int = 3
+  num_warps: int = 4
+  num_stages: int = 3
+  splits: int = 1
+
+
+# Shared memory per pipelined operand tile (bytes): (G + 1) tiles per stage, 3 stages, stay
+# under the H100's 227 KiB for G <= 5.
+TILE_BYTES = 8 << 10
+# Accumulator registers per thread the tile choice aims at (as the forward: `config.GPU_TILES`).
+ACC_REGISTERS = 96
+# The partial sums' traffic (write + read back, float32) at most this fraction of x + dz.
+PARTIAL_FRACTION = 1 / 16
+
+
+def wgrad_config(c_in: int, c_out: int, window: tuple[int, int, int], q_out: int,
+                 dtype_bytes: int = 4, batch: int = 1) -> WgradConfig:
+  """Tiles for one weight gradient (channel counts before padding).
+
+  * `group` = `kw` (one kernel row of taps per program);
+  * channel tiles up to 64 x 64; warps 4, or 8 when the `group` accumulators would take
+    more than `ACC_REGISTERS` registers per thread with 4;
+  * `block_q` (the dots' K): the largest power of two <= 128 rows whose widest operand
+    tile fits `TILE_BYTES`;
+  * `splits`: row slices (the batch folded into the rows), so the grid has
+    `config.MIN_PROGRAMS` programs, at most as many as keep the partial sums within
+    `PARTIAL_FRACTION` of the operands' bytes.
+  """
+  c_in_p, c_out_p = padded_channels(c_in), padded_channels(c_out)
+  block_ci, block_co = min(c_in_p, 64), min(c_out_p, 64)
+  group = window[2]
+  num_warps = 4 if group * block_ci * block_co <= ACC_REGISTERS * 32 * 4 else 8
+  block_q = 128
+  while block_q > 16 and block_q * max(block_ci, block_co) * dtype_bytes > TILE_BYTES:
+    block_q //= 2
+  block_q = min(block_q, max(16, config_lib.next_pow2(q_out)))
+  taps = window[0] * window[1] * window[2]
+  rows = batch * q_out
+  programs = (taps // group) * (c_in_p // block_ci) * (c_out_p // block_co)
+  operand_bytes = rows * (c_in_p + c_out_p) * dtype_bytes
+  partial_bytes = 2 * taps * c_in_p * c_out_p * 4
+  splits = min(-(-config_lib.MIN_PROGRAMS // programs), -(-rows // block_q),
+               int(PARTIAL_FRACTION * operand_bytes // partial_bytes))
+  splits = max(1, splits)
+  return WgradConfig(block_q=block_q, block_ci=block_ci, block_co=block_co, group=group,
+                     num_warps=num_warps, splits=splits)
+
+
+def wgrad_kernel(x_ref, dz_ref, o_ref, *, geometry, cfg: WgradConfig, rows_per_split: int,
+                 n_ci: int, n_co: int, precision):
+  """Refs: x `(N * Li, C_in)` and dz `(N * Lo, C_out)` (whole), out `(G, BLOCK_CI,
+  BLOCK_CO)` float32 partial sums of this program's rows."""
+  in_dims, out_dims, window, pad_lo, batch = geometry
+  pid = pl.program_id(0)
+  co = jax.lax.rem(pid, n_co)
+  ci = jax.lax.rem(jax.lax.div(pid, n_co), n_ci)
+  n_groups = window[0] * window[1] * window[2] // cfg.group
+  tap0 = jax.lax.rem(jax.lax.div(pid, n_co * n_ci), n_groups) * cfg.group
+  split = jax.lax.div(pid, n_co * n_ci * n_groups)
+  q_out = out_dims[0] * out_dims[1] * out_dims[2]
+  in_rows = in_dims[0] * in_dims[1] * in_dims[2]
+  ci0 = pl.multiple_of(ci * cfg.block_ci, cfg.block_ci)
+  co0 = pl.multiple_of(co * cfg.block_co, cfg.block_co)
+
+  def step(j, accs):
+    r = split * rows_per_split + j * cfg.block_q + jnp.arange(cfg.block_q, dtype=jnp.int32)
+    row_ok = r < batch * q_out
+    dzt = gather_rows(dz_ref, jnp.where(row_ok, r, 0), row_ok, co0, cfg.block_co)
+    origin = output_origin(r % q_out, out_dims, pad_lo)
+    x_base = (r // q_out) * in_rows
+    new = []
+    for g, acc in enumerate(accs):
+      rows, ok = tap_rows(origin, row_ok, tap0 + g, in_dims, window)
+      xt = gather_rows(x_ref, jnp.where(ok, x_base + rows, 0), ok, ci0, cfg.block_ci)
+      new.append(acc + jax.lax.dot_general(
+          xt, dzt, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32,
+          precision=precision))
+    return tuple(new)
+
+  zeros = jnp.zeros((cfg.block_ci, cfg.block_co), jnp.float32)
+  accs = jax.lax.fori_loop(0, rows_per_split // cfg.block_q, step, (zeros,) * cfg.group)
+  for g, acc in enumerate(accs):
+    o_ref[g, :, :] = acc
+
+
+@functools.partial(jax.jit, static_argnames=("window", "pads", "interpret", "config",
+                                             "precision"))
+def conv3d_wgrad(x: jax.Array, dz: jax.Array, *, window: tuple[int, int, int],
+                 pads: tuple[tuple[int, int], ...], interpret: bool = False,
+                 config: WgradConfig | None = None, precision: str = "default") -> jax.Array:
+  """`dw` of `pallas_gpu.conv3d(x, w, pads=pads)` given its output gradient `dz`.
+
+  Args:
+    x: the forward's input `(N, Di, Hi, Wi, C_in)` (unpadded).
+    dz: `(N, Do, Ho, Wo, C_out)`, the gradient of the pre-activation, in `x.dtype`.
+    window: `(kd, kh, kw)`; pads: the forward's `((lo, hi),) * 3`.
+    config: tiles; `wgrad_config` of the shape when None.
+    precision: float32 dot algorithm, as `pallas_gpu.conv3d`.
+  Returns:
+    float32 `(kd, kh, kw, C_in, C_out)`.
+  """
+  dot_prec = dot_precision(x.dtype, precision, interpret)
+  n, di, hi, wi, c_in = x.shape
+  _, do, ho, wo, c_out = dz.shape
+  check_rows(x.shape, dz.shape)
+  q_out = do * ho * wo
+  if n > 1 and n * max(di * hi * wi, q_out) > MAX_ROWS:  # int32 rows: one element at a time
+    call = functools.partial(conv3d_wgrad, window=window, pads=pads, interpret=interpret,
+                             config=config, precision=precision)
+    return sum(call(x[i:i + 1], dz[i:i + 1]) for i in range(n))
+  cfg = config or wgrad_config(c_in, c_out, window, q_out, x.dtype.itemsize, batch=n)
+  c_in_p = pl.cdiv(padded_channels(c_in), cfg.block_ci) * cfg.block_ci
+  c_out_p = pl.cdiv(padded_channels(c_out), cfg.block_co) * cfg.block_co
+  taps = window[0] * window[1] * window[2]
+  if taps % cfg.group:
+    raise ValueError(f"wgrad group {cfg.group} does not divide the {taps} taps")
+  n_ci, n_co = c_in_p // cfg.block_ci, c_out_p // cfg.block_co
+  n_groups = taps // cfg.group
+  rows_per_split = pl.cdiv(pl.cdiv(n * q_out, cfg.splits), cfg.block_q) * cfg.block_q
+  x_rows = _pad_axis(x, 4, c_in_p).reshape(n * di * hi * wi, c_in_p)
+  dz_rows = _pad_axis(dz.astype(x.dtype), 4, c_out_p).reshape(n * q_out, c_out_p)
+  kernel = functools.partial(
+      wgrad_kernel, cfg=cfg, rows_per_split=rows_per_split, n_ci=n_ci, n_co=n_co,
+      geometry=((di, hi, wi), (do, ho, wo), window, tuple(lo for lo, _ in pads), n),
+      precision=dot_prec)
+  per_split = n_groups * n_ci * n_co
+  partial = pl.pallas_call(
+      kernel,
+      out_shape=jax.ShapeDtypeStruct((cfg.splits, taps, c_in_p, c_out_p), jnp.float32),
+      grid=(cfg.splits * per_split,),
+      in_specs=[pl.BlockSpec((n * di * hi * wi, c_in_p), lambda j: (0, 0)),
+                pl.BlockSpec((n * q_out, c_out_p), lambda j: (0, 0))],
+      out_specs=pl.BlockSpec(
+          (None, cfg.group, cfg.block_ci, cfg.block_co),
+          lambda j: (j // per_split, (j // (n_co * n_ci)) % n_groups, (j // n_co) % n_ci,
+                     j % n_co)),
+      compiler_params=plgpu.CompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages),
+      interpret=interpret,
+      name=KERNEL_NAME,
+  )(x_rows, dz_rows)
+  dw = partial.sum(axis=0)[:, :c_in, :c_out]
+  return dw.reshape(window + (c_in, c_out))
