@@ -29,11 +29,18 @@ def test_tiles_match_reference():
                           padding="VALID")
   assert y.shape == want.shape == (1, 6, 6, 9, 12)
   np.testing.assert_allclose(np.asarray(y), np.asarray(want), rtol=1e-5, atol=1e-5)
+  # the pair (output, pre-activation) from the same tiles
+  y2, z = pallas_tpu.conv3d_valid(xp, w, b, r, s, activation="prelu", interpret=True,
+                                  block_rows=24, block_depth=4, save_preactivation=True)
+  want_z = reference.conv3d(xp, w, b, residual=r, padding="VALID")
+  np.testing.assert_allclose(np.asarray(y2), np.asarray(want), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(z), np.asarray(want_z), rtol=1e-5, atol=1e-5)
 
 
 def test_forward_and_gradients_match_reference(dtype=jnp.float32, tol=1e-5):
-  """`conv3d(backend="pallas_tpu")`: the forward, the input-gradient and the PReLU
-  recompute all run the tiled kernel (default plan), stride 2 included."""
+  """`conv3d(backend="pallas_tpu")`: the forward (which also writes PReLU's pre-activation
+  for the backward) and the input gradient run the tiled kernel (default plan), stride 2
+  included."""
   x = _rand((1, 6, 6, 6, 4), 4, dtype)
   w = (_rand((3, 3, 3, 4, 8), 5) / np.sqrt(108)).astype(dtype)
   b, s = _rand((8,), 6), jnp.full((8,), 0.2)

@@ -24,9 +24,9 @@ What is Pallas and what is XLA in the Pallas implementations:
   (exact: the missing taps have zero weights). Channels are padded to a power of two
   >= 16 in XLA only where a layer's count is not one already.
 * backward (`jax.custom_vjp`): the activation derivative, the bias and
-  PReLU-slope gradients are XLA (for PReLU the Triton forward kernel also writes
-  the pre-activation, the Mosaic kernel recomputes it without activation;
-  ReLU/leaky ReLU read the mask off the saved output); the input gradient is
+  PReLU-slope gradients are XLA (for PReLU the forward kernel, Triton and Mosaic,
+  also writes the pre-activation; ReLU/leaky ReLU read the mask off the saved
+  output); the input gradient is
   the *same Pallas kernel* (a stride-1 convolution of `dz` with the flipped,
   transposed kernel and pads `k-1-pad`: in-kernel on Triton, an XLA pad on Mosaic);
   the weight gradient is a Triton kernel on GPU (`pallas_gpu_wgrad`: channels-last,
@@ -169,14 +169,15 @@ def _fused_gpu_bwd(pads, activation, interpret, precision, res, dy):
   g, db, dres, dslope = _activation_grads(dy, saved, activation, slope, b, residual)
   dz = g.astype(x.dtype)
   window = w.shape[:3]
-  # Input gradient: the same kernel, the flipped kernel, pads k-1-pad (a full correlation
-  # for VALID), its halo masked in-kernel as the forward's.
+  # Input gradient: the same kernel with the flipped, transposed kernel (read in place:
+  # `flip_kernel`) and pads k-1-pad (a full correlation for VALID), its halo masked
+  # in-kernel as the forward's.
   dx_pads = tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(window, pads))
-  dx = pallas_gpu.conv3d(dz, _flipped(w, x.dtype), pads=dx_pads, interpret=interpret,
-                         precision=precision, name=KERNEL_NAMES["dx"])
+  dx = pallas_gpu.conv3d(dz, w, pads=dx_pads, interpret=interpret, precision=precision,
+                         name=KERNEL_NAMES["dx"], flip_kernel=True)
   # Weight gradient: the Triton kernel of `pallas_gpu_wgrad` (channels-last, input dtype).
   dw = pallas_gpu_wgrad.conv3d_wgrad(x, dz, window=window, pads=pads, interpret=interpret,
-                                     precision=precision).astype(w.dtype)
+                                     precision=precision, out_dtype=w.dtype)
   return dx, dw, db, dres, dslope
 
 
@@ -192,16 +193,18 @@ def _fused_tpu(xp, w, b, residual, prelu_slope, activation, interpret):
 
 
 def _fused_tpu_fwd(xp, w, b, residual, prelu_slope, activation, interpret):
+  if activation == "prelu":  # the kernel also writes the pre-activation (as on GPU)
+    y, z = pallas_tpu.conv3d_valid(xp, w, b, residual, prelu_slope, activation=activation,
+                                   interpret=interpret, save_preactivation=True)
+    return y, (xp, w, b, residual, prelu_slope, z)
   y = _fused_tpu(xp, w, b, residual, prelu_slope, activation, interpret)
   return y, (xp, w, b, residual, prelu_slope, y)
 
 
 def _fused_tpu_bwd(activation, interpret, res, dy):
-  xp, w, b, residual, slope, y = res
+  xp, w, b, residual, slope, saved = res
   kernel = functools.partial(pallas_tpu.conv3d_valid, interpret=interpret)
-  if activation == "prelu":  # the pre-activation, recomputed without the activation
-    y = kernel(xp, w, b, residual, None, activation=None)
-  g, db, dres, dslope = _activation_grads(dy, y, activation, slope, b, residual)
+  g, db, dres, dslope = _activation_grads(dy, saved, activation, slope, b, residual)
   dz = g.astype(xp.dtype)
   k = w.shape[:3]
   # Input gradient: full correlation with the flipped, transposed kernel (Pallas).

@@ -107,10 +107,11 @@ def gather_rows(ref, rows, ok, col0, width):
 
 def conv_kernel(x_ref, w_ref, *refs, geometry, block_q: int, block_k: int, n_k: int,
                 n_co: int, has_bias: bool, has_residual: bool, activation: Optional[str],
-                precision=None, save_preactivation: bool = False):
+                precision=None, save_preactivation: bool = False, flip_kernel: bool = False):
   """One (BLOCK_Q, BLOCK_CO) output tile: a loop over (tap, C_in chunk) pairs.
 
-  Refs: x `(Li, C_in)` (one batch element, unpadded rows), w `(T, C_in, BLOCK_CO)`,
+  Refs: x `(Li, C_in)` (one batch element, unpadded rows), w `(T, C_in, BLOCK_CO)` (with
+  `flip_kernel`: `(T, BLOCK_CO, C_in)`, read at tap `T-1-t` and transposed in the dot),
   [b `(1, BLOCK_CO)`], [r `(BLOCK_Q, BLOCK_CO)`], [slope `(1, BLOCK_CO)`],
   out `(BLOCK_Q, BLOCK_CO)`, [pre-activation out, same tile]. `geometry`:
   (in_dims, out_dims, window, pad_lo).
@@ -122,6 +123,7 @@ def conv_kernel(x_ref, w_ref, *refs, geometry, block_q: int, block_k: int, n_k: 
   r_ref = refs.pop(0) if has_residual else None
   s_ref = refs.pop(0) if activation == "prelu" else None
   in_dims, out_dims, window, pad_lo = geometry
+  taps = window[0] * window[1] * window[2]
   q = (pl.program_id(0) // n_co) * block_q + jnp.arange(block_q, dtype=jnp.int32)
   row_ok = q < out_dims[0] * out_dims[1] * out_dims[2]
   origin = output_origin(q, out_dims, pad_lo)
@@ -131,10 +133,13 @@ def conv_kernel(x_ref, w_ref, *refs, geometry, block_q: int, block_k: int, n_k: 
     rows, ok = tap_rows(origin, row_ok, t, in_dims, window)
     k0 = pl.multiple_of(kc * block_k, block_k)
     xt = gather_rows(x_ref, rows, ok, k0, block_k)
+    if flip_kernel:
+      wt = w_ref[taps - 1 - t, :, pl.ds(k0, block_k)]
+      return acc + jax.lax.dot_general(xt, wt, (((1,), (1,)), ((), ())), precision=precision,
+                                       preferred_element_type=jnp.float32)
     wt = w_ref[t, pl.ds(k0, block_k), :]
     return acc + jnp.dot(xt, wt, preferred_element_type=jnp.float32, precision=precision)
 
-  taps = window[0] * window[1] * window[2]
   acc = jax.lax.fori_loop(0, taps * n_k, step, jnp.zeros(o_ref.shape, jnp.float32))
   mask = row_ok[:, None]
   if r_ref is not None:
@@ -189,13 +194,14 @@ def check_rows(*volumes):
 
 
 @functools.partial(jax.jit, static_argnames=("pads", "activation", "interpret", "config",
-                                             "name", "precision", "save_preactivation"))
+                                             "name", "precision", "save_preactivation",
+                                             "flip_kernel"))
 def conv3d(x: jax.Array, w: jax.Array, b: Optional[jax.Array] = None,
            residual: Optional[jax.Array] = None, prelu_slope: Optional[jax.Array] = None,
            *, pads: tuple[tuple[int, int], ...] = NO_PADS, activation: Optional[str] = None,
            interpret: bool = False, config: Optional[config_lib.GpuConfig] = None,
            name: str = "medjax_conv3d", precision: str = "default",
-           save_preactivation: bool = False):
+           save_preactivation: bool = False, flip_kernel: bool = False):
   """`act(conv_stride1(x, w, pads) + b + residual)` on GPU (Triton), zero halo in-kernel.
 
   Args:
@@ -209,6 +215,9 @@ def conv3d(x: jax.Array, w: jax.Array, b: Optional[jax.Array] = None,
       the interpreter always computes exact float32.
     save_preactivation: also return `conv + b + residual` before the activation (what
       the PReLU backward needs), written by the same kernel.
+    flip_kernel: convolve with `flip(w, spatial).swapaxes(3, 4)` (the input gradient's
+      kernel; then `w` is `(kd, kh, kw, C_out, C_in)`) without materialising it: the
+      kernel reads tap `T-1-t` and transposes the tile in the dot.
   Returns:
     `(N, Do, Ho, Wo, C_out)` with `Do = Di + lo + hi - kd + 1` etc., in `x.dtype`; with
     `save_preactivation`, a pair (output, pre-activation) of that shape.
@@ -217,7 +226,8 @@ def conv3d(x: jax.Array, w: jax.Array, b: Optional[jax.Array] = None,
   """
   dot_prec = dot_precision(x.dtype, precision, interpret)
   n, di, hi, wi, c_in = x.shape
-  kd, kh, kw, _, c_out = w.shape
+  kd, kh, kw = w.shape[:3]
+  c_out = w.shape[3] if flip_kernel else w.shape[4]
   window = (kd, kh, kw)
   in_dims = (di, hi, wi)
   out_dims = tuple(d + lo + hi_ - k + 1 for d, (lo, hi_), k in zip(in_dims, pads, window))
@@ -230,12 +240,18 @@ def conv3d(x: jax.Array, w: jax.Array, b: Optional[jax.Array] = None,
   taps = kd * kh * kw
 
   x_rows = _pad_axis(x, 4, c_in_p).reshape(n, di * hi * wi, c_in_p)
-  w_flat = _pad_axis(_pad_axis(w.astype(x.dtype), 3, c_in_p), 4, c_out_p)
-  w_flat = w_flat.reshape(taps, c_in_p, c_out_p)
+  if flip_kernel:  # (T, C_out, C_in): this conv's output channels on axis 1
+    w_flat = _pad_axis(_pad_axis(w.astype(x.dtype), 3, c_out_p), 4, c_in_p)
+    w_flat = w_flat.reshape(taps, c_out_p, c_in_p)
+  else:
+    w_flat = _pad_axis(_pad_axis(w.astype(x.dtype), 3, c_in_p), 4, c_out_p)
+    w_flat = w_flat.reshape(taps, c_in_p, c_out_p)
   n_co = c_out_p // cfg.block_co
   args = [x_rows, w_flat]
   in_specs = [
       pl.BlockSpec((None, di * hi * wi, c_in_p), lambda j, i: (i, 0, 0)),
+      pl.BlockSpec((taps, cfg.block_co, c_in_p), lambda j, i: (0, j % n_co, 0))
+      if flip_kernel else
       pl.BlockSpec((taps, c_in_p, cfg.block_co), lambda j, i: (0, 0, j % n_co)),
   ]
   vec_spec = pl.BlockSpec((1, cfg.block_co), lambda j, i: (0, j % n_co))
@@ -256,7 +272,7 @@ def conv3d(x: jax.Array, w: jax.Array, b: Optional[jax.Array] = None,
       conv_kernel, geometry=(in_dims, out_dims, window, tuple(lo for lo, _ in pads)),
       block_q=cfg.block_q, block_k=block_k, n_k=c_in_p // block_k, n_co=n_co,
       has_bias=b is not None, precision=dot_prec, has_residual=residual is not None,
-      activation=activation, save_preactivation=save_preactivation)
+      activation=activation, save_preactivation=save_preactivation, flip_kernel=flip_kernel)
   out = jax.ShapeDtypeStruct((n, q_out, c_out_p), x.dtype)
   outs = pl.pallas_call(
       kernel,

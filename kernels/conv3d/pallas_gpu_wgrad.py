@@ -51,9 +51,10 @@ class WgradConfig:
   splits: int = 1
 
 
-# Shared memory per pipelined operand tile (bytes): (G + 1) tiles per stage, 3 stages, stay
-# under the H100's 227 KiB for G <= 5.
-TILE_BYTES = 8 << 10
+# Bytes of the operand tiles one pipelined step loads (G gathered x tiles + the dz tile):
+# x 3 stages stays under the H100's 227 KiB of shared memory. At 48 KiB the 5-tap float32
+# kernel of V-Net's 16-channel stage (128-row steps) spilled 92 B (compile check).
+STEP_BYTES = 32 << 10
 # Accumulator registers per thread the tile choice aims at (as the forward: `config.GPU_TILES`).
 ACC_REGISTERS = 96
 # The partial sums' traffic (write + read back, float32) at most this fraction of x + dz.
@@ -67,8 +68,8 @@ def wgrad_config(c_in: int, c_out: int, window: tuple[int, int, int], q_out: int
   * `group` = `kw` (one kernel row of taps per program);
   * channel tiles up to 64 x 64; warps 4, or 8 when the `group` accumulators would take
     more than `ACC_REGISTERS` registers per thread with 4;
-  * `block_q` (the dots' K): the largest power of two <= 128 rows whose widest operand
-    tile fits `TILE_BYTES`;
+  * `block_q` (the dots' K): the largest power of two <= 128 rows whose `G + 1` operand
+    tiles (at the wider channel tile) fit `STEP_BYTES`;
   * `splits`: row slices (the batch folded into the rows), so the grid has
     `config.MIN_PROGRAMS` programs, at most as many as keep the partial sums within
     `PARTIAL_FRACTION` of the operands' bytes.
@@ -78,7 +79,8 @@ def wgrad_config(c_in: int, c_out: int, window: tuple[int, int, int], q_out: int
   group = window[2]
   num_warps = 4 if group * block_ci * block_co <= ACC_REGISTERS * 32 * 4 else 8
   block_q = 128
-  while block_q > 16 and block_q * max(block_ci, block_co) * dtype_bytes > TILE_BYTES:
+  step_bytes = lambda rows: (group + 1) * rows * max(block_ci, block_co) * dtype_bytes
+  while block_q > 16 and step_bytes(block_q) > STEP_BYTES:
     block_q //= 2
   block_q = min(block_q, max(16, config_lib.next_pow2(q_out)))
   taps = window[0] * window[1] * window[2]
@@ -96,7 +98,8 @@ def wgrad_config(c_in: int, c_out: int, window: tuple[int, int, int], q_out: int
 def wgrad_kernel(x_ref, dz_ref, o_ref, *, geometry, cfg: WgradConfig, rows_per_split: int,
                  n_ci: int, n_co: int, precision):
   """Refs: x `(N * Li, C_in)` and dz `(N * Lo, C_out)` (whole), out `(G, BLOCK_CI,
-  BLOCK_CO)` float32 partial sums of this program's rows."""
+  BLOCK_CO)`: the float32 partial sums of this program's rows (or, with one row slice,
+  the result in its dtype)."""
   in_dims, out_dims, window, pad_lo, batch = geometry
   pid = pl.program_id(0)
   co = jax.lax.rem(pid, n_co)
@@ -127,14 +130,15 @@ def wgrad_kernel(x_ref, dz_ref, o_ref, *, geometry, cfg: WgradConfig, rows_per_s
   zeros = jnp.zeros((cfg.block_ci, cfg.block_co), jnp.float32)
   accs = jax.lax.fori_loop(0, rows_per_split // cfg.block_q, step, (zeros,) * cfg.group)
   for g, acc in enumerate(accs):
-    o_ref[g, :, :] = acc
+    o_ref[g, :, :] = acc.astype(o_ref.dtype)
 
 
 @functools.partial(jax.jit, static_argnames=("window", "pads", "interpret", "config",
-                                             "precision"))
+                                             "precision", "out_dtype"))
 def conv3d_wgrad(x: jax.Array, dz: jax.Array, *, window: tuple[int, int, int],
                  pads: tuple[tuple[int, int], ...], interpret: bool = False,
-                 config: WgradConfig | None = None, precision: str = "default") -> jax.Array:
+                 config: WgradConfig | None = None, precision: str = "default",
+                 out_dtype=jnp.float32) -> jax.Array:
   """`dw` of `pallas_gpu.conv3d(x, w, pads=pads)` given its output gradient `dz`.
 
   Args:
@@ -143,8 +147,10 @@ def conv3d_wgrad(x: jax.Array, dz: jax.Array, *, window: tuple[int, int, int],
     window: `(kd, kh, kw)`; pads: the forward's `((lo, hi),) * 3`.
     config: tiles; `wgrad_config` of the shape when None.
     precision: float32 dot algorithm, as `pallas_gpu.conv3d`.
+    out_dtype: of the result. With one row slice the kernel writes it directly (no float32
+      partial sums: deep layers, whose weights are as large as their activations).
   Returns:
-    float32 `(kd, kh, kw, C_in, C_out)`.
+    `(kd, kh, kw, C_in, C_out)` in `out_dtype` (float32 accumulation).
   """
   dot_prec = dot_precision(x.dtype, precision, interpret)
   n, di, hi, wi, c_in = x.shape
@@ -154,7 +160,7 @@ def conv3d_wgrad(x: jax.Array, dz: jax.Array, *, window: tuple[int, int, int],
   if n > 1 and n * max(di * hi * wi, q_out) > MAX_ROWS:  # int32 rows: one element at a time
     call = functools.partial(conv3d_wgrad, window=window, pads=pads, interpret=interpret,
                              config=config, precision=precision)
-    return sum(call(x[i:i + 1], dz[i:i + 1]) for i in range(n))
+    return sum(call(x[i:i + 1], dz[i:i + 1]) for i in range(n)).astype(out_dtype)
   cfg = config or wgrad_config(c_in, c_out, window, q_out, x.dtype.itemsize, batch=n)
   c_in_p = pl.cdiv(padded_channels(c_in), cfg.block_ci) * cfg.block_ci
   c_out_p = pl.cdiv(padded_channels(c_out), cfg.block_co) * cfg.block_co
@@ -171,9 +177,11 @@ def conv3d_wgrad(x: jax.Array, dz: jax.Array, *, window: tuple[int, int, int],
       geometry=((di, hi, wi), (do, ho, wo), window, tuple(lo for lo, _ in pads), n),
       precision=dot_prec)
   per_split = n_groups * n_ci * n_co
+  direct = cfg.splits == 1  # the kernel writes the result in out_dtype
   partial = pl.pallas_call(
       kernel,
-      out_shape=jax.ShapeDtypeStruct((cfg.splits, taps, c_in_p, c_out_p), jnp.float32),
+      out_shape=jax.ShapeDtypeStruct((cfg.splits, taps, c_in_p, c_out_p),
+                                     out_dtype if direct else jnp.float32),
       grid=(cfg.splits * per_split,),
       in_specs=[pl.BlockSpec((n * di * hi * wi, c_in_p), lambda j: (0, 0)),
                 pl.BlockSpec((n * q_out, c_out_p), lambda j: (0, 0))],
@@ -185,5 +193,5 @@ def conv3d_wgrad(x: jax.Array, dz: jax.Array, *, window: tuple[int, int, int],
       interpret=interpret,
       name=KERNEL_NAME,
   )(x_rows, dz_rows)
-  dw = partial.sum(axis=0)[:, :c_in, :c_out]
-  return dw.reshape(window + (c_in, c_out))
+  dw = partial[0] if direct else partial.sum(axis=0).astype(out_dtype)
+  return dw[:, :c_in, :c_out].reshape(window + (c_in, c_out))

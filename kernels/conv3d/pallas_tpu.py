@@ -36,7 +36,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from medjax_kernels.conv3d import config as config_lib
-from medjax_kernels.conv3d.pallas_gpu import _epilogue, _pad_axis
+from medjax_kernels.conv3d.pallas_gpu import _epilogue, _pad_axis, _preactivation
 
 # VMEM a program may plan for besides its weight block (bytes): half of the 32 MiB
 # scoped limit the kernel asks for at least, leaving room for Mosaic's temporaries.
@@ -48,11 +48,12 @@ MAX_BLOCK_ROWS = 2048
 
 def conv_kernel(x_ref, w_ref, *refs, kd: int, td: int, row_shifts: tuple[int, ...],
                 block_rows: int, has_bias: bool, has_residual: bool,
-                activation: Optional[str]):
+                activation: Optional[str], save_preactivation: bool = False):
   """Refs: x window `(1, TD + kd - 1, TQ + halo, C_in)`, w `(kd, kh*kw, C_in, BLOCK_CO)`,
   [b `(1, BLOCK_CO)`], [r `(TD, TQ, BLOCK_CO)`], [slope `(1, BLOCK_CO)`],
-  out `(TD, TQ, BLOCK_CO)`."""
+  out `(TD, TQ, BLOCK_CO)`, [pre-activation out, same tile]."""
   refs = list(refs)
+  z_ref = refs.pop() if save_preactivation else None
   o_ref = refs.pop()
   b_ref = refs.pop(0) if has_bias else None
   r_ref = refs.pop(0) if has_residual else None
@@ -65,7 +66,12 @@ def conv_kernel(x_ref, w_ref, *refs, kd: int, td: int, row_shifts: tuple[int, ..
         xt = x_ref[0, t + a, pl.ds(shift, block_rows), :]
         acc += jnp.dot(xt, w_ref[a, tap], preferred_element_type=jnp.float32)
     r_t = None if r_ref is None else r_ref.at[t]
-    o_ref[t] = _epilogue(acc, b_ref, r_t, s_ref, activation).astype(o_ref.dtype)
+    if z_ref is None:
+      o_ref[t] = _epilogue(acc, b_ref, r_t, s_ref, activation).astype(o_ref.dtype)
+    else:
+      z = _preactivation(acc, b_ref, r_t)
+      z_ref[t] = z.astype(z_ref.dtype)
+      o_ref[t] = _epilogue(z, None, None, s_ref, activation).astype(o_ref.dtype)
     return carry
 
   if td == 1:
@@ -95,19 +101,20 @@ def _lanes(c: int) -> int:
 
 
 def vmem_bytes(td: int, tq: int, halo: int, kd: int, taps: int, c_in: int, block_co: int,
-               itemsize: int, has_residual: bool) -> int:
+               itemsize: int, has_residual: bool, tiles_out: int = 1) -> int:
   """VMEM footprint of one program: double-buffered input window, weight block and
-  output (+ residual) tiles, the float32 accumulator and one shifted tap slice."""
+  output (`tiles_out`: 2 with the pre-activation) + residual tiles, the float32
+  accumulator and one shifted tap slice."""
   window = (td + kd - 1) * (tq + halo) * _lanes(c_in) * itemsize
   weights = kd * taps * _round_up(c_in, 8) * _lanes(block_co) * itemsize
   tile = td * tq * _lanes(block_co) * itemsize
-  return (2 * (window + weights + tile * (2 if has_residual else 1))
+  return (2 * (window + weights + tile * (tiles_out + (1 if has_residual else 0)))
           + tq * _lanes(block_co) * 4 + tq * _lanes(c_in) * itemsize)
 
 
 def plan(do: int, q_rows: int, halo: int, kd: int, taps: int, c_in: int, block_co: int,
          itemsize: int, has_residual: bool, block_rows: Optional[int] = None,
-         block_depth: Optional[int] = None) -> Plan:
+         block_depth: Optional[int] = None, tiles_out: int = 1) -> Plan:
   """The largest row tile (<= MAX_BLOCK_ROWS, balanced so the last tile is not mostly
   padding), then the largest depth tile dividing `do`, whose footprint without the
   (double-buffered) weight block fits `VMEM_BUDGET`;
@@ -116,7 +123,7 @@ def plan(do: int, q_rows: int, halo: int, kd: int, taps: int, c_in: int, block_c
   # 256-channel weights alone are 2 x 8 MiB in bfloat16)
   weights = 2 * kd * taps * _round_up(c_in, 8) * _lanes(block_co) * itemsize
   fits = lambda td, tq: vmem_bytes(td, tq, halo, kd, taps, c_in, block_co, itemsize,
-                                   has_residual) - weights <= VMEM_BUDGET
+                                   has_residual, tiles_out) - weights <= VMEM_BUDGET
   if block_rows is None:
     tq = _round_up(min(q_rows, MAX_BLOCK_ROWS), 8)
     while tq > 8 and not fits(1, tq):
@@ -137,7 +144,8 @@ def plan(do: int, q_rows: int, halo: int, kd: int, taps: int, c_in: int, block_c
   else:
     td = block_depth
   return Plan(td, tq, -(-do // td), n_rows, halo,
-              vmem_bytes(td, tq, halo, kd, taps, c_in, block_co, itemsize, has_residual))
+              vmem_bytes(td, tq, halo, kd, taps, c_in, block_co, itemsize, has_residual,
+                         tiles_out))
 
 
 def _vmem_limit(need: int) -> int:
@@ -147,16 +155,17 @@ def _vmem_limit(need: int) -> int:
 
 
 @functools.partial(jax.jit, static_argnames=("activation", "interpret", "config", "block_rows",
-                                             "block_depth"))
+                                             "block_depth", "save_preactivation"))
 def conv3d_valid(xp: jax.Array, w: jax.Array, b: Optional[jax.Array] = None,
                  residual: Optional[jax.Array] = None, prelu_slope: Optional[jax.Array] = None,
                  *, activation: Optional[str] = None, interpret: bool = False,
                  config: Optional[config_lib.TpuConfig] = None,
                  block_rows: Optional[int] = None,
-                 block_depth: Optional[int] = None) -> jax.Array:
+                 block_depth: Optional[int] = None, save_preactivation: bool = False):
   """`act(conv_valid_stride1(xp, w) + b + residual)` on TPU (Mosaic), halo-blocked.
 
-  Args/returns as `pallas_gpu.conv3d_valid`; `block_rows` / `block_depth` force the
+  Args/returns as `pallas_gpu.conv3d_valid` (with `save_preactivation`, the pair (output,
+  pre-activation), both written by the kernel); `block_rows` / `block_depth` force the
   row and depth tiles (default: `plan`).
   """
   n, dp, hp, wp, c_in = xp.shape
@@ -169,7 +178,7 @@ def conv3d_valid(xp: jax.Array, w: jax.Array, b: Optional[jax.Array] = None,
   row_shifts = tuple(bb * wp + c for bb in range(kh) for c in range(kw))
   halo = _round_up(row_shifts[-1], 8)
   p = plan(do, q_rows, halo, kd, kh * kw, c_in_p, cfg.block_co, xp.dtype.itemsize,
-           residual is not None, block_rows, block_depth)
+           residual is not None, block_rows, block_depth, 2 if save_preactivation else 1)
   td, tq = p.block_depth, p.block_rows
   rows_out, planes_out = p.n_rows * tq, p.n_depth * td
 
@@ -200,18 +209,20 @@ def conv3d_valid(xp: jax.Array, w: jax.Array, b: Optional[jax.Array] = None,
 
   kernel = functools.partial(
       conv_kernel, kd=kd, td=td, row_shifts=row_shifts, block_rows=tq,
-      has_bias=b is not None, has_residual=residual is not None, activation=activation)
-  y = pl.pallas_call(
+      has_bias=b is not None, has_residual=residual is not None, activation=activation,
+      save_preactivation=save_preactivation)
+  out = jax.ShapeDtypeStruct((n, planes_out, rows_out, c_out_p), xp.dtype)
+  outs = pl.pallas_call(
       kernel,
-      out_shape=jax.ShapeDtypeStruct((n, planes_out, rows_out, c_out_p), xp.dtype),
+      out_shape=(out, out) if save_preactivation else out,
       grid=(c_out_p // cfg.block_co, n, p.n_depth, p.n_rows),
       in_specs=in_specs,
-      out_specs=tile_spec,
+      out_specs=(tile_spec, tile_spec) if save_preactivation else tile_spec,
       compiler_params=pltpu.CompilerParams(
           dimension_semantics=("parallel",) * 4,
           vmem_limit_bytes=_vmem_limit(p.vmem_bytes)),
       interpret=interpret,
       name="medjax_conv3d",
   )(*args)
-  y = y[:, :do, :q_rows].reshape(n, do, ho, wp, c_out_p)
-  return y[:, :, :, :wo, :c_out]
+  valid = lambda y: y[:, :do, :q_rows].reshape(n, do, ho, wp, c_out_p)[:, :, :, :wo, :c_out]
+  return tuple(map(valid, outs)) if save_preactivation else valid(outs)

@@ -10,8 +10,8 @@ buffers do not fit fails with `RESOURCE_EXHAUSTED: ... CompileTimeScopedVmemOom`
 
 Cases: for every `medjax_kernels.conv3d.bench_shapes.SHAPES` entry the gradient
 of a loss through `conv3d(backend="pallas_tpu")` (the forward kernel, the
-input-gradient kernel and, with PReLU, the recomputed pre-activation, plus the
-XLA weight gradient), and `soft_dice_stats(backend="pallas_tpu")` forward +
+input-gradient kernel (with PReLU the forward kernel also writes the pre-activation),
+plus the XLA weight gradient), and `soft_dice_stats(backend="pallas_tpu")` forward +
 backward per `soft_dice.bench_shapes.SHAPES`, in float32 and bfloat16. One line
 per case: ok / FAIL, compile seconds, the compiled program's HBM temporaries, and
 for a VMEM OOM the sizes the compiler reports.
