@@ -54,7 +54,7 @@ def test_subset_compiles_for_h100_without_spills(tmp_path):
     assert 0 < r["regs"] <= 255 and r["ctas_per_sm"] >= 1, r
   # the regression case: every kernel of the V-Net down conv fits, with room for 2+ CTAs/SM
   down = [r for r in rows if "vnet_down3" in r["case"]]
-  assert len(down) == 6 and all(r["smem"] <= 64 * 1024 and r["ctas_per_sm"] >= 2 for r in down)
+  assert len(down) == 6 and all(r["smem"] <= 96 * 1024 and r["ctas_per_sm"] >= 2 for r in down)
   # the conv loop over (tap x C_in chunk) is software-pipelined (cp.async multi-buffering)
   # and runs on Hopper's warpgroup MMA, in float32 (TF32) and bfloat16; the weight
   # gradient's row loop is pipelined too (its M is the C_in tile: wgmma from 64 channels)

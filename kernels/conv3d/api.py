@@ -15,24 +15,24 @@ runs that implementation whatever the platform, for tests and benchmarks.
 
 What is Pallas and what is XLA in the Pallas implementations:
 
-* forward: Pallas, one kernel: conv (stride 1) + bias + residual + activation;
-  nothing intermediate written. Triton: the input unpadded, the "SAME"/"VALID" zero
-  halo masked inside the kernel, the output written on the output grid (no XLA pad
-  before it, no slice after it). Mosaic: over an input padded in XLA. Stride 2 is an
-  XLA space-to-depth of the (padded) input (2x2x2 parity phases as channels) and a
-  rearranged kernel with window `ceil(k/2)`, after which the stride-1 kernel runs
-  (exact: the missing taps have zero weights). Channels are padded to a power of two
-  >= 16 in XLA only where a layer's count is not one already.
+* forward: Pallas, one kernel: conv + bias + residual + activation; nothing
+  intermediate written. Triton: the input unpadded, the "SAME"/"VALID" zero halo
+  masked and the stride applied inside the kernel (row gathers), the output written on
+  the output grid (no XLA pad before it, no slice after it). Mosaic: a stride-1 kernel
+  over an input padded in XLA; stride 2 is an XLA space-to-depth of the padded input
+  (2x2x2 parity phases as channels) and a rearranged kernel with window `ceil(k/2)`
+  (exact: the missing taps have zero weights). Channels are padded in XLA only where a
+  layer's count does not suit the matmul units (Triton: a power of two >= 16).
 * backward (`jax.custom_vjp`): the activation derivative, the bias and
   PReLU-slope gradients are XLA (for PReLU the forward kernel, Triton and Mosaic,
   also writes the pre-activation; ReLU/leaky ReLU read the mask off the saved
-  output); the input gradient is
-  the *same Pallas kernel* (a stride-1 convolution of `dz` with the flipped,
-  transposed kernel and pads `k-1-pad`: in-kernel on Triton, an XLA pad on Mosaic);
-  the weight gradient is a Triton kernel on GPU (`pallas_gpu_wgrad`: channels-last,
-  input dtype, float32 accumulation) and XLA on TPU (one `lax.conv_general_dilated` of
-  the input with `dz` as the kernel).
-  The XLA space-to-depth/padding ops are differentiated by JAX as usual.
+  output). Triton: the input gradient is the same kernel in the transposed geometry
+  (`pallas_gpu.conv3d_input_grad`: the forward's w read in place, halo and stride
+  in-kernel), the weight gradient a Triton kernel (`pallas_gpu_wgrad`: channels-last,
+  input dtype, float32 accumulation). Mosaic: the input gradient is the same kernel on
+  the `k-1`-padded `dz` with the flipped, transposed kernel; the weight gradient is XLA
+  (one `lax.conv_general_dilated` of the input with `dz` as the kernel); JAX
+  differentiates the XLA space-to-depth/padding ops as usual.
 
 References: V-Net (Milletari et al. 2016): 5x5x5 convs, PReLU, residual
 stages, 2x2x2 stride-2 down convs; 3D U-Net (Cicek et al. 2016): 3x3x3 conv
@@ -146,38 +146,38 @@ def _flipped(w, dtype):
 
 # --- Triton (GPU): unpadded input, the zero halo inside the kernels --------------------
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
-def _fused_gpu(x, w, b, residual, prelu_slope, pads, activation, interpret, precision):
-  return pallas_gpu.conv3d(x, w, b, residual, prelu_slope, pads=pads, activation=activation,
-                           interpret=interpret, precision=precision)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8, 9))
+def _fused_gpu(x, w, b, residual, prelu_slope, pads, stride, activation, interpret, precision):
+  return pallas_gpu.conv3d(x, w, b, residual, prelu_slope, pads=pads, stride=stride,
+                           activation=activation, interpret=interpret, precision=precision)
 
 
-def _fused_gpu_fwd(x, w, b, residual, prelu_slope, pads, activation, interpret, precision):
+def _fused_gpu_fwd(x, w, b, residual, prelu_slope, pads, stride, activation, interpret,
+                   precision):
   if activation == "prelu":
     # The kernel also writes the pre-activation, which the PReLU backward needs: one
     # more tile store instead of a second convolution in the backward pass.
-    y, z = pallas_gpu.conv3d(x, w, b, residual, prelu_slope, pads=pads,
+    y, z = pallas_gpu.conv3d(x, w, b, residual, prelu_slope, pads=pads, stride=stride,
                              activation=activation, interpret=interpret,
                              precision=precision, save_preactivation=True)
     return y, (x, w, b, residual, prelu_slope, z)
-  y = _fused_gpu(x, w, b, residual, prelu_slope, pads, activation, interpret, precision)
+  y = _fused_gpu(x, w, b, residual, prelu_slope, pads, stride, activation, interpret,
+                 precision)
   return y, (x, w, b, residual, prelu_slope, y)
 
 
-def _fused_gpu_bwd(pads, activation, interpret, precision, res, dy):
+def _fused_gpu_bwd(pads, stride, activation, interpret, precision, res, dy):
   x, w, b, residual, slope, saved = res
   g, db, dres, dslope = _activation_grads(dy, saved, activation, slope, b, residual)
   dz = g.astype(x.dtype)
-  window = w.shape[:3]
-  # Input gradient: the same kernel with the flipped, transposed kernel (read in place:
-  # `flip_kernel`) and pads k-1-pad (a full correlation for VALID), its halo masked
-  # in-kernel as the forward's.
-  dx_pads = tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(window, pads))
-  dx = pallas_gpu.conv3d(dz, w, pads=dx_pads, interpret=interpret, precision=precision,
-                         name=KERNEL_NAMES["dx"], flip_kernel=True)
+  # Input gradient: the same kernel, transposed geometry, the forward's w read in place.
+  dx = pallas_gpu.conv3d_input_grad(dz, w, in_dims=x.shape[1:4], pads=pads, stride=stride,
+                                    interpret=interpret, precision=precision,
+                                    name=KERNEL_NAMES["dx"])
   # Weight gradient: the Triton kernel of `pallas_gpu_wgrad` (channels-last, input dtype).
-  dw = pallas_gpu_wgrad.conv3d_wgrad(x, dz, window=window, pads=pads, interpret=interpret,
-                                     precision=precision, out_dtype=w.dtype)
+  dw = pallas_gpu_wgrad.conv3d_wgrad(x, dz, window=w.shape[:3], pads=pads, stride=stride,
+                                     interpret=interpret, precision=precision,
+                                     out_dtype=w.dtype)
   return dx, dw, db, dres, dslope
 
 
@@ -228,16 +228,14 @@ def _conv3d_pallas(x, w, b, residual, prelu_slope, *, activation, stride, paddin
   window = w.shape[:3]
   pads = conv_xla.explicit_padding(x.shape[1:4], window, (stride,) * 3, padding)
   w = w.astype(x.dtype)
-  if stride == 2 or backend == "pallas_tpu":
-    x = jnp.pad(x, ((0, 0),) + pads + ((0, 0),))
-    pads = pallas_gpu.NO_PADS
+  if backend == "pallas_gpu":  # halo and stride inside the kernels
+    return _fused_gpu(x, w, b, residual, prelu_slope, tuple(pads), stride, activation,
+                      interpret, precision)
+  xp = jnp.pad(x, ((0, 0),) + pads + ((0, 0),))
   if stride == 2:
-    out = tuple((d - kk) // 2 + 1 for d, kk in zip(x.shape[1:4], window))
-    x, w = _space_to_depth_stride2(x, w, out)
-  if backend == "pallas_tpu":
-    return _fused_tpu(x, w, b, residual, prelu_slope, activation, interpret)
-  return _fused_gpu(x, w, b, residual, prelu_slope, tuple(pads), activation, interpret,
-                    precision)
+    out = tuple((d - kk) // 2 + 1 for d, kk in zip(xp.shape[1:4], window))
+    xp, w = _space_to_depth_stride2(xp, w, out)
+  return _fused_tpu(xp, w, b, residual, prelu_slope, activation, interpret)
 
 
 @functools.partial(jax.jit, static_argnames=("activation", "stride", "padding", "kernels",

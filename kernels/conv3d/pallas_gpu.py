@@ -1,24 +1,30 @@
-"""Fused 3D convolution as a Pallas GPU (Triton) kernel, the halo inside the kernel.
+"""Fused 3D convolution as a Pallas GPU (Triton) kernel, halo and stride inside it.
 
-Computes the stride-1 convolution of an *unpadded* input with implicit zero padding
-`pads`, plus bias, plus residual, then the activation, all in registers, with one
-store: `y = act(sum_t x[o + t - pad_lo] @ w[t] + b + r)` (the conv + bias + PReLU +
-residual unit of V-Net, Milletari et al. 2016; conv + bias + ReLU of 3D U-Net, Cicek
-et al. 2016). Stride 2 (space-to-depth) and channel padding to a power of two happen
-in XLA before the call (see `api.py`).
+Computes the convolution of an *unpadded* input with implicit zero padding `pads` and a
+stride, plus bias, plus residual, then the activation, all in registers, with one
+store: `y[o] = act(sum_t x[o * s + t - pad_lo] @ w[t] + b + r)` (the conv + bias +
+PReLU + residual unit and the 2x2x2 stride-2 down conv of V-Net, Milletari et al. 2016;
+conv + bias + ReLU of 3D U-Net, Cicek et al. 2016). Only channel padding to a power of
+two (where a layer's count is not one) happens in XLA.
 
 Implicit GEMM with masked row gathers: the input `(N, Di, Hi, Wi, C)` is read as rows
 `(N, Di*Hi*Wi, C)` (a free reshape) and the output is written as rows `(N, Do*Ho*Wo,
 C_out)` on the output grid itself. A program owns `BLOCK_Q` consecutive output rows;
-it decodes their `(d, h, w)` once, and for tap `(a, b, c)` gathers input row
-`(d + a - pd, h + b - ph, w + c - pw)`, masked to zero where that falls outside the
-volume (the halo, which is never materialised), then does a `(BLOCK_Q, BLOCK_K) @
-(BLOCK_K, BLOCK_CO)` dot accumulated in float32. Each gathered row is `BLOCK_K`
-contiguous channels (128 bytes), so the loads stay coalesced and vectorised. The
-input gradient is the same kernel on `dz` with the flipped kernel and pads `k-1-pad`.
-Before (issue 13) XLA padded and flattened x (and dz) into new arrays, the kernel
-computed on the padded grid and a slice copied the valid part out: 2.3-6.8x the
-byte floor per layer, mostly those copies.
+it decodes their `(d, h, w)` once (`output_origin`), and for tap `(a, b, c)` gathers
+input row `(d*s + a - pd, h*s + b - ph, w*s + c - pw)`, masked to zero where that
+falls outside the volume (the halo, never materialised; `tap_rows`), then does a
+`(BLOCK_Q, BLOCK_K) @ (BLOCK_K, BLOCK_CO)` dot accumulated in float32. Each gathered row
+is `BLOCK_K` contiguous channels (64-128 bytes), so the loads stay coalesced and
+vectorised. The input gradient (`conv3d_input_grad`) is the same kernel in the
+transposed geometry: dx row `i`, tap `t` reads dz row `(i + pad_lo - t) / s` where that
+is an integer, with the forward's `w[t]` read in place and transposed in the dot (no
+flipped copy of the weights). With stride 2 only one tap in two per axis meets a given
+dx row, so that kernel multiplies zeros for 7 taps in 8 of a 2x2x2 window: compute a
+down conv can afford (its FLOPs are 1/16 of a 3x3x3 conv's at the same size), traded for
+no space-to-depth copies. Before (issue 13) XLA padded and flattened x (and dz) into new
+arrays, space-to-depth transposed the input of stride-2 convs, the kernel computed on
+the padded grid and a slice copied the valid part out: 2.3-6.8x the byte floor per
+layer, mostly those copies.
 
 Split-K: every program runs one loop over (tap x C_in chunk of `BLOCK_K`), so
 a step holds a `(BLOCK_Q, BLOCK_K)` and a `(BLOCK_K, BLOCK_CO)` tile whatever
@@ -49,7 +55,7 @@ benchmarks/gpu_bench.sh do, at a TF32 tolerance).
 from __future__ import annotations
 
 import functools
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -81,22 +87,58 @@ def _epilogue(acc, b_ref, r_ref, s_ref, activation):
   return acc
 
 
-def output_origin(q, out_dims, pad_lo):
-  """Input coordinates of tap (0, 0, 0) for output rows `q` (int32 vectors d, h, w)."""
-  _, ho, wo = out_dims
-  return q // (ho * wo) - pad_lo[0], (q // wo) % ho - pad_lo[1], q % wo - pad_lo[2]
+class Geometry(NamedTuple):
+  """Where the rows of one convolution come from (static: hashable for `jax.jit`).
+
+  Forward (`transposed=False`): output voxel `o`, tap `t` reads input voxel
+  `o * stride + t - pad_lo`. Input gradient of such a convolution (`transposed=True`;
+  "input" is then dz on the forward's output grid, "output" dx on its input grid): dx
+  voxel `i`, tap `t` reads dz voxel `(i + pad_lo - t) / stride` where that is an integer
+  (with stride 2 one tap in 2 per axis contributes to a voxel: the others are masked).
+  """
+  in_dims: tuple[int, int, int]
+  out_dims: tuple[int, int, int]
+  window: tuple[int, int, int]
+  pad_lo: tuple[int, int, int]
+  stride: int = 1
+  transposed: bool = False
+
+  @property
+  def taps(self) -> int:
+    return self.window[0] * self.window[1] * self.window[2]
 
 
-def tap_rows(origin, row_ok, t, in_dims, window):
+def output_origin(q, geometry: Geometry):
+  """Per output row `q` (int32 vector), the input coordinates of tap (0, 0, 0), before
+  the division by the stride in the transposed case."""
+  _, ho, wo = geometry.out_dims
+  coords = (q // (ho * wo), (q // wo) % ho, q % wo)
+  if geometry.transposed:
+    return tuple(c + p for c, p in zip(coords, geometry.pad_lo))
+  return tuple(c * geometry.stride - p for c, p in zip(coords, geometry.pad_lo))
+
+
+def tap_rows(origin, row_ok, t, geometry: Geometry):
   """Flat input row of tap `t` (a traced int32 scalar) for every output row, and whether
   it lies inside the volume; rows outside read index 0 (masked: the zero halo)."""
-  di, hi, wi = in_dims
-  _, kh, kw = window
+  _, kh, kw = geometry.window
   a, rem = jax.lax.div(t, kh * kw), jax.lax.rem(t, kh * kw)
-  b, c = jax.lax.div(rem, kw), jax.lax.rem(rem, kw)
-  d, h, w = origin[0] + a, origin[1] + b, origin[2] + c
-  ok = row_ok & (d >= 0) & (d < di) & (h >= 0) & (h < hi) & (w >= 0) & (w < wi)
-  return jnp.where(ok, (d * hi + h) * wi + w, 0), ok
+  taps = (a, jax.lax.div(rem, kw), jax.lax.rem(rem, kw))
+  ok, row = row_ok, 0
+  for o, tap, size in zip(origin, taps, geometry.in_dims):
+    if geometry.transposed:
+      c = o - tap
+      ok = ok & (c >= 0)
+      if geometry.stride > 1:
+        c = jnp.maximum(c, 0)
+        ok = ok & (jax.lax.rem(c, geometry.stride) == 0)
+        c = jax.lax.div(c, geometry.stride)
+    else:
+      c = o + tap
+      ok = ok & (c >= 0)
+    ok = ok & (c < size)
+    row = row * size + c
+  return jnp.where(ok, row, 0), ok
 
 
 def gather_rows(ref, rows, ok, col0, width):
@@ -105,16 +147,15 @@ def gather_rows(ref, rows, ok, col0, width):
   return plgpu.load(ref.at[rows[:, None], cols[None, :]], mask=ok[:, None], other=0)
 
 
-def conv_kernel(x_ref, w_ref, *refs, geometry, block_q: int, block_k: int, n_k: int,
+def conv_kernel(x_ref, w_ref, *refs, geometry: Geometry, block_q: int, block_k: int, n_k: int,
                 n_co: int, has_bias: bool, has_residual: bool, activation: Optional[str],
-                precision=None, save_preactivation: bool = False, flip_kernel: bool = False):
+                precision=None, save_preactivation: bool = False):
   """One (BLOCK_Q, BLOCK_CO) output tile: a loop over (tap, C_in chunk) pairs.
 
-  Refs: x `(Li, C_in)` (one batch element, unpadded rows), w `(T, C_in, BLOCK_CO)` (with
-  `flip_kernel`: `(T, BLOCK_CO, C_in)`, read at tap `T-1-t` and transposed in the dot),
-  [b `(1, BLOCK_CO)`], [r `(BLOCK_Q, BLOCK_CO)`], [slope `(1, BLOCK_CO)`],
-  out `(BLOCK_Q, BLOCK_CO)`, [pre-activation out, same tile]. `geometry`:
-  (in_dims, out_dims, window, pad_lo).
+  Refs: x `(Li, C_in)` (one batch element, unpadded rows), w `(T, C_in, BLOCK_CO)` (when
+  `geometry.transposed`: the forward's kernel `(T, BLOCK_CO, C_in)`, its tile transposed in
+  the dot), [b `(1, BLOCK_CO)`], [r `(BLOCK_Q, BLOCK_CO)`], [slope `(1, BLOCK_CO)`],
+  out `(BLOCK_Q, BLOCK_CO)`, [pre-activation out, same tile].
   """
   refs = list(refs)
   z_ref = refs.pop() if save_preactivation else None
@@ -122,25 +163,24 @@ def conv_kernel(x_ref, w_ref, *refs, geometry, block_q: int, block_k: int, n_k: 
   b_ref = refs.pop(0) if has_bias else None
   r_ref = refs.pop(0) if has_residual else None
   s_ref = refs.pop(0) if activation == "prelu" else None
-  in_dims, out_dims, window, pad_lo = geometry
-  taps = window[0] * window[1] * window[2]
+  out_dims = geometry.out_dims
   q = (pl.program_id(0) // n_co) * block_q + jnp.arange(block_q, dtype=jnp.int32)
   row_ok = q < out_dims[0] * out_dims[1] * out_dims[2]
-  origin = output_origin(q, out_dims, pad_lo)
+  origin = output_origin(q, geometry)
 
   def step(i, acc):
     t, kc = jax.lax.div(i, n_k), jax.lax.rem(i, n_k)
-    rows, ok = tap_rows(origin, row_ok, t, in_dims, window)
+    rows, ok = tap_rows(origin, row_ok, t, geometry)
     k0 = pl.multiple_of(kc * block_k, block_k)
     xt = gather_rows(x_ref, rows, ok, k0, block_k)
-    if flip_kernel:
-      wt = w_ref[taps - 1 - t, :, pl.ds(k0, block_k)]
+    if geometry.transposed:
+      wt = w_ref[t, :, pl.ds(k0, block_k)]
       return acc + jax.lax.dot_general(xt, wt, (((1,), (1,)), ((), ())), precision=precision,
                                        preferred_element_type=jnp.float32)
     wt = w_ref[t, pl.ds(k0, block_k), :]
     return acc + jnp.dot(xt, wt, preferred_element_type=jnp.float32, precision=precision)
 
-  acc = jax.lax.fori_loop(0, taps * n_k, step, jnp.zeros(o_ref.shape, jnp.float32))
+  acc = jax.lax.fori_loop(0, geometry.taps * n_k, step, jnp.zeros(o_ref.shape, jnp.float32))
   mask = row_ok[:, None]
   if r_ref is not None:
     acc = acc + plgpu.load(r_ref, mask=mask, other=0).astype(jnp.float32)
@@ -193,65 +233,22 @@ def check_rows(*volumes):
                        "(int32 row indices): tile it, e.g. with medjax.inference.sliding_window")
 
 
-@functools.partial(jax.jit, static_argnames=("pads", "activation", "interpret", "config",
-                                             "name", "precision", "save_preactivation",
-                                             "flip_kernel"))
-def conv3d(x: jax.Array, w: jax.Array, b: Optional[jax.Array] = None,
-           residual: Optional[jax.Array] = None, prelu_slope: Optional[jax.Array] = None,
-           *, pads: tuple[tuple[int, int], ...] = NO_PADS, activation: Optional[str] = None,
-           interpret: bool = False, config: Optional[config_lib.GpuConfig] = None,
-           name: str = "medjax_conv3d", precision: str = "default",
-           save_preactivation: bool = False, flip_kernel: bool = False):
-  """`act(conv_stride1(x, w, pads) + b + residual)` on GPU (Triton), zero halo in-kernel.
-
-  Args:
-    x: input `(N, Di, Hi, Wi, C_in)`, not padded.
-    w: `(kd, kh, kw, C_in, C_out)`.
-    b, prelu_slope: `(C_out,)` or None; residual: `(N, Do, Ho, Wo, C_out)` or None.
-    pads: `((lo, hi),) * 3` zero padding per spatial axis, never materialised.
-    config: block sizes; `config.gpu_config` of the shape when None.
-    name: the kernel's name in the compiled program (profiles, `compile_check`).
-    precision: float32 dot algorithm, a key of `PRECISIONS` (see the module docstring);
-      the interpreter always computes exact float32.
-    save_preactivation: also return `conv + b + residual` before the activation (what
-      the PReLU backward needs), written by the same kernel.
-    flip_kernel: convolve with `flip(w, spatial).swapaxes(3, 4)` (the input gradient's
-      kernel; then `w` is `(kd, kh, kw, C_out, C_in)`) without materialising it: the
-      kernel reads tap `T-1-t` and transposes the tile in the dot.
-  Returns:
-    `(N, Do, Ho, Wo, C_out)` with `Do = Di + lo + hi - kd + 1` etc., in `x.dtype`; with
-    `save_preactivation`, a pair (output, pre-activation) of that shape.
-  Raises:
-    ValueError: a volume has 2^31 voxels or more, or a bad `precision`.
-  """
-  dot_prec = dot_precision(x.dtype, precision, interpret)
-  n, di, hi, wi, c_in = x.shape
-  kd, kh, kw = w.shape[:3]
-  c_out = w.shape[3] if flip_kernel else w.shape[4]
-  window = (kd, kh, kw)
-  in_dims = (di, hi, wi)
-  out_dims = tuple(d + lo + hi_ - k + 1 for d, (lo, hi_), k in zip(in_dims, pads, window))
-  check_rows(x.shape, (n,) + out_dims)
-  q_out = out_dims[0] * out_dims[1] * out_dims[2]
-  c_in_p = padded_channels(c_in)
-  cfg = config or config_lib.gpu_config(c_in, c_out, q_out, x.dtype.itemsize, batch=n)
-  c_out_p = pl.cdiv(padded_channels(c_out), cfg.block_co) * cfg.block_co
-  n_q = pl.cdiv(q_out, cfg.block_q)
-  taps = kd * kh * kw
-
-  x_rows = _pad_axis(x, 4, c_in_p).reshape(n, di * hi * wi, c_in_p)
-  if flip_kernel:  # (T, C_out, C_in): this conv's output channels on axis 1
-    w_flat = _pad_axis(_pad_axis(w.astype(x.dtype), 3, c_out_p), 4, c_in_p)
-    w_flat = w_flat.reshape(taps, c_out_p, c_in_p)
-  else:
-    w_flat = _pad_axis(_pad_axis(w.astype(x.dtype), 3, c_in_p), 4, c_out_p)
-    w_flat = w_flat.reshape(taps, c_in_p, c_out_p)
-  n_co = c_out_p // cfg.block_co
+def _call(x, w_flat, b, residual, prelu_slope, *, geometry: Geometry, c_out: int,
+          c_out_p: int, cfg: config_lib.GpuConfig, activation, dot_prec, interpret, name,
+          save_preactivation):
+  """The pallas_call: x `(N, *in_dims, C_in)`, w_flat as `conv_kernel` reads it (padded
+  to `c_in_p` / `c_out_p` channels). Returns `(N, *out_dims, C_out)` (or the pair)."""
+  n, c_in_p = x.shape[0], padded_channels(x.shape[-1])
+  rows_in = geometry.in_dims[0] * geometry.in_dims[1] * geometry.in_dims[2]
+  q_out = geometry.out_dims[0] * geometry.out_dims[1] * geometry.out_dims[2]
+  taps = geometry.taps
+  n_q, n_co = pl.cdiv(q_out, cfg.block_q), c_out_p // cfg.block_co
+  x_rows = _pad_axis(x, 4, c_in_p).reshape(n, rows_in, c_in_p)
   args = [x_rows, w_flat]
   in_specs = [
-      pl.BlockSpec((None, di * hi * wi, c_in_p), lambda j, i: (i, 0, 0)),
+      pl.BlockSpec((None, rows_in, c_in_p), lambda j, i: (i, 0, 0)),
       pl.BlockSpec((taps, cfg.block_co, c_in_p), lambda j, i: (0, j % n_co, 0))
-      if flip_kernel else
+      if geometry.transposed else
       pl.BlockSpec((taps, c_in_p, cfg.block_co), lambda j, i: (0, 0, j % n_co)),
   ]
   vec_spec = pl.BlockSpec((1, cfg.block_co), lambda j, i: (0, j % n_co))
@@ -269,10 +266,10 @@ def conv3d(x: jax.Array, w: jax.Array, b: Optional[jax.Array] = None,
 
   block_k = min(cfg.block_k, c_in_p)
   kernel = functools.partial(
-      conv_kernel, geometry=(in_dims, out_dims, window, tuple(lo for lo, _ in pads)),
-      block_q=cfg.block_q, block_k=block_k, n_k=c_in_p // block_k, n_co=n_co,
-      has_bias=b is not None, precision=dot_prec, has_residual=residual is not None,
-      activation=activation, save_preactivation=save_preactivation, flip_kernel=flip_kernel)
+      conv_kernel, geometry=geometry, block_q=cfg.block_q, block_k=block_k,
+      n_k=c_in_p // block_k, n_co=n_co, has_bias=b is not None, precision=dot_prec,
+      has_residual=residual is not None, activation=activation,
+      save_preactivation=save_preactivation)
   out = jax.ShapeDtypeStruct((n, q_out, c_out_p), x.dtype)
   outs = pl.pallas_call(
       kernel,
@@ -284,8 +281,88 @@ def conv3d(x: jax.Array, w: jax.Array, b: Optional[jax.Array] = None,
       interpret=interpret,
       name=name,
   )(*args)
-  to_volume = lambda y: y.reshape((n,) + out_dims + (c_out_p,))[..., :c_out]
+  to_volume = lambda y: y.reshape((n,) + geometry.out_dims + (c_out_p,))[..., :c_out]
   return tuple(map(to_volume, outs)) if save_preactivation else to_volume(outs)
+
+
+@functools.partial(jax.jit, static_argnames=("pads", "stride", "activation", "interpret",
+                                             "config", "name", "precision",
+                                             "save_preactivation"))
+def conv3d(x: jax.Array, w: jax.Array, b: Optional[jax.Array] = None,
+           residual: Optional[jax.Array] = None, prelu_slope: Optional[jax.Array] = None,
+           *, pads: tuple[tuple[int, int], ...] = NO_PADS, stride: int = 1,
+           activation: Optional[str] = None, interpret: bool = False,
+           config: Optional[config_lib.GpuConfig] = None, name: str = "medjax_conv3d",
+           precision: str = "default", save_preactivation: bool = False):
+  """`act(conv(x, w, stride, pads) + b + residual)` on GPU (Triton), zero halo in-kernel.
+
+  Args:
+    x: input `(N, Di, Hi, Wi, C_in)`, not padded.
+    w: `(kd, kh, kw, C_in, C_out)`.
+    b, prelu_slope: `(C_out,)` or None; residual: `(N, Do, Ho, Wo, C_out)` or None.
+    pads: `((lo, hi),) * 3` zero padding per spatial axis, never materialised.
+    stride: of every spatial axis (the input rows are gathered `stride` apart).
+    config: block sizes; `config.gpu_config` of the shape when None.
+    name: the kernel's name in the compiled program (profiles, `compile_check`).
+    precision: float32 dot algorithm, a key of `PRECISIONS` (see the module docstring);
+      the interpreter always computes exact float32.
+    save_preactivation: also return `conv + b + residual` before the activation (what
+      the PReLU backward needs), written by the same kernel.
+  Returns:
+    `(N, Do, Ho, Wo, C_out)` with `Do = (Di + lo + hi - kd) // stride + 1` etc., in
+    `x.dtype`; with `save_preactivation`, a pair (output, pre-activation) of that shape.
+  Raises:
+    ValueError: a volume has 2^31 voxels or more, or a bad `precision`.
+  """
+  dot_prec = dot_precision(x.dtype, precision, interpret)
+  n, c_in, c_out = x.shape[0], x.shape[-1], w.shape[-1]
+  window, in_dims = w.shape[:3], x.shape[1:4]
+  out_dims = tuple((d + lo + hi - k) // stride + 1
+                   for d, (lo, hi), k in zip(in_dims, pads, window))
+  check_rows(x.shape, (n,) + out_dims)
+  q_out = out_dims[0] * out_dims[1] * out_dims[2]
+  c_in_p = padded_channels(c_in)
+  cfg = config or config_lib.gpu_config(c_in, c_out, q_out, x.dtype.itemsize, batch=n)
+  c_out_p = pl.cdiv(padded_channels(c_out), cfg.block_co) * cfg.block_co
+  w_flat = _pad_axis(_pad_axis(w.astype(x.dtype), 3, c_in_p), 4, c_out_p)
+  geometry = Geometry(in_dims, out_dims, window, tuple(lo for lo, _ in pads), stride)
+  return _call(x, w_flat.reshape(geometry.taps, c_in_p, c_out_p), b, residual, prelu_slope,
+               geometry=geometry, c_out=c_out, c_out_p=c_out_p, cfg=cfg,
+               activation=activation, dot_prec=dot_prec, interpret=interpret, name=name,
+               save_preactivation=save_preactivation)
+
+
+@functools.partial(jax.jit, static_argnames=("in_dims", "pads", "stride", "interpret",
+                                             "config", "name", "precision"))
+def conv3d_input_grad(dz: jax.Array, w: jax.Array, *, in_dims: tuple[int, int, int],
+                      pads: tuple[tuple[int, int], ...] = NO_PADS, stride: int = 1,
+                      interpret: bool = False, config: Optional[config_lib.GpuConfig] = None,
+                      name: str = "medjax_conv3d_dx", precision: str = "default"):
+  """`dx` of `conv3d(x, w, pads=pads, stride=stride)` given `dz`, the gradient of its
+  pre-activation, by the same kernel: `dx[i] = sum_t dz[(i + pad_lo - t) / stride] @ w[t]^T`
+  (integer quotients only), the forward's kernel read in place (tile transposed in the
+  dot: no flipped copy of w), the zero halo masked in-kernel.
+
+  Args:
+    dz: `(N, Do, Ho, Wo, C_out)`; w: the forward's `(kd, kh, kw, C_in, C_out)`.
+    in_dims: the forward input's `(Di, Hi, Wi)`.
+  Returns:
+    `(N, Di, Hi, Wi, C_in)` in `dz.dtype`.
+  """
+  dot_prec = dot_precision(dz.dtype, precision, interpret)
+  n, c_src, c_dst = dz.shape[0], w.shape[-1], w.shape[3]  # reads C_out, writes C_in
+  window = w.shape[:3]
+  check_rows(dz.shape, (n,) + tuple(in_dims))
+  q_out = in_dims[0] * in_dims[1] * in_dims[2]
+  c_src_p = padded_channels(c_src)
+  cfg = config or config_lib.gpu_config(c_src, c_dst, q_out, dz.dtype.itemsize, batch=n)
+  c_dst_p = pl.cdiv(padded_channels(c_dst), cfg.block_co) * cfg.block_co
+  w_flat = _pad_axis(_pad_axis(w.astype(dz.dtype), 3, c_dst_p), 4, c_src_p)
+  geometry = Geometry(dz.shape[1:4], tuple(in_dims), window, tuple(lo for lo, _ in pads),
+                      stride, transposed=True)
+  return _call(dz, w_flat.reshape(geometry.taps, c_dst_p, c_src_p), None, None, None,
+               geometry=geometry, c_out=c_dst, c_out_p=c_dst_p, cfg=cfg, activation=None,
+               dot_prec=dot_prec, interpret=interpret, name=name, save_preactivation=False)
 
 
 def conv3d_valid(xp: jax.Array, w: jax.Array, b: Optional[jax.Array] = None,

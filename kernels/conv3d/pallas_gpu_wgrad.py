@@ -31,9 +31,9 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from medjax_kernels.conv3d import config as config_lib
-from medjax_kernels.conv3d.pallas_gpu import (MAX_ROWS, _pad_axis, check_rows, dot_precision,
-                                              gather_rows, output_origin, padded_channels,
-                                              tap_rows)
+from medjax_kernels.conv3d.pallas_gpu import (MAX_ROWS, Geometry, _pad_axis, check_rows,
+                                              dot_precision, gather_rows, output_origin,
+                                              padded_channels, tap_rows)
 
 KERNEL_NAME = "medjax_conv3d_dw"
 
@@ -62,7 +62,8 @@ PARTIAL_FRACTION = 1 / 16
 
 
 def wgrad_config(c_in: int, c_out: int, window: tuple[int, int, int], q_out: int,
-                 dtype_bytes: int = 4, batch: int = 1) -> WgradConfig:
+                 dtype_bytes: int = 4, batch: int = 1, in_rows: int | None = None
+                 ) -> WgradConfig:
   """Tiles for one weight gradient (channel counts before padding).
 
   * `group` = `kw` (one kernel row of taps per program);
@@ -86,7 +87,8 @@ def wgrad_config(c_in: int, c_out: int, window: tuple[int, int, int], q_out: int
   taps = window[0] * window[1] * window[2]
   rows = batch * q_out
   programs = (taps // group) * (c_in_p // block_ci) * (c_out_p // block_co)
-  operand_bytes = rows * (c_in_p + c_out_p) * dtype_bytes
+  in_rows = q_out if in_rows is None else in_rows  # x's voxels (more with a stride)
+  operand_bytes = batch * (in_rows * c_in_p + q_out * c_out_p) * dtype_bytes
   partial_bytes = 2 * taps * c_in_p * c_out_p * 4
   splits = min(-(-config_lib.MIN_PROGRAMS // programs), -(-rows // block_q),
                int(PARTIAL_FRACTION * operand_bytes // partial_bytes))
@@ -100,7 +102,8 @@ def wgrad_kernel(x_ref, dz_ref, o_ref, *, geometry, cfg: WgradConfig, rows_per_s
   """Refs: x `(N * Li, C_in)` and dz `(N * Lo, C_out)` (whole), out `(G, BLOCK_CI,
   BLOCK_CO)`: the float32 partial sums of this program's rows (or, with one row slice,
   the result in its dtype)."""
-  in_dims, out_dims, window, pad_lo, batch = geometry
+  geometry, batch = geometry
+  in_dims, out_dims, window = geometry.in_dims, geometry.out_dims, geometry.window
   pid = pl.program_id(0)
   co = jax.lax.rem(pid, n_co)
   ci = jax.lax.rem(jax.lax.div(pid, n_co), n_ci)
@@ -116,11 +119,11 @@ def wgrad_kernel(x_ref, dz_ref, o_ref, *, geometry, cfg: WgradConfig, rows_per_s
     r = split * rows_per_split + j * cfg.block_q + jnp.arange(cfg.block_q, dtype=jnp.int32)
     row_ok = r < batch * q_out
     dzt = gather_rows(dz_ref, jnp.where(row_ok, r, 0), row_ok, co0, cfg.block_co)
-    origin = output_origin(r % q_out, out_dims, pad_lo)
+    origin = output_origin(r % q_out, geometry)
     x_base = (r // q_out) * in_rows
     new = []
     for g, acc in enumerate(accs):
-      rows, ok = tap_rows(origin, row_ok, tap0 + g, in_dims, window)
+      rows, ok = tap_rows(origin, row_ok, tap0 + g, geometry)
       xt = gather_rows(x_ref, jnp.where(ok, x_base + rows, 0), ok, ci0, cfg.block_ci)
       new.append(acc + jax.lax.dot_general(
           xt, dzt, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32,
@@ -133,18 +136,19 @@ def wgrad_kernel(x_ref, dz_ref, o_ref, *, geometry, cfg: WgradConfig, rows_per_s
     o_ref[g, :, :] = acc.astype(o_ref.dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("window", "pads", "interpret", "config",
-                                             "precision", "out_dtype"))
+@functools.partial(jax.jit, static_argnames=("window", "pads", "stride", "interpret",
+                                             "config", "precision", "out_dtype"))
 def conv3d_wgrad(x: jax.Array, dz: jax.Array, *, window: tuple[int, int, int],
-                 pads: tuple[tuple[int, int], ...], interpret: bool = False,
+                 pads: tuple[tuple[int, int], ...], stride: int = 1, interpret: bool = False,
                  config: WgradConfig | None = None, precision: str = "default",
                  out_dtype=jnp.float32) -> jax.Array:
-  """`dw` of `pallas_gpu.conv3d(x, w, pads=pads)` given its output gradient `dz`.
+  """`dw` of `pallas_gpu.conv3d(x, w, pads=pads, stride=stride)` given the gradient `dz`
+  of its pre-activation.
 
   Args:
     x: the forward's input `(N, Di, Hi, Wi, C_in)` (unpadded).
     dz: `(N, Do, Ho, Wo, C_out)`, the gradient of the pre-activation, in `x.dtype`.
-    window: `(kd, kh, kw)`; pads: the forward's `((lo, hi),) * 3`.
+    window: `(kd, kh, kw)`; pads, stride: the forward's.
     config: tiles; `wgrad_config` of the shape when None.
     precision: float32 dot algorithm, as `pallas_gpu.conv3d`.
     out_dtype: of the result. With one row slice the kernel writes it directly (no float32
@@ -158,10 +162,11 @@ def conv3d_wgrad(x: jax.Array, dz: jax.Array, *, window: tuple[int, int, int],
   check_rows(x.shape, dz.shape)
   q_out = do * ho * wo
   if n > 1 and n * max(di * hi * wi, q_out) > MAX_ROWS:  # int32 rows: one element at a time
-    call = functools.partial(conv3d_wgrad, window=window, pads=pads, interpret=interpret,
-                             config=config, precision=precision)
+    call = functools.partial(conv3d_wgrad, window=window, pads=pads, stride=stride,
+                             interpret=interpret, config=config, precision=precision)
     return sum(call(x[i:i + 1], dz[i:i + 1]) for i in range(n)).astype(out_dtype)
-  cfg = config or wgrad_config(c_in, c_out, window, q_out, x.dtype.itemsize, batch=n)
+  cfg = config or wgrad_config(c_in, c_out, window, q_out, x.dtype.itemsize, batch=n,
+                               in_rows=di * hi * wi)
   c_in_p = pl.cdiv(padded_channels(c_in), cfg.block_ci) * cfg.block_ci
   c_out_p = pl.cdiv(padded_channels(c_out), cfg.block_co) * cfg.block_co
   taps = window[0] * window[1] * window[2]
@@ -174,7 +179,8 @@ def conv3d_wgrad(x: jax.Array, dz: jax.Array, *, window: tuple[int, int, int],
   dz_rows = _pad_axis(dz.astype(x.dtype), 4, c_out_p).reshape(n * q_out, c_out_p)
   kernel = functools.partial(
       wgrad_kernel, cfg=cfg, rows_per_split=rows_per_split, n_ci=n_ci, n_co=n_co,
-      geometry=((di, hi, wi), (do, ho, wo), window, tuple(lo for lo, _ in pads), n),
+      geometry=(Geometry((di, hi, wi), (do, ho, wo), window, tuple(lo for lo, _ in pads),
+                         stride), n),
       precision=dot_prec)
   per_split = n_groups * n_ci * n_co
   direct = cfg.splits == 1  # the kernel writes the result in out_dtype
