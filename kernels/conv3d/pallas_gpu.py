@@ -141,10 +141,26 @@ def tap_rows(origin, row_ok, t, geometry: Geometry):
   return jnp.where(ok, row, 0), ok
 
 
-def gather_rows(ref, rows, ok, col0, width):
-  """`ref[rows, col0:col0 + width]` with the rows where `ok` is False read as zeros."""
+def _columns(col0, width, limit):
+  """Column indices `col0 + [0, width)` and, when `limit` (the array's channel count) is
+  not a multiple of `width`, the mask of those below it (None: all are)."""
   cols = col0 + jnp.arange(width, dtype=jnp.int32)
-  return plgpu.load(ref.at[rows[:, None], cols[None, :]], mask=ok[:, None], other=0)
+  return cols, (None if limit % width == 0 else cols[None, :] < limit)
+
+
+def gather_rows(ref, rows, ok, col0, width):
+  """`ref[rows, col0:col0 + width]`, zeros where `ok` is False (the halo) and past the
+  array's channels (a layer whose count is not a multiple of the tile: never padded)."""
+  cols, col_ok = _columns(col0, width, ref.shape[-1])
+  mask = ok[:, None] if col_ok is None else ok[:, None] & col_ok
+  return plgpu.load(ref.at[rows[:, None], cols[None, :]], mask=mask, other=0)
+
+
+def scatter_rows(ref, rows, ok, col0, val):
+  """`ref[rows, col0:col0 + width] = val` where `ok` and within the array's channels."""
+  cols, col_ok = _columns(col0, val.shape[1], ref.shape[-1])
+  mask = ok[:, None] if col_ok is None else ok[:, None] & col_ok
+  plgpu.store(ref.at[rows[:, None], cols[None, :]], val.astype(ref.dtype), mask=mask)
 
 
 def conv_kernel(x_ref, w_ref, *refs, geometry: Geometry, block_q: int, block_k: int, n_k: int,
@@ -152,10 +168,11 @@ def conv_kernel(x_ref, w_ref, *refs, geometry: Geometry, block_q: int, block_k: 
                 precision=None, save_preactivation: bool = False):
   """One (BLOCK_Q, BLOCK_CO) output tile: a loop over (tap, C_in chunk) pairs.
 
-  Refs: x `(Li, C_in)` (one batch element, unpadded rows), w `(T, C_in, BLOCK_CO)` (when
-  `geometry.transposed`: the forward's kernel `(T, BLOCK_CO, C_in)`, its tile transposed in
-  the dot), [b `(1, BLOCK_CO)`], [r `(BLOCK_Q, BLOCK_CO)`], [slope `(1, BLOCK_CO)`],
-  out `(BLOCK_Q, BLOCK_CO)`, [pre-activation out, same tile].
+  Refs: x `(Li, C_in)` (one batch element, unpadded), w `(T, C_in_p, BLOCK_CO)` (when
+  `geometry.transposed`: the forward's kernel `(T, BLOCK_CO, C_in_p)`, its tile transposed
+  in the dot), [b `(1, BLOCK_CO)`], [r `(Lo, C_out)`], [slope `(1, BLOCK_CO)`], out
+  `(Lo, C_out)` (one batch element, whole: this program stores its tile), [pre-activation
+  out, the same]. Channels padded only in the small operands (w, b, slope).
   """
   refs = list(refs)
   z_ref = refs.pop() if save_preactivation else None
@@ -164,6 +181,8 @@ def conv_kernel(x_ref, w_ref, *refs, geometry: Geometry, block_q: int, block_k: 
   r_ref = refs.pop(0) if has_residual else None
   s_ref = refs.pop(0) if activation == "prelu" else None
   out_dims = geometry.out_dims
+  block_co = w_ref.shape[1] if geometry.transposed else w_ref.shape[2]
+  co0 = pl.multiple_of(jax.lax.rem(pl.program_id(0), n_co) * block_co, block_co)
   q = (pl.program_id(0) // n_co) * block_q + jnp.arange(block_q, dtype=jnp.int32)
   row_ok = q < out_dims[0] * out_dims[1] * out_dims[2]
   origin = output_origin(q, geometry)
@@ -180,17 +199,16 @@ def conv_kernel(x_ref, w_ref, *refs, geometry: Geometry, block_q: int, block_k: 
     wt = w_ref[t, pl.ds(k0, block_k), :]
     return acc + jnp.dot(xt, wt, preferred_element_type=jnp.float32, precision=precision)
 
-  acc = jax.lax.fori_loop(0, geometry.taps * n_k, step, jnp.zeros(o_ref.shape, jnp.float32))
-  mask = row_ok[:, None]
+  acc = jax.lax.fori_loop(0, geometry.taps * n_k, step,
+                          jnp.zeros((block_q, block_co), jnp.float32))
   if r_ref is not None:
-    acc = acc + plgpu.load(r_ref, mask=mask, other=0).astype(jnp.float32)
+    acc = acc + gather_rows(r_ref, q, row_ok, co0, block_co).astype(jnp.float32)
   if z_ref is None:
-    y = _epilogue(acc, b_ref, None, s_ref, activation)
-    plgpu.store(o_ref, y.astype(o_ref.dtype), mask=mask)
+    scatter_rows(o_ref, q, row_ok, co0, _epilogue(acc, b_ref, None, s_ref, activation))
     return
   z = _preactivation(acc, b_ref, None)
-  plgpu.store(z_ref, z.astype(z_ref.dtype), mask=mask)
-  plgpu.store(o_ref, _epilogue(z, None, None, s_ref, activation).astype(o_ref.dtype), mask=mask)
+  scatter_rows(z_ref, q, row_ok, co0, z)
+  scatter_rows(o_ref, q, row_ok, co0, _epilogue(z, None, None, s_ref, activation))
 
 
 def _pad_axis(a, axis, size):
@@ -238,28 +256,27 @@ def _call(x, w_flat, b, residual, prelu_slope, *, geometry: Geometry, c_out: int
           save_preactivation):
   """The pallas_call: x `(N, *in_dims, C_in)`, w_flat as `conv_kernel` reads it (padded
   to `c_in_p` / `c_out_p` channels). Returns `(N, *out_dims, C_out)` (or the pair)."""
-  n, c_in_p = x.shape[0], padded_channels(x.shape[-1])
+  n, c_in = x.shape[0], x.shape[-1]
+  c_in_p = padded_channels(c_in)
   rows_in = geometry.in_dims[0] * geometry.in_dims[1] * geometry.in_dims[2]
   q_out = geometry.out_dims[0] * geometry.out_dims[1] * geometry.out_dims[2]
   taps = geometry.taps
   n_q, n_co = pl.cdiv(q_out, cfg.block_q), c_out_p // cfg.block_co
-  x_rows = _pad_axis(x, 4, c_in_p).reshape(n, rows_in, c_in_p)
-  args = [x_rows, w_flat]
+  args = [x.reshape(n, rows_in, c_in), w_flat]
   in_specs = [
-      pl.BlockSpec((None, rows_in, c_in_p), lambda j, i: (i, 0, 0)),
+      pl.BlockSpec((None, rows_in, c_in), lambda j, i: (i, 0, 0)),
       pl.BlockSpec((taps, cfg.block_co, c_in_p), lambda j, i: (0, j % n_co, 0))
       if geometry.transposed else
       pl.BlockSpec((taps, c_in_p, cfg.block_co), lambda j, i: (0, 0, j % n_co)),
   ]
   vec_spec = pl.BlockSpec((1, cfg.block_co), lambda j, i: (0, j % n_co))
-  tile_spec = pl.BlockSpec((None, cfg.block_q, cfg.block_co),
-                           lambda j, i: (i, j // n_co, j % n_co))
+  out_spec = pl.BlockSpec((None, q_out, c_out), lambda j, i: (i, 0, 0))
   if b is not None:
     args.append(_pad_axis(b.astype(jnp.float32).reshape(1, c_out), 1, c_out_p))
     in_specs.append(vec_spec)
   if residual is not None:
-    args.append(_pad_axis(residual, 4, c_out_p).reshape(n, q_out, c_out_p))
-    in_specs.append(tile_spec)
+    args.append(residual.reshape(n, q_out, c_out))
+    in_specs.append(out_spec)
   if activation == "prelu":
     args.append(_pad_axis(prelu_slope.astype(jnp.float32).reshape(1, c_out), 1, c_out_p))
     in_specs.append(vec_spec)
@@ -270,18 +287,18 @@ def _call(x, w_flat, b, residual, prelu_slope, *, geometry: Geometry, c_out: int
       n_k=c_in_p // block_k, n_co=n_co, has_bias=b is not None, precision=dot_prec,
       has_residual=residual is not None, activation=activation,
       save_preactivation=save_preactivation)
-  out = jax.ShapeDtypeStruct((n, q_out, c_out_p), x.dtype)
+  out = jax.ShapeDtypeStruct((n, q_out, c_out), x.dtype)
   outs = pl.pallas_call(
       kernel,
       out_shape=(out, out) if save_preactivation else out,
       grid=(n_q * n_co, n),
       in_specs=in_specs,
-      out_specs=(tile_spec, tile_spec) if save_preactivation else tile_spec,
+      out_specs=(out_spec, out_spec) if save_preactivation else out_spec,
       compiler_params=plgpu.CompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages),
       interpret=interpret,
       name=name,
   )(*args)
-  to_volume = lambda y: y.reshape((n,) + geometry.out_dims + (c_out_p,))[..., :c_out]
+  to_volume = lambda y: y.reshape((n,) + geometry.out_dims + (c_out,))
   return tuple(map(to_volume, outs)) if save_preactivation else to_volume(outs)
 
 

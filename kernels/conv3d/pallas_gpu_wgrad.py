@@ -31,7 +31,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from medjax_kernels.conv3d import config as config_lib
-from medjax_kernels.conv3d.pallas_gpu import (MAX_ROWS, Geometry, _pad_axis, check_rows,
+from medjax_kernels.conv3d.pallas_gpu import (MAX_ROWS, Geometry, check_rows,
                                               dot_precision, gather_rows, output_origin,
                                               padded_channels, tap_rows)
 
@@ -175,8 +175,9 @@ def conv3d_wgrad(x: jax.Array, dz: jax.Array, *, window: tuple[int, int, int],
   n_ci, n_co = c_in_p // cfg.block_ci, c_out_p // cfg.block_co
   n_groups = taps // cfg.group
   rows_per_split = pl.cdiv(pl.cdiv(n * q_out, cfg.splits), cfg.block_q) * cfg.block_q
-  x_rows = _pad_axis(x, 4, c_in_p).reshape(n * di * hi * wi, c_in_p)
-  dz_rows = _pad_axis(dz.astype(x.dtype), 4, c_out_p).reshape(n * q_out, c_out_p)
+  # unpadded: the kernel masks the channels past C_in / C_out in its loads
+  x_rows = x.reshape(n * di * hi * wi, c_in)
+  dz_rows = dz.astype(x.dtype).reshape(n * q_out, c_out)
   kernel = functools.partial(
       wgrad_kernel, cfg=cfg, rows_per_split=rows_per_split, n_ci=n_ci, n_co=n_co,
       geometry=(Geometry((di, hi, wi), (do, ho, wo), window, tuple(lo for lo, _ in pads),
@@ -189,8 +190,8 @@ def conv3d_wgrad(x: jax.Array, dz: jax.Array, *, window: tuple[int, int, int],
       out_shape=jax.ShapeDtypeStruct((cfg.splits, taps, c_in_p, c_out_p),
                                      out_dtype if direct else jnp.float32),
       grid=(cfg.splits * per_split,),
-      in_specs=[pl.BlockSpec((n * di * hi * wi, c_in_p), lambda j: (0, 0)),
-                pl.BlockSpec((n * q_out, c_out_p), lambda j: (0, 0))],
+      in_specs=[pl.BlockSpec((n * di * hi * wi, c_in), lambda j: (0, 0)),
+                pl.BlockSpec((n * q_out, c_out), lambda j: (0, 0))],
       out_specs=pl.BlockSpec(
           (None, cfg.group, cfg.block_ci, cfg.block_co),
           lambda j: (j // per_split, (j // (n_co * n_ci)) % n_groups, (j // n_co) % n_ci,
