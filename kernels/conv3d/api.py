@@ -56,13 +56,14 @@ KERNEL_NAMES = {"fwd": "medjax_conv3d", "dx": "medjax_conv3d_dx",
                 "dw": pallas_gpu_wgrad.KERNEL_NAME}
 
 
-# With kernels="auto", inputs of at most this many channels (a network's first layer: 1-4
-# modalities) take XLA's convolution (cuDNN, the TPU emitter) instead of the kernels: the
-# Triton kernel pads C_in to 16 (the tensor-core minimum K) and the Mosaic kernel to a lane
-# tile, in a copy of the input written before the kernel. Deviceless H100 compile of the
-# 128^3 1->32 layer's forward + backward (benchmarks/RESULTS.md, static roofline): Pallas
-# 7,089 MB float32 / 3,679 MB bfloat16 = 6.3x / 6.6x the byte floor, XLA/cuDNN 2,735 /
-# 2,785 MB = 2.4x / 5.0x. kernels="pallas" still forces the kernel.
+# With kernels="auto" on TPU, inputs of at most this many channels (a network's first layer:
+# 1-4 modalities) take XLA's convolution instead of the Mosaic kernel, which pads C_in to a
+# sublane tile (and VMEM tiles to 128 lanes) in a copy of the input written before the
+# kernel. The Triton kernel reads unpadded channels (masked loads), so on GPU they take the
+# kernel: deviceless H100 compile of the 128^3 1->32 layer's forward + backward
+# (benchmarks/RESULTS.md, static roofline) 2,738 MB float32 / 1,371 MB bfloat16 against
+# cuDNN's 2,735 / 2,785 MB (with the 1->16 pad copy the kernel had moved 7,089 / 3,679 MB).
+# kernels="pallas" forces the kernel either way.
 AUTO_XLA_MAX_C_IN = 4
 
 
@@ -257,7 +258,7 @@ def conv3d(x: jax.Array, w: jax.Array, b: Optional[jax.Array] = None, *,
     stride: 1 or 2 (all spatial dims).
     padding: "SAME" or "VALID".
     kernels: "auto", "xla" or "pallas" (`medjax_kernels.dispatch`); "auto" takes XLA's
-      conv on every platform for inputs of at most `AUTO_XLA_MAX_C_IN` channels.
+      conv on TPU for inputs of at most `AUTO_XLA_MAX_C_IN` channels.
     interpret: run the Pallas kernels in the interpreter (any platform; slow).
     backend: None, or "pallas_gpu" / "pallas_tpu" / "reference" to run that
       implementation whatever the platform (tests, benchmarks); overrides `kernels`.
@@ -279,13 +280,14 @@ def conv3d(x: jax.Array, w: jax.Array, b: Optional[jax.Array] = None, *,
                             residual=residual, stride=stride, padding=padding)
   arrays = (x, w, b, residual, prelu_slope)
   static = dict(activation=activation, stride=stride, padding=padding)
-  if kernels == "auto" and x.shape[-1] <= AUTO_XLA_MAX_C_IN:
-    kernels = "xla"  # a first layer: no channel padding (AUTO_XLA_MAX_C_IN)
   if backend is not None:
     return _conv3d_pallas(*arrays, backend=backend, interpret=interpret, precision=precision,
                           **static)
+  xla = functools.partial(_conv3d_xla, **static)
+  tpu = functools.partial(_conv3d_pallas, backend="pallas_tpu", **static)
+  if kernels == "auto" and x.shape[-1] <= AUTO_XLA_MAX_C_IN:
+    tpu = lambda *a, interpret: xla(*a)  # a first layer: no channel padding copy
   return dispatch.by_platform(
       *arrays, kernels=kernels, interpret=interpret,
       gpu=functools.partial(_conv3d_pallas, backend="pallas_gpu", precision=precision, **static),
-      tpu=functools.partial(_conv3d_pallas, backend="pallas_tpu", **static),
-      xla=functools.partial(_conv3d_xla, **static))
+      tpu=tpu, xla=xla)

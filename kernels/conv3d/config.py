@@ -2,7 +2,9 @@
 
 The kernels compute the convolution as a sum over taps (and, on GPU, over C_in
 chunks) of shifted `(BLOCK_Q, BLOCK_K) @ (BLOCK_K, BLOCK_CO)` matmuls, where Q
-enumerates output voxels on the padded-width grid (see `pallas_gpu.py`).
+enumerates output voxels (on GPU the output grid itself, see `pallas_gpu.py`; on TPU
+the padded-width grid, see `pallas_tpu.py`). The GPU weight gradient's tiles are
+`pallas_gpu_wgrad.wgrad_config`.
 """
 from __future__ import annotations
 
