@@ -12,8 +12,9 @@
 #   1. env:     python, jax, jaxlib, torch versions and nvidia-smi
 #   2. tests:   tests/test_kernel_conv3d.py + tests/test_kernel_soft_dice.py with the Triton
 #               kernels compiled (MEDJAX_KERNEL_TESTS=compiled, JAX_PLATFORMS=cuda)
-#   3. kernels: python -m experiments.bench_kernels --shapes all, float32 and bfloat16
-#               (Pallas vs the XLA/cuDNN path, with the device's measured peaks)
+#   3. kernels: python -m experiments.bench_kernels --shapes all --torch, float32 and bfloat16
+#               (Pallas vs the XLA/cuDNN path vs PyTorch's conv3d (cuDNN), with the device's
+#               measured peaks)
 #   4. train:   python -m experiments.bench_train, 3D U-Net (with --torch: PyTorch on the
 #               same card) and V-Net at 128^3, float32 and bfloat16, kernels pallas and xla
 # Everything lands in one JSON file (default gpu_bench_<UTC date>.json): each step's
@@ -126,7 +127,7 @@ step tests 120 - \
   env MEDJAX_KERNEL_TESTS=compiled "$PY" -m pytest -q -p no:cacheprovider tests/test_kernel_conv3d.py tests/test_kernel_soft_dice.py
 for dt in float32 bfloat16; do
   step "kernels_$dt" 100 "$STEPS/kernels_$dt.json" \
-    "$PY" -m experiments.bench_kernels --shapes all --dtype "$dt" --reps 5 --json "$STEPS/kernels_$dt.json"
+    "$PY" -m experiments.bench_kernels --shapes all --dtype "$dt" --reps 5 --torch --json "$STEPS/kernels_$dt.json"
 done
 UNET_128=(--config=experiments/configs/unet3d_synthetic.py --set model.features=32,64,128,256
           --set model.kernel_sizes=None --set model.pool_sizes=None --set patch_size=128,128,128

@@ -9,7 +9,9 @@ compile time, median time over `--reps` runs after a warm-up with the
 interquartile range and min/max, achieved TFLOP/s and GB/s with the percentage
 of the measured peaks, and the speedup over the XLA baseline measured in the
 same process. `fwd` times the forward pass, `fwd+bwd` the forward pass plus
-the gradients of every differentiable input.
+the gradients of every differentiable input. With `--torch`, each conv3d layer
+also in PyTorch on the same device (cuDNN on a GPU, oneDNN on a CPU), channels-last
+3D, in the same dtype (`medjax.bench.torch_conv3d`).
 
 On CPU it compares XLA formulations (the Pallas kernels only run in the
 interpreter there, which is never timed): conv3d `lax` (`lax.conv` + epilogue,
@@ -31,6 +33,7 @@ from absl import app, flags
 
 from experiments import cli
 from medjax import layers
+from medjax.bench import torch_conv3d
 from medjax_kernels.conv3d import api as conv3d_api
 from medjax_kernels.conv3d import bench_shapes as conv3d_shapes
 from medjax_kernels.conv3d import reference as conv3d_reference
@@ -46,6 +49,8 @@ flags.DEFINE_string("json", None, "write the rows to this JSON file")
 flags.DEFINE_enum("shapes", "small", ["small", "all"], "shape set")
 flags.DEFINE_integer("reps", 10, "timed runs per measurement (after one warm-up)")
 flags.DEFINE_string("filter", None, "only shapes whose name contains this")
+flags.DEFINE_bool("torch", False, "conv3d: also time the layer in PyTorch (cuDNN on a GPU, "
+                  "oneDNN on a CPU; medjax.bench.torch_conv3d)")
 
 
 def time_fn(fn: Callable, args, reps: int) -> dict:
@@ -100,7 +105,7 @@ def row(op, name, dtype, impl, direction, timing, flop, nbytes, peak):
               pct_peak_bw=100 * nbytes / t / 1e9 / peak["copy_gbs"])
 
 
-def bench_conv3d(shapes, dtype, reps, peak):
+def bench_conv3d(shapes, dtype, reps, peak, torch_baseline=False):
   accel = jax.default_backend() != "cpu"
   switch = "pallas" if accel else "xla"
   impls = {"lax": None, switch: switch}
@@ -126,6 +131,15 @@ def bench_conv3d(shapes, dtype, reps, peak):
         rr = row("conv3d", name, dtype, impl, direction, timing, conv3d_shapes.flops(spec, bwd),
                  conv3d_shapes.bytes_moved(spec, dtype, bwd), peak)
         base = base or rr["median_s"]
+        rr["speedup_vs_xla"] = base / rr["median_s"]
+        rows.append(rr)
+        print_row(rr)
+      if torch_baseline:
+        bwd = direction == "fwd+bwd"
+        timing = torch_conv3d.time_torch(spec, dtype, direction, reps)
+        rr = row("conv3d", name, dtype, "torch", direction, timing,
+                 conv3d_shapes.flops(spec, bwd), conv3d_shapes.bytes_moved(spec, dtype, bwd),
+                 peak)
         rr["speedup_vs_xla"] = base / rr["median_s"]
         rows.append(rr)
         print_row(rr)
@@ -228,7 +242,7 @@ def main(argv):
   select = lambda d: {k: v for k, v in d.items() if not FLAGS.filter or FLAGS.filter in k}
   if "conv3d" in FLAGS.ops:
     shapes = conv3d_shapes.SMALL if FLAGS.shapes == "small" else conv3d_shapes.SHAPES
-    rows += bench_conv3d(select(shapes), FLAGS.dtype, FLAGS.reps, peak)
+    rows += bench_conv3d(select(shapes), FLAGS.dtype, FLAGS.reps, peak, FLAGS.torch)
   if "upconv" in FLAGS.ops:
     rows += bench_upconv(select(UPCONV_SMALL if FLAGS.shapes == "small" else UPCONV_ALL),
                          FLAGS.dtype, FLAGS.reps, peak)

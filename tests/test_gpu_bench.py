@@ -36,6 +36,7 @@ def test_dry_run_writes_every_step(tmp_path):
   assert "tests/test_kernel_conv3d.py tests/test_kernel_soft_dice.py" in steps["tests"]["command"]
   for dt in ("float32", "bfloat16"):
     assert f"bench_kernels --shapes all --dtype {dt}" in steps[f"kernels_{dt}"]["command"]
+    assert "--torch" in steps[f"kernels_{dt}"]["command"]
   assert "--torch" in steps["train_unet3d_float32_xla"]["command"]
   assert proc.stderr.count("== ") == len(steps)  # each command printed
 
