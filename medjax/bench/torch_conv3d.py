@@ -34,8 +34,7 @@ def make_inputs(spec: dict, dtype: str, seed: int = 0) -> dict[str, Any]:
   from medjax_kernels.conv3d import bench_shapes  # pylint: disable=import-outside-toplevel
   dev, dt = _device(torch), getattr(torch, _DTYPES[dtype])
   g = torch.Generator().manual_seed(seed)
-  n, *sp, c_in = spec["x"]
-  c_out, k = spec["c_out"], spec["k"]
+  c_in, c_out, k = spec["x"][-1], spec["c_out"], spec["k"]
   out = bench_shapes.out_shape(spec)
   ncdhw = lambda shape: tuple(shape[:1]) + tuple(shape[-1:]) + tuple(shape[1:-1])
   rand = lambda shape, scale=1.0: (torch.randn(shape, generator=g) * scale)
