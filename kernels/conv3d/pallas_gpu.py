@@ -37,8 +37,9 @@ Grid: `(Q blocks * C_out blocks, N)`, C_out blocks fastest, so the programs
 that read the same input rows run next to each other (the rows come from L2
 once, not once per C_out block); the flat first axis also lifts the 65,535
 limit of the second and third grid axes. Triton dots need every dim >= 16 and
-powers of two, so channels are padded to a power of two >= 16 (in XLA, only when a
-layer's channel count is not one already). Offsets: row indices are int32 (a volume
+powers of two, so the channel tiles are (>= 16, a power of two); a layer's activations
+are never padded to them: loads past its channel count are masked (zeros), stores
+past it dropped, and only w, b and the PReLU slope are padded in XLA. Offsets: row indices are int32 (a volume
 has fewer than 2^31 voxels); Pallas multiplies them by the row stride in 64 bits
 whenever an operand exceeds 4 GiB, so large batches need no splitting.
 
