@@ -14,7 +14,8 @@
 #               kernels compiled (MEDJAX_KERNEL_TESTS=compiled, JAX_PLATFORMS=cuda)
 #   3. kernels: python -m experiments.bench_kernels --shapes all --torch, float32 and bfloat16
 #               (Pallas vs the XLA/cuDNN path vs PyTorch's conv3d (cuDNN), with the device's
-#               measured peaks)
+#               measured peaks): soft Dice first, then the 128^3/96^3 network layers; its JSON
+#               is rewritten after every row, so a step cut short by its limit keeps its rows
 #   4. train:   python -m experiments.bench_train, 3D U-Net (with --torch: PyTorch on the
 #               same card) and V-Net at 128^3, float32 and bfloat16, kernels pallas and xla
 # Everything lands in one JSON file (default gpu_bench_<UTC date>.json): each step's
@@ -127,7 +128,8 @@ step tests 120 - \
   env MEDJAX_KERNEL_TESTS=compiled "$PY" -m pytest -q -p no:cacheprovider tests/test_kernel_conv3d.py tests/test_kernel_soft_dice.py
 for dt in float32 bfloat16; do
   step "kernels_$dt" 100 "$STEPS/kernels_$dt.json" \
-    "$PY" -m experiments.bench_kernels --shapes all --dtype "$dt" --reps 5 --torch --json "$STEPS/kernels_$dt.json"
+    "$PY" -m experiments.bench_kernels --shapes all --dtype "$dt" --reps 5 --torch \
+    --ops soft_dice,conv3d,upconv --json "$STEPS/kernels_$dt.json"
 done
 UNET_128=(--config=experiments/configs/unet3d_synthetic.py --set model.features=32,64,128,256
           --set model.kernel_sizes=None --set model.pool_sizes=None --set patch_size=128,128,128

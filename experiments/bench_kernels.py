@@ -43,9 +43,10 @@ from medjax_kernels.soft_dice import reference as sd_reference
 from medjax.train.workdir import atomic_write_json
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("ops", ["conv3d", "soft_dice", "upconv"], "ops to benchmark: conv3d, soft_dice, upconv")
+flags.DEFINE_list("ops", ["conv3d", "soft_dice", "upconv"],
+                  "ops to benchmark, in this order: conv3d, soft_dice, upconv")
 flags.DEFINE_string("dtype", "float32", "float32 or bfloat16")
-flags.DEFINE_string("json", None, "write the rows to this JSON file")
+flags.DEFINE_string("json", None, "write the rows to this JSON file (rewritten after each row)")
 flags.DEFINE_enum("shapes", "small", ["small", "all"], "shape set")
 flags.DEFINE_integer("reps", 10, "timed runs per measurement (after one warm-up)")
 flags.DEFINE_string("filter", None, "only shapes whose name contains this")
@@ -105,11 +106,10 @@ def row(op, name, dtype, impl, direction, timing, flop, nbytes, peak):
               pct_peak_bw=100 * nbytes / t / 1e9 / peak["copy_gbs"])
 
 
-def bench_conv3d(shapes, dtype, reps, peak, torch_baseline=False):
+def bench_conv3d(shapes, dtype, reps, peak, emit, torch_baseline=False):
   accel = jax.default_backend() != "cpu"
   switch = "pallas" if accel else "xla"
   impls = {"lax": None, switch: switch}
-  rows = []
   for name, spec in shapes.items():
     x, w, b, r, s = conv3d_shapes.make_inputs(spec, dtype)
     dy = jax.random.normal(jax.random.PRNGKey(9), conv3d_shapes.out_shape(spec)).astype(dtype)
@@ -132,8 +132,7 @@ def bench_conv3d(shapes, dtype, reps, peak, torch_baseline=False):
                  conv3d_shapes.bytes_moved(spec, dtype, bwd), peak)
         base = base or rr["median_s"]
         rr["speedup_vs_xla"] = base / rr["median_s"]
-        rows.append(rr)
-        print_row(rr)
+        emit(rr)
       if torch_baseline:
         bwd = direction == "fwd+bwd"
         timing = torch_conv3d.time_torch(spec, dtype, direction, reps)
@@ -141,9 +140,7 @@ def bench_conv3d(shapes, dtype, reps, peak, torch_baseline=False):
                  conv3d_shapes.flops(spec, bwd), conv3d_shapes.bytes_moved(spec, dtype, bwd),
                  peak)
         rr["speedup_vs_xla"] = base / rr["median_s"]
-        rows.append(rr)
-        print_row(rr)
-  return rows
+        emit(rr)
 
 
 UPCONV_SMALL = {"cpu_unet_up1_64to32_8x16x16": ((2, 8, 16, 16, 64), 32),
@@ -154,8 +151,7 @@ UPCONV_ALL = {**UPCONV_SMALL,
               "unet3d_128_up0_64to32_64^3": ((2, 64, 64, 64, 64), 32)}
 
 
-def bench_upconv(shapes, dtype, reps, peak):
-  rows = []
+def bench_upconv(shapes, dtype, reps, peak, emit):
   conv_t = lambda x, w: jax.lax.conv_transpose(
       x, w, (2, 2, 2), "VALID", dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
   for name, (x_shape, c_out) in shapes.items():
@@ -176,18 +172,15 @@ def bench_upconv(shapes, dtype, reps, peak):
                  flop * (3 if bwd else 1), nbytes * (2 if bwd else 1), peak)
         base = base or rr["median_s"]
         rr["speedup_vs_xla"] = base / rr["median_s"]
-        rows.append(rr)
-        print_row(rr)
-  return rows
+        emit(rr)
 
 
-def bench_soft_dice(which, dtype, reps, peak):
+def bench_soft_dice(which, dtype, reps, peak, emit):
   accel = jax.default_backend() != "cpu"
   shapes = [s for s in sd_shapes.SHAPES if s[3] == dtype]
   if which == "small":  # CPU-sized: the 3D shapes at 48^3 instead of 96^3/128^3
     shapes = [(f"{n.split('_')[0]}_48^3_b2_k{k}_{dt}", (2, 48, 48, 48), k, dt)
               for n, shape, k, dt in shapes if len(shape) == 4 and n.startswith("unet3d")]
-  rows = []
   for name, shape, k, dt in shapes:
     logits, labels = sd_shapes.make_inputs(shape, k, dt)
     switch = "pallas" if accel else "xla"
@@ -205,9 +198,7 @@ def bench_soft_dice(which, dtype, reps, peak):
                  voxels * k * (10.0 if bwd else 6.0), nbytes, peak)
         base = base or rr["median_s"]
         rr["speedup_vs_xla"] = base / rr["median_s"]
-        rows.append(rr)
-        print_row(rr)
-  return rows
+        emit(rr)
 
 
 HEADER = ("| op | shape | dtype | impl | dir | median ms | IQR ms | min–max ms | compile s "
@@ -239,19 +230,30 @@ def main(argv):
   print(HEADER)
   print("|" + "---|" * 14)
   rows = []
+
+  def write():
+    if FLAGS.json:
+      atomic_write_json(FLAGS.json, dict(peak=peak, backend=jax.default_backend(),
+                                         jax=jax.__version__,
+                                         device=jax.devices()[0].device_kind, rows=rows))
+
+  def emit(r):  # print, and rewrite the JSON after every row: a run cut short keeps its rows
+    rows.append(r)
+    print_row(r)
+    write()
+
   select = lambda d: {k: v for k, v in d.items() if not FLAGS.filter or FLAGS.filter in k}
-  if "conv3d" in FLAGS.ops:
-    shapes = conv3d_shapes.SMALL if FLAGS.shapes == "small" else conv3d_shapes.SHAPES
-    rows += bench_conv3d(select(shapes), FLAGS.dtype, FLAGS.reps, peak, FLAGS.torch)
-  if "upconv" in FLAGS.ops:
-    rows += bench_upconv(select(UPCONV_SMALL if FLAGS.shapes == "small" else UPCONV_ALL),
-                         FLAGS.dtype, FLAGS.reps, peak)
-  if "soft_dice" in FLAGS.ops:
-    rows += bench_soft_dice(FLAGS.shapes, FLAGS.dtype, FLAGS.reps, peak)
-  if FLAGS.json:
-    atomic_write_json(FLAGS.json, dict(peak=peak, backend=jax.default_backend(),
-                                       jax=jax.__version__, device=jax.devices()[0].device_kind,
-                                       rows=rows))
+  for op in FLAGS.ops:  # in the order given
+    if op == "conv3d":  # "all": the networks' layers first, the CPU-sized ones last
+      shapes = (conv3d_shapes.SMALL if FLAGS.shapes == "small" else
+                {**conv3d_shapes.UNET3D, **conv3d_shapes.VNET, **conv3d_shapes.SMALL})
+      bench_conv3d(select(shapes), FLAGS.dtype, FLAGS.reps, peak, emit, FLAGS.torch)
+    elif op == "upconv":
+      bench_upconv(select(UPCONV_SMALL if FLAGS.shapes == "small" else UPCONV_ALL),
+                   FLAGS.dtype, FLAGS.reps, peak, emit)
+    else:
+      bench_soft_dice(FLAGS.shapes, FLAGS.dtype, FLAGS.reps, peak, emit)
+  write()
 
 
 if __name__ == "__main__":

@@ -38,14 +38,20 @@ def test_torch_layer_equals_the_reference(spec):
 
 def test_bench_kernels_times_the_torch_baseline(tmp_path):
   """One small layer: the XLA rows and the PyTorch rows, forward and forward + backward, with
-  the speed-up against the `lax` baseline of the same run."""
+  the speed-up against the `lax` baseline of the same run; the ops in the order given."""
   out = tmp_path / "k.json"
   proc = subprocess.run(
-      [sys.executable, "-m", "experiments.bench_kernels", "--ops=conv3d",
-       "--filter=cpu_unet_l2_64to64", "--reps=2", "--torch", f"--json={out}"],
+      [sys.executable, "-m", "experiments.bench_kernels", "--ops=upconv,conv3d",
+       "--filter=64to", "--reps=2", "--torch", f"--json={out}"],
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   rows = json.loads(out.read_text())["rows"]
+  ops = [r["op"] for r in rows]  # in the order --ops gave
+  assert ops[0] == "upconv"
+  assert ops == ["upconv"] * ops.count("upconv") + ["conv3d"] * ops.count("conv3d")
+  assert {r["shape"] for r in rows if r["op"] == "upconv"} == {"cpu_unet_up1_64to32_8x16x16"}
+  rows = [r for r in rows if r["op"] == "conv3d"]
+  assert {r["shape"] for r in rows} == {"cpu_unet_l2_64to64_8x16x16"}
   got = {(r["implementation"], r["direction"]) for r in rows}
   assert got == {(i, d) for i in ("lax", "xla", "torch") for d in ("fwd", "fwd+bwd")}
   for d in ("fwd", "fwd+bwd"):
