@@ -146,6 +146,28 @@ def test_distilled_tree_run_writes_eval_json_and_tree_pngs(runs):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_the_teacher_is_restored_once_per_checkpoint(runs, monkeypatch):
+  """Training batches and evaluation share one restored teacher; a new checkpoint in the
+  teacher's workdir restores it again."""
+  from medjax.train import restore
+  from medjax.train.tasks import distillation
+  calls = []
+  real = restore.load_run
+  monkeypatch.setattr(restore, "load_run", lambda path: calls.append(path) or real(path))
+  distillation._teacher_apply.cache_clear()
+  f1 = distillation.teacher_logits_fn(runs["student"])
+  f2 = distillation.teacher_logits_fn(runs["student"])
+  assert f1 is f2 and len(calls) == 1
+  images = np.zeros((2, 16, 16, 1), np.float32)  # the smoke patches
+  assert f1(images).shape == (2, 3)
+  ckpt = str(runs["root"] / "teacher" / "checkpoints")
+  listdir = os.listdir  # a new checkpoint appears in the teacher's folder
+  monkeypatch.setattr(distillation.os, "listdir",
+                      lambda d: listdir(d) + (["999"] if str(d) == ckpt else []))
+  distillation.teacher_logits_fn(runs["student"])
+  assert len(calls) == 2
+
+
 def test_the_tree_trains_as_a_plain_classifier(runs, tmp_path):
   """`task=classification`, `model.name=soft_tree`: mixture CE, no teacher."""
   c = soft_tree_patches.get_config("hard,smoke")

@@ -30,6 +30,7 @@ tree's inner-node filters and one test example's path (`tree_report`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -90,12 +91,22 @@ def check_teacher(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
 
 def teacher_logits_fn(config: ml_collections.ConfigDict) -> Callable[[np.ndarray], np.ndarray]:
   """`images (B, *S, C) -> teacher logits (B, K)` of the latest checkpoint of
-  `config.distill.teacher`, jitted, eval mode, on this host's first device."""
+  `config.distill.teacher`, jitted, eval mode, on this host's first device. The restored
+  teacher is kept for the process (training and evaluation share it): a new checkpoint in
+  the teacher's workdir is a new key."""
   check_teacher(config)
+  path = str(config.distill.teacher)
+  checkpoints = tuple(sorted(os.listdir(Workdir.of(path).checkpoint_dir)))
   try:
-    _, model, variables = restore.load_run(str(config.distill.teacher))
+    return _teacher_apply(path, checkpoints)
   except InputError as e:
     raise _teacher_error(config, str(e)) from None
+
+
+@functools.lru_cache(maxsize=2)
+def _teacher_apply(path: str, checkpoints: tuple[str, ...]) -> Callable[[np.ndarray], np.ndarray]:
+  del checkpoints  # part of the cache key only: a new checkpoint restores again
+  _, model, variables = restore.load_run(path)
   variables = jax.device_put(variables, jax.local_devices()[0])
   apply = jax.jit(lambda v, x: model.apply(v, x, train=False).astype(jnp.float32))
   return lambda images: np.asarray(apply(variables, images))
