@@ -174,3 +174,16 @@ def test_standard_normal_draws_are_finite_at_the_ends_of_the_uniform_range():
   np.testing.assert_allclose(ends, [-5.2947, 5.2947], rtol=1e-4)
   z = augment.standard_normal(jax.random.uniform(jax.random.key(0), (200_000,)))
   assert abs(float(z.mean())) < 0.01 and abs(float(z.std()) - 1.0) < 0.01
+
+
+def test_the_config_section_is_the_dataclass_defaults():
+  """`base_config().augment` is written from `Augmentation`'s defaults (one source): enabled,
+  it gives exactly `Augmentation()` (isotropic spacing: no through-plane axis), and the
+  anisotropic default spacing picks the thick axis."""
+  from experiments.configs import common
+  section = common.base_config().augment
+  assert not section.enabled and section.anisotropic == "auto"
+  on = dict(section.to_dict(), enabled=True)
+  assert augment.from_config(on, spacing=(1.0, 1.0, 1.0), spatial_dims=3) == augment.Augmentation()
+  thick = augment.from_config(on, spacing=(2.5, 0.8, 0.8), spatial_dims=3)
+  assert thick == dataclasses.replace(augment.Augmentation(), through_plane_axis=0)

@@ -5,6 +5,8 @@ size or hardware variants override a few fields.
 """
 import ml_collections
 
+from medjax.data import augment
+
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -30,33 +32,11 @@ def base_config() -> ml_collections.ConfigDict:
   # run's tumour Dice 0.928 -> 0.897, benchmarks/RESULTS.md); `--config.augment.enabled=True`
   # turns the set on. `anisotropic`: "auto" rotates/scales/deforms in-plane
   # only when the largest spacing is > 3x the smallest (nnU-Net), "in_plane", "full".
-  c.augment = ml_collections.ConfigDict()
-  c.augment.enabled = False
-  c.augment.anisotropic = "auto"
-  c.augment.rotation_p = 0.2
-  c.augment.rotation_degrees = 30.0
-  c.augment.scale_p = 0.2
-  c.augment.scale_range = (0.7, 1.4)
-  c.augment.elastic_p = 0.0  # Ronneberger 2015's coarse-grid deformation, off as in nnU-Net
-  c.augment.elastic_grid = 3
-  c.augment.elastic_sigma = 2.0  # voxels
-  c.augment.noise_p = 0.1
-  c.augment.noise_variance = (0.0, 0.1)
-  c.augment.blur_p = 0.2
-  c.augment.blur_sigma = (0.5, 1.0)
-  c.augment.blur_p_channel = 0.5
-  c.augment.brightness_p = 0.15
-  c.augment.brightness_range = (0.75, 1.25)
-  c.augment.contrast_p = 0.15
-  c.augment.contrast_range = (0.75, 1.25)
-  c.augment.lowres_p = 0.25
-  c.augment.lowres_zoom = (0.5, 1.0)
-  c.augment.lowres_p_channel = 0.5
-  c.augment.gamma_p = 0.3
-  c.augment.inverted_gamma_p = 0.1
-  c.augment.gamma_range = (0.7, 1.5)
-  c.augment.mirror_axes = ()  # device mirroring; the host pipeline's flips are flip_axes
-  c.augment.border_mode = "mirror"  # "mirror" | "nearest" | "constant"
+  # Fields and defaults: `medjax.data.augment.Augmentation` (rotation_p 0.2 / 30 degrees,
+  # scale_p 0.2, elastic off as in nnU-Net, noise, blur, brightness, contrast, low
+  # resolution, gamma; mirror_axes: device mirroring, the host pipeline's flips are
+  # flip_axes; border_mode "mirror" | "nearest" | "constant").
+  c.augment = ml_collections.ConfigDict(augment.config_section())
   # Warm start (medjax.train.warm_start): a trained workdir or a weights file;
   # "OLD->NEW" path-prefix renames of its variables; prefixes kept fresh.
   c.init_from = ""

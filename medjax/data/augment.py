@@ -143,6 +143,15 @@ class Augmentation:
     return self
 
 
+def config_section() -> dict[str, Any]:
+  """The default `augment` section of a config: off (`enabled=False`), `anisotropic="auto"`,
+  and every `Augmentation` field at its default (nnU-Net's transforms; a probability of 0
+  switches one off) except `through_plane_axis`, which `from_config` derives."""
+  defaults = {f.name: f.default for f in dataclasses.fields(Augmentation)
+              if f.name != "through_plane_axis"}
+  return {"enabled": False, "anisotropic": "auto", **defaults}
+
+
 def from_config(section: Optional[Mapping[str, Any]], *, spacing: Sequence[float],
                 spatial_dims: int, where: str = "config.augment") -> Optional[Augmentation]:
   """The `Augmentation` of a config's `augment` section, or None when it is
