@@ -46,6 +46,11 @@ intensities) gets a one-line `error: <file>: ...`; the other cases still run,
 a summary line says how many were skipped and the exit status is 2.
 Outputs are written to a temporary name and renamed, so an interrupted run
 never leaves a truncated file, and nothing already in `DIR` is deleted.
+`--workdir=runs/a,runs/b,runs/c` segments with the deep ensemble of those runs
+(Lakshminarayanan et al. 2017; `medjax.train.predictor.load_ensemble`): the mean of
+their probabilities, `--uncertainty` its entropy. The members must share classes,
+dimensions, input channels and preprocessing plan; an ensemble has no post-processing
+rules (`--postprocess` is refused).
 The work is done by `medjax.predict.predict_folder`.
 """
 from __future__ import annotations
@@ -59,7 +64,8 @@ from medjax import predict
 from medjax.errors import InputError
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Workdir of a trained run (or of a cascade).")
+flags.DEFINE_string("workdir", None, "Workdir of a trained run (or of a cascade); several, "
+                    "comma-separated, segment with their deep ensemble.")
 flags.DEFINE_string("input", None, "Image file, DICOM series folder, or a folder searched "
                     "recursively for images and DICOM series.")
 flags.DEFINE_string("output", None, "Folder for <case>_seg.nii.gz, <case>.json (and the optional "

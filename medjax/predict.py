@@ -54,7 +54,7 @@ from medjax import inference
 from medjax.data import dicom_seg, io
 from medjax.errors import InputError
 from medjax.postprocess import apply as apply_rules, load_rules
-from medjax.train.predictor import RunPredictor, has_dropout, load_predictor
+from medjax.train.predictor import RunPredictor, has_dropout, load_ensemble, load_predictor
 from medjax.train.workdir import Workdir, atomic_write, atomic_write_json
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -303,12 +303,26 @@ class _Progress:
       self.bar.close()
 
 
-def predict_folder(workdir: str, input_path: str, output: str, *, mirror: bool = False,
+def ensemble_members(workdir) -> list[str]:
+  """The workdirs of `workdir`: one path, a comma-separated list (`--workdir=a,b,c`), or
+  a sequence of paths."""
+  if isinstance(workdir, (list, tuple)):
+    return [os.fspath(w) for w in workdir]
+  return [w for w in os.fspath(workdir).split(",") if w]
+
+
+def predict_folder(workdir, input_path: str, output: str, *, mirror: bool = False,
                    probabilities: bool = False, uncertainty: bool = False, samples: int = 20,
                    postprocess: Optional[bool] = None, output_format: str = "nifti",
                    progress: Optional[bool] = None, log: Log = _stdout,
                    error: Log = _stderr) -> int:
   """Segments every case under `input_path` with the run in `workdir` into `output`.
+
+  `workdir` may name several runs (a comma-separated string or a sequence): their deep
+  ensemble (`load_ensemble`, Lakshminarayanan et al. 2017: the mean of the members'
+  probabilities; with `uncertainty`, the entropy of that mean). An ensemble has no
+  post-processing rules of its own (each member's were decided on its own predictions):
+  `postprocess=True` is refused, None applies none.
 
   With `uncertainty`, also `<case>_entropy.nii.gz` (see `uncertainty_source`;
   the log line of each case says which entropy it is). `postprocess`: None
@@ -328,32 +342,44 @@ def predict_folder(workdir: str, input_path: str, output: str, *, mirror: bool =
     The number of skipped cases.
   Raises:
     InputError: no inputs, a bad workdir, format or output folder, or
-      `postprocess=True` for a workdir without rules; raised before any case
-      is read.
+      `postprocess=True` for a workdir without rules (or an ensemble); raised before
+      any case is read.
   """
   if output_format not in FORMATS:
     raise InputError(f"--format={output_format}: expected one of {', '.join(FORMATS)}")
+  members = ensemble_members(workdir)
+  if not members:
+    raise InputError(f"--workdir={workdir!r}: expected a trained run's workdir")
   inputs = find_inputs(input_path, skip=[output])
-  options, source = {}, ""
-  if uncertainty:
-    if int(samples) < 1:
-      raise InputError(f"--samples={samples}: expected at least 1")
-    method, source = uncertainty_source(Workdir(workdir).read_config(), int(samples))
-    options = {"uncertainty_method": method, "samples": int(samples)}
-  predictor = load_predictor(workdir, mirror=mirror, **options)
+  if uncertainty and int(samples) < 1:
+    raise InputError(f"--samples={samples}: expected at least 1")
+  if len(members) > 1:
+    if postprocess:
+      raise InputError(f"--postprocess: an ensemble of {len(members)} runs has no "
+                       "post-processing rules (each member's were decided on its own "
+                       "validation predictions)")
+    predictor = load_ensemble(members, mirror=mirror)
+    workdir, rules = members[0], None
+    source = f"deep ensemble of {len(members)} runs, entropy of their mean"
+  else:
+    workdir, options, source = members[0], {}, ""
+    if uncertainty:
+      method, source = uncertainty_source(Workdir(workdir).read_config(), int(samples))
+      options = {"uncertainty_method": method, "samples": int(samples)}
+    predictor = load_predictor(workdir, mirror=mirror, **options)
+    rules = None if postprocess is False else load_rules(workdir)
+    if postprocess and rules is None:
+      raise InputError(f"--postprocess: {workdir} has no post-processing rules "
+                       "(postprocessing.json is written when the run is evaluated with "
+                       "config.eval.postprocess on)")
   if uncertainty and predictor.has_plan:
     raise InputError(f"--uncertainty: {workdir} has a preprocessing plan (plan.json); the "
                      "uncertainty maps are only available for runs without one")
-  rules = None if postprocess is False else load_rules(workdir)
-  if postprocess and rules is None:
-    raise InputError(f"--postprocess: {workdir} has no post-processing rules "
-                     "(postprocessing.json is written when the run is evaluated with "
-                     "config.eval.postprocess on)")
   try:
     os.makedirs(output, exist_ok=True)
   except OSError as e:
     raise InputError(f"--output={output}: cannot create the folder ({e})") from None
-  algorithm = "medjax " + os.path.basename(os.path.normpath(os.fspath(workdir)))
+  algorithm = "medjax " + ", ".join(os.path.basename(os.path.normpath(m)) for m in members)
   names: dict[str, str] = {}
   failed = 0
   bar = _Progress(len(inputs), sys.stderr.isatty() if progress is None else progress)

@@ -199,6 +199,28 @@ def test_predict_uncertainty_uses_mc_dropout_when_the_model_has_dropout(mc_run, 
   assert float(np.abs(entropy - deterministic).max()) > 1e-4  # the dropout masks were sampled
 
 
+def test_predict_folder_with_several_workdirs_segments_with_their_ensemble(mc_run, tmp_path):
+  """`--workdir=a,b`: the deep ensemble's labels and the entropy of its mean probabilities
+  (two identical members: the single run's deterministic prediction); no post-processing
+  rules of its own."""
+  _, workdir, _ = mc_run
+  image = np.random.default_rng(6).normal(0.0, 100.0, size=(12, 20, 20)).astype(np.float32)
+  io.write_nifti(tmp_path / "scan.nii.gz", image, np.eye(4))
+  lines = []
+  assert predict.predict_folder(f"{workdir},{workdir}", str(tmp_path / "scan.nii.gz"),
+                                str(tmp_path / "out"), uncertainty=True,
+                                log=lines.append) == 0
+  assert lines[0].endswith("(entropy: deep ensemble of 2 runs, entropy of their mean)")
+  labels, probs, _ = load_predictor(workdir).predict_uncertainty(image)
+  got = io.read_image(tmp_path / "out" / "scan_seg.nii.gz").array
+  np.testing.assert_array_equal(got, labels)
+  entropy = io.read_image(tmp_path / "out" / "scan_entropy.nii.gz").array
+  np.testing.assert_allclose(entropy, uncertainty.predictive_entropy(probs), atol=1e-5)
+  with pytest.raises(InputError, match="an ensemble of 2 runs has no post-processing rules"):
+    predict.predict_folder([workdir, workdir], str(tmp_path / "scan.nii.gz"),
+                           str(tmp_path / "out2"), postprocess=True)
+
+
 def test_mc_dropout_without_dropout_is_refused():
   c = unet3d_synthetic.get_config("smoke")
   c.eval.uncertainty = "mc_dropout"
