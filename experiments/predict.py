@@ -21,7 +21,9 @@ class, referencing the source series) that a PACS viewer overlays. With
 writes `DIR/<case>_entropy.nii.gz` (float32 predictive entropy per voxel, in
 nats): MC dropout over `--samples` passes when the run's model has dropout
 (`config.model.dropout > 0`), otherwise the entropy of the deterministic
-prediction; each case's output line says which.
+prediction; each case's output line says which. For a run with a preprocessing
+plan the map is computed on the plan's grid and resampled back onto the input's
+like the probabilities (0 outside the cropped region, a certain background).
 
 Each volume is preprocessed exactly as evaluation does (a run on a folder
 dataset: its plan's crop, normalisation and resampling, and back to the

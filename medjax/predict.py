@@ -213,7 +213,7 @@ def predict_case(predictor: RunPredictor, path: str, output: str, *, probabiliti
       warn(warning)
   start = time.perf_counter()
   if entropy:
-    labels, probs, maps = predictor.predict_uncertainty(volume.array, name=path)
+    labels, probs, maps = predictor.predict_volume_uncertainty(volume, name=path)
   else:
     # one pass: for a cascade the labels follow the cascade rule, not the argmax
     labels, probs = predictor.predict_volume(volume, name=path)
@@ -372,9 +372,6 @@ def predict_folder(workdir, input_path: str, output: str, *, mirror: bool = Fals
       raise InputError(f"--postprocess: {workdir} has no post-processing rules "
                        "(postprocessing.json is written when the run is evaluated with "
                        "config.eval.postprocess on)")
-  if uncertainty and predictor.has_plan:
-    raise InputError(f"--uncertainty: {workdir} has a preprocessing plan (plan.json); the "
-                     "uncertainty maps are only available for runs without one")
   try:
     os.makedirs(output, exist_ok=True)
   except OSError as e:

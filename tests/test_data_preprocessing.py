@@ -120,6 +120,27 @@ def test_probabilities_to_native():
   assert (native.argmax(-1) == labels).mean() > 0.99
 
 
+def test_a_scalar_map_to_native_is_resampled_and_zero_outside_the_crop_box():
+  """An uncertainty map on the preprocessed grid comes back on the original one: a constant
+  stays that constant inside the crop box (linear resampling), 0 outside it (where the
+  probabilities are a certain background), and a map of the wrong rank is refused."""
+  image, label, spacing = _case()
+  case = preprocessing.preprocess_case(image, label, spacing, np.eye(4), _plan((2.0, 0.8, 0.8)))
+  ones = np.full(case.label.shape, 0.7, np.float32)
+  native = preprocessing.to_native(ones, case.record, kind="map")
+  assert native.shape == (12, 40, 36) and native.dtype == np.float32
+  inside = preprocessing.to_native(np.ones(case.label.shape, np.uint8), case.record) > 0
+  np.testing.assert_allclose(native[inside], 0.7, atol=1e-6)
+  assert (native[0] == 0).all() and (native[:, :3] == 0).all()  # outside the crop box
+  ramp = np.broadcast_to(np.linspace(0, 1, case.label.shape[1], dtype=np.float32)[:, None],
+                         case.label.shape[1:])
+  native_ramp = preprocessing.to_native(np.broadcast_to(ramp, case.label.shape).copy(),
+                                        case.record, kind="map")
+  assert np.all(np.diff(native_ramp[6, 4:-3, 10]) >= -1e-6)  # monotone along the resampled axis
+  with pytest.raises(InputError, match="a map must be"):
+    preprocessing.to_native(np.zeros(case.label.shape + (2,), np.float32), case.record, kind="map")
+
+
 def test_preprocess_for_inference_matches_preprocess_case():
   image, label, spacing = _case()
   plan = _plan((2.0, 0.8, 0.8))

@@ -150,3 +150,17 @@ def test_unet3d_folder_trains_on_an_nnunet_raw_folder_and_predicts_on_the_input_
   clear = (top[..., -1] - top[..., -2] > 1e-3).transpose(2, 1, 0)
   assert clear.mean() > 0.5
   np.testing.assert_array_equal(seg.array[clear], probs.argmax(-1).transpose(2, 1, 0)[clear])
+  # --uncertainty on a run with a plan: the entropy map comes back on the input's grid too
+  # (resampled linearly like the probabilities), with the same labels
+  assert predict.predict_folder(str(tmp_path / "run"), path, str(tmp_path / "out_u"),
+                                uncertainty=True, postprocess=False,
+                                log=lambda line: None) == 0
+  entropy = io.read_image(str(tmp_path / "out_u" / "case_t_0000_entropy.nii.gz"))
+  assert entropy.array.shape == volume.array.shape and entropy.array.dtype == np.float32
+  np.testing.assert_array_equal(entropy.affine, volume.affine)
+  assert 0.0 <= entropy.array.min() and entropy.array.max() <= np.log(3) + 1e-5
+  seg_u = io.read_image(str(tmp_path / "out_u" / "case_t_0000_seg.nii.gz")).array
+  np.testing.assert_array_equal(seg_u, seg.array)
+  p = np.clip(probs.transpose(2, 1, 0, 3), 1e-12, 1.0)
+  h = -(p * np.log(p)).sum(-1)  # entropy of the written (2-byte) probabilities
+  assert float(np.abs(entropy.array - h).mean()) < 1e-3 and float(np.abs(entropy.array - h).max()) < 0.05

@@ -139,7 +139,9 @@ def to_native(array: np.ndarray, record: dict, *, kind: str = "labels") -> np.nd
     record: the case's record.
     kind: "labels": per-class linear resampling to the cropped shape
       (anisotropic axis nearest), 0 outside the crop box; "probabilities":
-      linear, renormalised, `[1, 0, ...]` outside the crop box.
+      linear, renormalised, `[1, 0, ...]` outside the crop box; "map": a per-voxel
+      scalar map `(*S')` (an uncertainty map) float32, linear, clipped at 0, and 0
+      outside the crop box (where the probabilities are a certain `[1, 0, ...]`).
 
   Returns:
     `(*record["original_shape"])` labels (same dtype) or
@@ -167,4 +169,12 @@ def to_native(array: np.ndarray, record: dict, *, kind: str = "labels") -> np.nd
     out[..., 0] = 1.0
     resampling.resample_probabilities(array, cropped, separate=separate, out=out[box])
     return out
-  raise InputError(f"to_native: kind must be 'labels' or 'probabilities', got {kind!r}")
+  if kind == "map":
+    if array.ndim != len(pre):
+      raise InputError(f"to_native: a map must be {list(pre)}, got {array.shape}")
+    out = np.zeros(original, np.float32)
+    resampling.resample_image(array.astype(np.float32), cropped, order=1, separate=separate,
+                              out=out[box])
+    np.clip(out, 0.0, None, out=out)
+    return out
+  raise InputError(f"to_native: kind must be 'labels', 'probabilities' or 'map', got {kind!r}")
