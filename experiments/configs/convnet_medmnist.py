@@ -9,11 +9,11 @@
 `organmnist3d_64.npz`, ...; `medjax.data.medmnist`); the official
 train/val/test splits are used as they are. The variant is the flag, then
 optionally the size (28 by default; 64, 128, 224 in 2D, 64 in 3D) and
-``smoke`` (a seconds-long run). Grey 2D flags and the 3D flags train; the RGB
-flags (pathmnist, dermamnist, retinamnist, bloodmnist) and the multi-label
-chestmnist are refused, because the classification pipeline takes one
-channel and one class per image. Images are uint8 0..255, scaled as
-`(x - 127.5) / 64` (`intensity_stats`); no flips, since organ labels such as
+``smoke`` (a seconds-long run). Grey 2D flags, the RGB flags (pathmnist,
+dermamnist, retinamnist, bloodmnist: `in_channels=3`) and the 3D flags train;
+the multi-label chestmnist is refused, because the classification task takes
+one class per image. Images are uint8 0..255, scaled as `(x - 127.5) / 64`
+(`intensity_stats`, every channel alike); no flips, since organ labels such as
 left and right kidney are not mirror-symmetric.
 
 Not measured yet: no accuracy is claimed for any flag.
@@ -39,14 +39,15 @@ def get_config(variant: str = "pneumoniamnist") -> ml_collections.ConfigDict:
   if size not in medmnist.SIZES[info.ndim]:
     raise ValueError(f"unknown config variant: size {size} of {flag}; expected one of "
                      f"{medmnist.SIZES[info.ndim]}")
-  if info.channels != 1 or info.task.startswith("multi-label"):
-    raise ValueError(f"unknown config variant {flag}: RGB or multi-label MedMNIST flags need a "
-                     "3-channel or multi-label classification task (not available)")
+  if info.task.startswith("multi-label"):
+    raise ValueError(f"unknown config variant {flag}: a multi-label MedMNIST flag needs a "
+                     "multi-label classification task (not available)")
   c = common.patch_classification_2d()
   c.dataset = f"medmnist/{flag}"
   c.dataset_kwargs = ml_collections.ConfigDict({"manual_dir": "", "size": size})
   c.num_classes = info.num_classes
   c.class_names = tuple(f"class_{i}" for i in range(info.num_classes))
+  c.in_channels = info.channels
   c.intensity_stats = (127.5, 64.0)
   c.spacing = (1.0,) * info.ndim
   c.patch_size = (size,) * info.ndim

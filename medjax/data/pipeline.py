@@ -168,6 +168,7 @@ def classification_batches(source: Sequence[dict[str, Any]], *, global_batch_siz
                            normalize: Normalize = transforms.normalize_ct,
                            flip_axes: Sequence[int] = (),
                            image_shape: Optional[Sequence[int]] = None,
+                           channels: int = 1,
                            worker_count: int = 0) -> Iterator[dict[str, np.ndarray]]:
   """Image-level classification batches (e.g. lesion present, patch class) over shuffled epochs.
 
@@ -183,28 +184,31 @@ def classification_batches(source: Sequence[dict[str, Any]], *, global_batch_siz
       ``synthetic_organs/2d``, ``"label"`` for the patch configs).
     normalize: applied to every image once (default: per-image z-score in
       the [-200, 300] HU window).
-    image_shape: when given, the shape every image must have (the model's
+    image_shape: when given, the spatial shape every image must have (the model's
       input size, e.g. `config.patch_size`).
+    channels: of every image (`classification_images`).
 
   Yields:
-    `{"image": float32 (B, *S, 1), "label": int32 (B,)}`.
+    `{"image": float32 (B, *S, C), "label": int32 (B,)}`.
   """
   local = _local_batch_size(global_batch_size, process_index, process_count)
   _check_seed(seed)
-  loaded = list(classification_images(source, label_key=label_key, normalize=normalize))
-  images = [image[..., 0] for _, image, _ in loaded]
+  loaded = list(classification_images(source, label_key=label_key, normalize=normalize,
+                                      channels=channels))
+  images = [image for _, image, _ in loaded]
   targets = [label for _, _, label in loaded]
   count = len(images)
-  shape = images[0].shape if image_shape is None else tuple(int(n) for n in image_shape)
+  shape = images[0].shape[:-1] if image_shape is None else tuple(int(n) for n in image_shape)
   for (name, _, _), image in zip(loaded, images):
-    if image.shape != shape:
-      raise InputError(f"{name}: image shape {image.shape}; expected {shape} "
+    if image.shape[:-1] != shape:
+      raise InputError(f"{name}: image shape {image.shape[:-1]}; expected {shape} "
                        f"({'the first image' if image_shape is None else 'image_shape'}): "
                        "images of one shape, the model's input size")
   for axis in flip_axes:
     if not -len(shape) <= axis < len(shape):
       raise InputError(f"flip_axes={tuple(flip_axes)}: axis {axis} out of range for "
                        f"{len(shape)}D images")
+  flip_axes = tuple(axis % len(shape) for axis in flip_axes)  # spatial, not the channel axis
 
   @functools.lru_cache(maxsize=4)
   def permutation(epoch: int) -> np.ndarray:
@@ -219,22 +223,25 @@ def classification_batches(source: Sequence[dict[str, Any]], *, global_batch_siz
       image = images[index]
       if flip_axes:
         image, _ = transforms.random_flip(np.random.default_rng([seed, step, g]), image,
-                                          np.zeros(image.shape, np.uint8), flip_axes)
+                                          np.zeros(image.shape[:-1], np.uint8), flip_axes)
       batch_images.append(image)
       batch_labels.append(targets[index])
-    return {"image": np.stack(batch_images)[..., None].astype(np.float32),
+    return {"image": np.stack(batch_images).astype(np.float32),
             "label": np.asarray(batch_labels, np.int32)}
 
   return _iterate(batch_fn, start_step, num_steps, worker_count)
 
 
 def classification_images(source: Sequence[dict[str, Any]], *, label_key: str = "lesion",
-                          normalize: Normalize = transforms.normalize_ct
+                          normalize: Normalize = transforms.normalize_ct, channels: int = 1
                           ) -> Iterator[tuple[str, np.ndarray, int]]:
   """Every image of `source` in order, for training or evaluation.
 
+  `channels`: 1 for images stored without a channel axis (`(*S)`, grey), else the size of
+  their last axis (`(*S, C)`, e.g. 3 for RGB), every channel normalised alike.
+
   Yields:
-    `(case id, float32 image (*S, 1) normalised, image-level label)`; the
+    `(case id, float32 image (*S, C) normalised, image-level label)`; the
     case id is the example's `case` feature (else `case_<index>`), the label
     the integer feature `label_key`.
   """
@@ -250,8 +257,12 @@ def classification_images(source: Sequence[dict[str, Any]], *, label_key: str = 
     if target.ndim != 0 or target.dtype.kind not in "iub":
       raise InputError(f"{name}: feature {label_key!r} has shape {target.shape} and dtype "
                        f"{target.dtype}; expected one integer class per image")
-    image = normalize(transforms.check_image(example["image"], name))
-    yield name, image[..., None].astype(np.float32), int(target)
+    image = transforms.check_image(example["image"], name)
+    if channels > 1 and (image.ndim < 2 or image.shape[-1] != channels):
+      raise InputError(f"{name}: image of shape {image.shape}; expected {channels} channels "
+                       "on its last axis (config.in_channels)")
+    image = normalize(image)
+    yield name, (image if channels > 1 else image[..., None]).astype(np.float32), int(target)
 
 
 def fixed_window(mean: float, std: float, clip: tuple[float, float] = (-200.0, 300.0)) -> Normalize:

@@ -102,9 +102,11 @@ def fit_image_temperature(predict_batch, config: ml_collections.ConfigDict, sour
 
 
 def data_options(config: ml_collections.ConfigDict) -> dict:
-  """`label_key` (default "lesion") and the intensity normalisation: per-image
-  z-score, or the fixed `(mean, std)` of `config.intensity_stats` (patches)."""
-  options = {"label_key": config.get("label_key", "lesion")}
+  """`label_key` (default "lesion"), `channels` (`config.in_channels`: 3 for RGB) and the
+  intensity normalisation: per-image z-score, or the fixed `(mean, std)` of
+  `config.intensity_stats` (patches)."""
+  options = {"label_key": config.get("label_key", "lesion"),
+             "channels": int(config.get("in_channels", 1))}
   stats = config.get("intensity_stats")
   if stats:
     options["normalize"] = pipeline.fixed_window(*stats)
