@@ -12,12 +12,14 @@ compile test fails saying so.
 """
 import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
 from medjax.bench import compile_check
+from medjax.bench.compile_check import markdown
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUBSET = (r"conv3d/cpu_unet_l1_16to32_|conv3d/vnet_down3_k2s2_128to256_|"
@@ -66,6 +68,14 @@ def test_subset_compiles_for_h100_without_spills(tmp_path):
   # the table printed one line per kernel instance, with the summary
   assert proc.stdout.count("conv3d/vnet_down3") == 6
   assert f"{len(rows)} kernel instances" in proc.stdout
+  # RESULTS.md's tables from the JSON: a summary line per kernel and dtype, one conv row per
+  # layer and dtype with its three kernels, one soft-Dice row per case
+  tables = markdown.tables(result)
+  for kernel in ("medjax_conv3d", "medjax_conv3d_dx", "medjax_conv3d_dw", "soft_dice_stats_bwd"):
+    assert f"| {kernel} | float32 | " in tables and f"| {kernel} | bfloat16 | " in tables
+  conv_rows = [line for line in tables.splitlines() if line.startswith("| vnet_down3")]
+  assert len(conv_rows) == 2 and all(line.count(" · ") == 15 for line in conv_rows)
+  assert "| vnet_96^3_b2_k3_float32 | False | " in tables
 
 
 def test_missing_tools_is_one_line(tmp_path):
@@ -123,6 +133,15 @@ def test_full_compiles_the_whole_program(tmp_path):
   x = 2 * 16 * 32 * 32 * 16 * 2  # bfloat16 input (2, 16, 32, 32, 16)
   assert abs(row["pallas"]["bytes"] / (3 * x + 5 * (2 * x)) - 1) < 0.02, row["pallas"]
   assert row["pallas"]["bytes"] < 0.5 * row["xla"]["bytes"]
+  roofline = markdown.roofline_table([row])
+  assert "| cpu_unet_l1_16to32_16x32x32 | bfloat16 | 7 | 14 (1.8" in roofline
+  assert re.search(r"\| 3 Triton \+ \d+ fusions \+ 0 cuDNN \|$", roofline), roofline
+
+
+def test_markdown_of_a_missing_file_is_one_line(tmp_path, capsys):
+  assert markdown.main(["markdown", str(tmp_path / "none.json")]) == 2
+  err = capsys.readouterr().err.strip()
+  assert err.count("\n") == 0 and "expected the --json file of experiments.compile_check" in err
 
 
 HLO = """HloModule m
