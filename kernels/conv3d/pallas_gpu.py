@@ -4,8 +4,8 @@ Computes the convolution of an *unpadded* input with implicit zero padding `pads
 stride, plus bias, plus residual, then the activation, all in registers, with one
 store: `y[o] = act(sum_t x[o * s + t - pad_lo] @ w[t] + b + r)` (the conv + bias +
 PReLU + residual unit and the 2x2x2 stride-2 down conv of V-Net, Milletari et al. 2016;
-conv + bias + ReLU of 3D U-Net, Cicek et al. 2016). Only channel padding to a power of
-two (where a layer's count is not one) happens in XLA.
+conv + bias + ReLU of 3D U-Net, Cicek et al. 2016). No activation is padded or copied
+in XLA: only the small operands (w, b, the PReLU slope) are padded to the channel tiles.
 
 Implicit GEMM with masked row gathers: the input `(N, Di, Hi, Wi, C)` is read as rows
 `(N, Di*Hi*Wi, C)` (a free reshape) and the output is written as rows `(N, Do*Ho*Wo,
@@ -39,9 +39,10 @@ once, not once per C_out block); the flat first axis also lifts the 65,535
 limit of the second and third grid axes. Triton dots need every dim >= 16 and
 powers of two, so the channel tiles are (>= 16, a power of two); a layer's activations
 are never padded to them: loads past its channel count are masked (zeros), stores
-past it dropped, and only w, b and the PReLU slope are padded in XLA. Offsets: row indices are int32 (a volume
-has fewer than 2^31 voxels); Pallas multiplies them by the row stride in 64 bits
-whenever an operand exceeds 4 GiB, so large batches need no splitting.
+past it dropped, and only w, b and the PReLU slope are padded in XLA. Offsets: row
+indices are int32 (a volume has fewer than 2^31 voxels); Pallas multiplies them by the
+row stride in 64 bits whenever an operand exceeds 4 GiB, so large batches need no
+splitting.
 
 Precision (`precision=`, a key of `PRECISIONS`): by default float32 inputs go
 through the tensor cores as TF32 (Triton's default for float32 dots on sm_80+:
@@ -107,6 +108,16 @@ class Geometry(NamedTuple):
   @property
   def taps(self) -> int:
     return self.window[0] * self.window[1] * self.window[2]
+
+  @property
+  def in_rows(self) -> int:
+    """Voxels of one input volume (its rows)."""
+    return self.in_dims[0] * self.in_dims[1] * self.in_dims[2]
+
+  @property
+  def out_rows(self) -> int:
+    """Voxels of one output volume (its rows)."""
+    return self.out_dims[0] * self.out_dims[1] * self.out_dims[2]
 
 
 def output_origin(q, geometry: Geometry):
@@ -181,11 +192,10 @@ def conv_kernel(x_ref, w_ref, *refs, geometry: Geometry, block_q: int, block_k: 
   b_ref = refs.pop(0) if has_bias else None
   r_ref = refs.pop(0) if has_residual else None
   s_ref = refs.pop(0) if activation == "prelu" else None
-  out_dims = geometry.out_dims
   block_co = w_ref.shape[1] if geometry.transposed else w_ref.shape[2]
   co0 = pl.multiple_of(jax.lax.rem(pl.program_id(0), n_co) * block_co, block_co)
   q = (pl.program_id(0) // n_co) * block_q + jnp.arange(block_q, dtype=jnp.int32)
-  row_ok = q < out_dims[0] * out_dims[1] * out_dims[2]
+  row_ok = q < geometry.out_rows
   origin = output_origin(q, geometry)
 
   def step(i, acc):
@@ -245,10 +255,11 @@ def dot_precision(dtype, precision: str, interpret: bool):
   return None if interpret or dtype != jnp.float32 else PRECISIONS[precision]
 
 
-def check_rows(*volumes):
-  for shape in volumes:
-    if shape[1] * shape[2] * shape[3] > MAX_ROWS:
-      raise ValueError(f"conv3d: a volume of {shape[1:4]} has more than 2^31-1 voxels "
+def check_rows(geometry: Geometry):
+  """ValueError for an input or output volume with more voxels than int32 row indices reach."""
+  for dims, rows in ((geometry.in_dims, geometry.in_rows), (geometry.out_dims, geometry.out_rows)):
+    if rows > MAX_ROWS:
+      raise ValueError(f"conv3d: a volume of {tuple(dims)} has more than 2^31-1 voxels "
                        "(int32 row indices): tile it, e.g. with medjax.inference.sliding_window")
 
 
@@ -259,8 +270,7 @@ def _call(x, w_flat, b, residual, prelu_slope, *, geometry: Geometry, c_out: int
   to `c_in_p` / `c_out_p` channels). Returns `(N, *out_dims, C_out)` (or the pair)."""
   n, c_in = x.shape[0], x.shape[-1]
   c_in_p = padded_channels(c_in)
-  rows_in = geometry.in_dims[0] * geometry.in_dims[1] * geometry.in_dims[2]
-  q_out = geometry.out_dims[0] * geometry.out_dims[1] * geometry.out_dims[2]
+  rows_in, q_out = geometry.in_rows, geometry.out_rows
   taps = geometry.taps
   n_q, n_co = pl.cdiv(q_out, cfg.block_q), c_out_p // cfg.block_co
   args = [x.reshape(n, rows_in, c_in), w_flat]
@@ -337,13 +347,13 @@ def conv3d(x: jax.Array, w: jax.Array, b: Optional[jax.Array] = None,
   window, in_dims = w.shape[:3], x.shape[1:4]
   out_dims = tuple((d + lo + hi - k) // stride + 1
                    for d, (lo, hi), k in zip(in_dims, pads, window))
-  check_rows(x.shape, (n,) + out_dims)
-  q_out = out_dims[0] * out_dims[1] * out_dims[2]
+  geometry = Geometry(in_dims, out_dims, window, tuple(lo for lo, _ in pads), stride)
+  check_rows(geometry)
   c_in_p = padded_channels(c_in)
-  cfg = config or config_lib.gpu_config(c_in, c_out, q_out, x.dtype.itemsize, batch=n)
+  cfg = config or config_lib.gpu_config(c_in, c_out, geometry.out_rows, x.dtype.itemsize,
+                                        batch=n)
   c_out_p = pl.cdiv(padded_channels(c_out), cfg.block_co) * cfg.block_co
   w_flat = _pad_axis(_pad_axis(w.astype(x.dtype), 3, c_in_p), 4, c_out_p)
-  geometry = Geometry(in_dims, out_dims, window, tuple(lo for lo, _ in pads), stride)
   return _call(x, w_flat.reshape(geometry.taps, c_in_p, c_out_p), b, residual, prelu_slope,
                geometry=geometry, c_out=c_out, c_out_p=c_out_p, cfg=cfg,
                activation=activation, dot_prec=dot_prec, interpret=interpret, name=name,
@@ -369,15 +379,14 @@ def conv3d_input_grad(dz: jax.Array, w: jax.Array, *, in_dims: tuple[int, int, i
   """
   dot_prec = dot_precision(dz.dtype, precision, interpret)
   n, c_src, c_dst = dz.shape[0], w.shape[-1], w.shape[3]  # reads C_out, writes C_in
-  window = w.shape[:3]
-  check_rows(dz.shape, (n,) + tuple(in_dims))
-  q_out = in_dims[0] * in_dims[1] * in_dims[2]
+  geometry = Geometry(dz.shape[1:4], tuple(in_dims), w.shape[:3],
+                      tuple(lo for lo, _ in pads), stride, transposed=True)
+  check_rows(geometry)
   c_src_p = padded_channels(c_src)
-  cfg = config or config_lib.gpu_config(c_src, c_dst, q_out, dz.dtype.itemsize, batch=n)
+  cfg = config or config_lib.gpu_config(c_src, c_dst, geometry.out_rows, dz.dtype.itemsize,
+                                        batch=n)
   c_dst_p = pl.cdiv(padded_channels(c_dst), cfg.block_co) * cfg.block_co
   w_flat = _pad_axis(_pad_axis(w.astype(dz.dtype), 3, c_dst_p), 4, c_src_p)
-  geometry = Geometry(dz.shape[1:4], tuple(in_dims), window, tuple(lo for lo, _ in pads),
-                      stride, transposed=True)
   return _call(dz, w_flat.reshape(geometry.taps, c_dst_p, c_src_p), None, None, None,
                geometry=geometry, c_out=c_dst, c_out_p=c_dst_p, cfg=cfg, activation=None,
                dot_prec=dot_prec, interpret=interpret, name=name, save_preactivation=False)

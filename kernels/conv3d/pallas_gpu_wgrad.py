@@ -97,21 +97,18 @@ def wgrad_config(c_in: int, c_out: int, window: tuple[int, int, int], q_out: int
                      num_warps=num_warps, splits=splits)
 
 
-def wgrad_kernel(x_ref, dz_ref, o_ref, *, geometry, cfg: WgradConfig, rows_per_split: int,
-                 n_ci: int, n_co: int, precision):
+def wgrad_kernel(x_ref, dz_ref, o_ref, *, geometry: Geometry, batch: int, cfg: WgradConfig,
+                 rows_per_split: int, n_ci: int, n_co: int, precision):
   """Refs: x `(N * Li, C_in)` and dz `(N * Lo, C_out)` (whole), out `(G, BLOCK_CI,
   BLOCK_CO)`: the float32 partial sums of this program's rows (or, with one row slice,
   the result in its dtype)."""
-  geometry, batch = geometry
-  in_dims, out_dims, window = geometry.in_dims, geometry.out_dims, geometry.window
   pid = pl.program_id(0)
   co = jax.lax.rem(pid, n_co)
   ci = jax.lax.rem(jax.lax.div(pid, n_co), n_ci)
-  n_groups = window[0] * window[1] * window[2] // cfg.group
+  n_groups = geometry.taps // cfg.group
   tap0 = jax.lax.rem(jax.lax.div(pid, n_co * n_ci), n_groups) * cfg.group
   split = jax.lax.div(pid, n_co * n_ci * n_groups)
-  q_out = out_dims[0] * out_dims[1] * out_dims[2]
-  in_rows = in_dims[0] * in_dims[1] * in_dims[2]
+  q_out, in_rows = geometry.out_rows, geometry.in_rows
   ci0 = pl.multiple_of(ci * cfg.block_ci, cfg.block_ci)
   co0 = pl.multiple_of(co * cfg.block_co, cfg.block_co)
 
@@ -157,32 +154,31 @@ def conv3d_wgrad(x: jax.Array, dz: jax.Array, *, window: tuple[int, int, int],
     `(kd, kh, kw, C_in, C_out)` in `out_dtype` (float32 accumulation).
   """
   dot_prec = dot_precision(x.dtype, precision, interpret)
-  n, di, hi, wi, c_in = x.shape
-  _, do, ho, wo, c_out = dz.shape
-  check_rows(x.shape, dz.shape)
-  q_out = do * ho * wo
-  if n > 1 and n * max(di * hi * wi, q_out) > MAX_ROWS:  # int32 rows: one element at a time
+  n, c_in, c_out = x.shape[0], x.shape[-1], dz.shape[-1]
+  geometry = Geometry(x.shape[1:4], dz.shape[1:4], window, tuple(lo for lo, _ in pads),
+                      stride)
+  check_rows(geometry)
+  in_rows, q_out = geometry.in_rows, geometry.out_rows
+  if n > 1 and n * max(in_rows, q_out) > MAX_ROWS:  # int32 rows: one element at a time
     call = functools.partial(conv3d_wgrad, window=window, pads=pads, stride=stride,
                              interpret=interpret, config=config, precision=precision)
     return sum(call(x[i:i + 1], dz[i:i + 1]) for i in range(n)).astype(out_dtype)
   cfg = config or wgrad_config(c_in, c_out, window, q_out, x.dtype.itemsize, batch=n,
-                               in_rows=di * hi * wi)
+                               in_rows=in_rows)
   c_in_p = pl.cdiv(padded_channels(c_in), cfg.block_ci) * cfg.block_ci
   c_out_p = pl.cdiv(padded_channels(c_out), cfg.block_co) * cfg.block_co
-  taps = window[0] * window[1] * window[2]
+  taps = geometry.taps
   if taps % cfg.group:
     raise ValueError(f"wgrad group {cfg.group} does not divide the {taps} taps")
   n_ci, n_co = c_in_p // cfg.block_ci, c_out_p // cfg.block_co
   n_groups = taps // cfg.group
   rows_per_split = pl.cdiv(pl.cdiv(n * q_out, cfg.splits), cfg.block_q) * cfg.block_q
   # unpadded: the kernel masks the channels past C_in / C_out in its loads
-  x_rows = x.reshape(n * di * hi * wi, c_in)
+  x_rows = x.reshape(n * in_rows, c_in)
   dz_rows = dz.astype(x.dtype).reshape(n * q_out, c_out)
   kernel = functools.partial(
-      wgrad_kernel, cfg=cfg, rows_per_split=rows_per_split, n_ci=n_ci, n_co=n_co,
-      geometry=(Geometry((di, hi, wi), (do, ho, wo), window, tuple(lo for lo, _ in pads),
-                         stride), n),
-      precision=dot_prec)
+      wgrad_kernel, geometry=geometry, batch=n, cfg=cfg, rows_per_split=rows_per_split,
+      n_ci=n_ci, n_co=n_co, precision=dot_prec)
   per_split = n_groups * n_ci * n_co
   direct = cfg.splits == 1  # the kernel writes the result in out_dtype
   partial = pl.pallas_call(
@@ -190,7 +186,7 @@ def conv3d_wgrad(x: jax.Array, dz: jax.Array, *, window: tuple[int, int, int],
       out_shape=jax.ShapeDtypeStruct((cfg.splits, taps, c_in_p, c_out_p),
                                      out_dtype if direct else jnp.float32),
       grid=(cfg.splits * per_split,),
-      in_specs=[pl.BlockSpec((n * di * hi * wi, c_in), lambda j: (0, 0)),
+      in_specs=[pl.BlockSpec((n * in_rows, c_in), lambda j: (0, 0)),
                 pl.BlockSpec((n * q_out, c_out), lambda j: (0, 0))],
       out_specs=pl.BlockSpec(
           (None, cfg.group, cfg.block_ci, cfg.block_co),
