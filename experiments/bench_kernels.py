@@ -34,6 +34,7 @@ from absl import app, flags
 from experiments import cli
 from medjax import layers
 from medjax.bench import torch_conv3d
+from medjax.bench.torch_unet import spread
 from medjax_kernels.conv3d import api as conv3d_api
 from medjax_kernels.conv3d import bench_shapes as conv3d_shapes
 from medjax_kernels.conv3d import reference as conv3d_reference
@@ -65,10 +66,7 @@ def time_fn(fn: Callable, args, reps: int) -> dict:
     t0 = time.perf_counter()
     jax.block_until_ready(compiled(*args))
     times.append(time.perf_counter() - t0)
-  t = np.asarray(times)
-  return dict(compile_s=compile_s, median_s=float(np.median(t)),
-              p25_s=float(np.percentile(t, 25)), p75_s=float(np.percentile(t, 75)),
-              min_s=float(t.min()), max_s=float(t.max()))
+  return dict(compile_s=compile_s, **spread(times, prefix=""))
 
 
 def measure_peak(reps: int) -> dict:

@@ -18,9 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from medjax.bench.torch_unet import require_torch
-
-_DTYPES = {"float32": "float32", "bfloat16": "bfloat16"}
+from medjax.bench.torch_unet import require_torch, spread
 
 
 def _device(torch) -> Any:
@@ -32,7 +30,7 @@ def make_inputs(spec: dict, dtype: str, seed: int = 0) -> dict[str, Any]:
   `bench_shapes.make_inputs` draws them, not the same numbers)."""
   torch = require_torch()
   from medjax_kernels.conv3d import bench_shapes  # pylint: disable=import-outside-toplevel
-  dev, dt = _device(torch), getattr(torch, _DTYPES[dtype])
+  dev, dt = _device(torch), getattr(torch, dtype)
   g = torch.Generator().manual_seed(seed)
   c_in, c_out, k = spec["x"][-1], spec["c_out"], spec["k"]
   out = bench_shapes.out_shape(spec)
@@ -107,7 +105,4 @@ def time_torch(spec: dict, dtype: str, direction: str, reps: int) -> dict[str, f
     run()
     sync()
     times.append(time.perf_counter() - t0)
-  a = np.asarray(times)
-  return dict(compile_s=first, median_s=float(np.median(a)),
-              p25_s=float(np.percentile(a, 25)), p75_s=float(np.percentile(a, 75)),
-              min_s=float(a.min()), max_s=float(a.max()))
+  return dict(compile_s=first, **spread(times, prefix=""))

@@ -173,9 +173,10 @@ def time_training(model_cfg: dict, loss_cfg: dict, *, in_channels: int, num_clas
               torch_version=torch.__version__, loss=name)
 
 
-def spread(times: np.ndarray) -> dict:
-  """Median, quartiles and range of per-step times (seconds)."""
+def spread(times: np.ndarray, prefix: str = "step_") -> dict:
+  """Median, quartiles and range of timed runs (seconds), keys `<prefix>median_s`,
+  `<prefix>p25_s`, `<prefix>p75_s`, `<prefix>min_s`, `<prefix>max_s`."""
   t = np.asarray(times, np.float64)
-  return dict(step_median_s=float(np.median(t)), step_p25_s=float(np.percentile(t, 25)),
-              step_p75_s=float(np.percentile(t, 75)), step_min_s=float(t.min()),
-              step_max_s=float(t.max()))
+  return {f"{prefix}median_s": float(np.median(t)), f"{prefix}p25_s": float(np.percentile(t, 25)),
+          f"{prefix}p75_s": float(np.percentile(t, 75)), f"{prefix}min_s": float(t.min()),
+          f"{prefix}max_s": float(t.max())}
