@@ -298,41 +298,36 @@ class RunPredictor:
     themselves). The output has the input's shape, so the input's affine
     and spacing apply to it.
     """
-    if self.plan is None:
-      return self.predict(volume.array, name=name)
-    image = self._checked(volume.array, name)
-    image, record = preprocessing.preprocess_for_inference(
-        image, tuple(float(s) for s in volume.spacing), volume.affine, self.plan, name=name)
-    labels, probs = self.predict(image, name=name)
-    probs = preprocessing.to_native(probs, record, kind="probabilities")
-    if isinstance(self.segmenter, CascadeSegmenter):
-      labels = preprocessing.to_native(labels, record, kind="labels")
-    else:
-      labels = probs.argmax(-1).astype(np.uint8)
-    return np.asarray(labels, np.uint8), probs
+    labels, probs, _ = self._on_input_grid(volume, name, self.predict)
+    return labels, probs
 
   def predict_volume_uncertainty(self, volume, *, name: str = "image"
                                  ) -> tuple[np.ndarray, np.ndarray, dict]:
     """`predict_uncertainty` on the grid of `volume`: `(labels, probabilities, maps)`.
 
-    Without a plan this is `predict_uncertainty(volume.array)`. With one, the volume is
-    preprocessed as in `predict_volume`, and the probabilities and every map are mapped
-    back onto the input's grid (`preprocessing.to_native`: maps linearly, 0 outside the
-    crop box, where the prediction is a certain background); labels are the argmax of
-    the probabilities (a cascade's, following its rule, are mapped back themselves).
+    As `predict_volume`; with a plan every map is mapped back onto the input's grid too
+    (`preprocessing.to_native` kind "map": linearly, 0 outside the crop box, where the
+    prediction is a certain background).
     """
+    return self._on_input_grid(volume, name, self.predict_uncertainty)
+
+  def _on_input_grid(self, volume, name: str, predict) -> tuple[np.ndarray, np.ndarray, dict]:
+    """`predict` (`predict` or `predict_uncertainty`) of `volume`, with the plan's
+    preprocessing and its inverse when the run has one; `(labels, probs, maps)`."""
     if self.plan is None:
-      return self.predict_uncertainty(volume.array, name=name)
+      labels, probs, *maps = predict(volume.array, name=name)
+      return labels, probs, (maps[0] if maps else {})
     image = self._checked(volume.array, name)
     image, record = preprocessing.preprocess_for_inference(
         image, tuple(float(s) for s in volume.spacing), volume.affine, self.plan, name=name)
-    labels, probs, maps = self.predict_uncertainty(image, name=name)
+    labels, probs, *maps = predict(image, name=name)
     probs = preprocessing.to_native(probs, record, kind="probabilities")
     if isinstance(self.segmenter, CascadeSegmenter):
       labels = preprocessing.to_native(labels, record, kind="labels")
     else:
       labels = probs.argmax(-1).astype(np.uint8)
-    maps = {k: preprocessing.to_native(v, record, kind="map") for k, v in maps.items()}
+    maps = {k: preprocessing.to_native(v, record, kind="map")
+            for k, v in (maps[0] if maps else {}).items()}
     return np.asarray(labels, np.uint8), probs, maps
 
   def probabilities(self, image: np.ndarray, *, name: str = "image") -> np.ndarray:
