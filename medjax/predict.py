@@ -359,7 +359,7 @@ def predict_folder(workdir, input_path: str, output: str, *, mirror: bool = Fals
                        "post-processing rules (each member's were decided on its own "
                        "validation predictions)")
     predictor = load_ensemble(members, mirror=mirror)
-    workdir, rules = members[0], None
+    rules = None
     source = f"deep ensemble of {len(members)} runs, entropy of their mean"
   else:
     workdir, options, source = members[0], {}, ""
