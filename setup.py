@@ -4,7 +4,7 @@ Versions are pinned so that a fresh install is the one the test suite ran on
 (CPU, Python 3.11). `pip install -e ".[test]"` adds the test tools; the `gpu`
 extra pulls the CUDA build of jaxlib.
 """
-from setuptools import setup
+from setuptools import find_packages, setup
 
 INSTALL_REQUIRES = [
     "jax==0.10.2",
@@ -26,7 +26,7 @@ INSTALL_REQUIRES = [
     "protobuf==7.36.2",
     "nibabel==5.4.2",  # NIfTI
     "pydicom==3.0.2",  # DICOM series
-    "highdicom==0.28.2",  # DICOM Segmentation objects for PACS viewers (medjax.data.dicom_seg)
+    "highdicom==0.28.2",  # DICOM Segmentation objects for PACS viewers (medjax.data.io.dicom_seg)
     "pynrrd==1.1.3",  # NRRD
     "safetensors==0.8.0",  # pretrained weights without PyTorch or pickles (medjax.weights)
 ]
@@ -36,28 +36,12 @@ setup(
     version="0.1.0",
     description="JAX/Flax deep learning for medical images: models, losses, metrics, Pallas kernels.",
     python_requires=">=3.11",
-    packages=[
-        "medjax",
-        "medjax.models",
-        "medjax.weights",
-        "medjax.data",
-        "medjax.train",
-        "medjax.train.tasks",
-        "medjax.sweep",
-        "medjax.bench",
-        "medjax.bench.compile_check",
-        "medjax_kernels",
-        "medjax_kernels.conv3d",
-        "medjax_kernels.soft_dice",
-        "experiments",
-        "experiments.configs",
-    ],
-    # `kernels/` installs as `medjax_kernels`: PyPI has an unrelated `kernels`.
-    package_dir={
-        "medjax_kernels": "kernels",
-        "medjax_kernels.conv3d": "kernels/conv3d",
-        "medjax_kernels.soft_dice": "kernels/soft_dice",
-    },
+    # every package below medjax/ and experiments/; `kernels/` installs as `medjax_kernels`
+    # (PyPI has an unrelated `kernels`). `benchmarks/` is not installed: run it from a clone.
+    packages=(find_packages(include=["medjax", "medjax.*", "experiments", "experiments.*"])
+              + ["medjax_kernels"]
+              + [f"medjax_kernels.{name}" for name in find_packages("kernels")]),
+    package_dir={"medjax_kernels": "kernels"},
     install_requires=INSTALL_REQUIRES,
     extras_require={
         # torch (CPU) checks the torchvision importer against PyTorch (tests/test_weights_torchvision.py);

@@ -49,11 +49,11 @@ a summary line says how many were skipped and the exit status is 2.
 Outputs are written to a temporary name and renamed, so an interrupted run
 never leaves a truncated file, and nothing already in `DIR` is deleted.
 `--workdir=runs/a,runs/b,runs/c` segments with the deep ensemble of those runs
-(Lakshminarayanan et al. 2017; `medjax.train.predictor.load_ensemble`): the mean of
+(Lakshminarayanan et al. 2017; `medjax.inference.run_predictor.load_ensemble`): the mean of
 their probabilities, `--uncertainty` its entropy. The members must share classes,
 dimensions, input channels and preprocessing plan; an ensemble has no post-processing
 rules (`--postprocess` is refused).
-The work is done by `medjax.predict.predict_folder`.
+The work is done by `medjax.inference.predict_files.predict_folder`.
 """
 from __future__ import annotations
 
@@ -62,8 +62,8 @@ import sys
 from absl import app, flags, logging
 
 from experiments import cli
-from medjax import predict
 from medjax.errors import InputError
+from medjax.inference import predict_files
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Workdir of a trained run (or of a cascade); several, "
@@ -80,7 +80,7 @@ flags.DEFINE_bool("uncertainty", False, "Also write <case>_entropy.nii.gz (MC dr
 flags.DEFINE_integer("samples", 20, "MC-dropout passes for --uncertainty.")
 flags.DEFINE_bool("postprocess", None, "Apply the run's post-processing rules "
                   "(postprocessing.json). Default: when the workdir has them.")
-flags.DEFINE_enum("format", "nifti", predict.FORMATS, "nifti: NIfTI outputs; dicom-seg: also a "
+flags.DEFINE_enum("format", "nifti", predict_files.FORMATS, "nifti: NIfTI outputs; dicom-seg: also a "
                   "DICOM Segmentation <case>_seg.dcm for each DICOM series input.")
 flags.mark_flags_as_required(["workdir", "input", "output"])
 
@@ -91,7 +91,7 @@ def main(argv):
   if not FLAGS["verbosity"].present:  # orbax logs at INFO
     logging.set_verbosity(logging.WARNING)
   try:
-    failed = predict.predict_folder(FLAGS.workdir, FLAGS.input, FLAGS.output, mirror=FLAGS.mirror,
+    failed = predict_files.predict_folder(FLAGS.workdir, FLAGS.input, FLAGS.output, mirror=FLAGS.mirror,
                                     probabilities=FLAGS.probabilities,
                                     uncertainty=FLAGS.uncertainty, samples=FLAGS.samples,
                                     postprocess=FLAGS.postprocess, output_format=FLAGS.format)

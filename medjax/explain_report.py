@@ -27,9 +27,10 @@ import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 from medjax import explain  # pylint: disable=wrong-import-position
-from medjax.data import transforms  # pylint: disable=wrong-import-position
+from medjax.data.pipeline import transforms  # pylint: disable=wrong-import-position
 from medjax.errors import InputError  # pylint: disable=wrong-import-position
-from medjax.train import predictor, restore, sources  # pylint: disable=wrong-import-position
+from medjax.inference import restore, run_predictor
+from medjax.train import config_data  # pylint: disable=wrong-import-position
 from medjax.train.report import focus_slice  # pylint: disable=wrong-import-position
 from medjax.train.workdir import Workdir, atomic_write  # pylint: disable=wrong-import-position
 
@@ -229,7 +230,7 @@ def load_case(config, case: str) -> tuple[np.ndarray, Optional[np.ndarray]]:
   """Test case `case` of `config`'s dataset as the network sees it: the image
   `(*S, C)` normalised as in training, and its dense labels `(*S)` after
   `config.label_map` (None for an image-level label)."""
-  example = find_case(sources.load_split(config, "test"), case)
+  example = find_case(config_data.load_split(config, "test"), case)
   raw = transforms.check_image(example["image"], case)
   image = transforms.normalize_ct_channels(raw[..., None] if raw.ndim == len(config.patch_size)
                                            else raw).astype(np.float32)
@@ -279,7 +280,7 @@ def explain_case(workdir: str, case: str, *, methods: Sequence[str] = explain.ME
   """
   methods = check_methods(methods)
   run_dir = Workdir(os.fspath(workdir))
-  if predictor.is_cascade(run_dir.read_config()):
+  if run_predictor.is_cascade(run_dir.read_config()):
     raise InputError(f"--workdir={workdir}: a cascade; explain one of its stages "
                      f"(--workdir={os.path.join(os.fspath(workdir), 'stage2')})")
   config, model, variables = restore.load_run(run_dir)

@@ -17,10 +17,10 @@ to tasks far from the source (e.g. medical images from ImageNet features).
   instead of the closed-form ridge probe here), `finetune` trains it all or
   all but some frozen stages (Tajbakhsh et al. 2016); warm start in
   `medjax.train.warm_start`, frozen stages and per-stage learning rates in
-  `medjax.train.freeze` / `medjax.train.optim`.
+  `medjax.train.optim`.
 
 No pretrained weights are downloaded (there is no network at run time); load
-your own checkpoint (`medjax.train.restore.load_run`) or weights file
+your own checkpoint (`medjax.inference.restore.load_run`) or weights file
 (`medjax.weights`) into `variables`.
 """
 from __future__ import annotations

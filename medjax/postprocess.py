@@ -25,10 +25,10 @@ nothing is not kept.
 
 API (used by the segmentation task's evaluation and by `experiments.predict`):
 
-  rules = postprocess.load_rules(workdir)     # -> tuple[Rule, ...] | None
+  rules = Workdir.of(workdir).read_postprocessing_rules()   # -> tuple[Rule, ...] | None
   labels = postprocess.apply(labels, rules, spacing)   # (*S) int -> (*S), same dtype
 
-`load_rules` returns None when the workdir has no `postprocessing.json` (a run
+`read_postprocessing_rules` (`medjax.train.workdir`, the owner of the file) returns None when the workdir has no `postprocessing.json` (a run
 evaluated before post-processing existed, or with `config.eval.postprocess`
 off) and an empty tuple when the validation split kept no rule; `apply` with
 None or () returns the labels unchanged. `postprocessing.json` holds
@@ -38,9 +38,7 @@ applied, and the validation Dice of every rule tried.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-from typing import Iterable, Mapping, Optional, Sequence, Union
+from typing import Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -127,7 +125,7 @@ def apply(labels, rules: Optional[Rules], spacing: Sequence[float]) -> np.ndarra
 
   Args:
     labels: integer label map `(*S)` (0 = background).
-    rules: from `load_rules` / `decide`; None or () leaves `labels` unchanged.
+    rules: from `Workdir.read_postprocessing_rules` / `decide`; None or () leaves `labels` unchanged.
     spacing: voxel size in mm, one value per axis of `labels`.
   Returns:
     The post-processed label map `(*S)`, same dtype (removed voxels are 0).
@@ -251,20 +249,3 @@ def rules_from_json(raw: Mapping, *, path: str = "postprocessing.json") -> tuple
   except (KeyError, TypeError, ValueError) as e:
     raise InputError(f"{path}: malformed post-processing rules ({type(e).__name__}: {e}); "
                      "expected {'rules': [{'kind': ..., 'classes': [...]}, ...]}") from None
-
-
-def load_rules(workdir: Union[str, os.PathLike, "Workdir"]) -> Optional[tuple[Rule, ...]]:  # noqa: F821
-  """The post-processing rules stored in a run's workdir, or None if it has none.
-
-  A cascade's workdir holds the rules of its joint prediction.
-  """
-  from medjax.train.workdir import Workdir  # medjax.train imports this module
-  path = Workdir.of(workdir).postprocessing_path
-  if not os.path.exists(path):
-    return None
-  try:
-    with open(path) as f:
-      raw = json.load(f)
-  except (OSError, ValueError) as e:
-    raise InputError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
-  return rules_from_json(raw, path=path)

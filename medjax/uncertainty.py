@@ -23,7 +23,7 @@ The samples of one method:
 * test-time augmentation (`tta_fn`): the `2^len(axes)` flips of the input,
   predicted in one batch and flipped back.
 * deep ensembles (`summarize_samples` of the members' probabilities;
-  `medjax.train.predictor.load_ensemble` over several workdirs).
+  `medjax.inference.run_predictor.load_ensemble` over several workdirs).
 
 Through the sliding window (`medjax.inference.sliding_window`), a window
 function returns `moments`: the mean probabilities plus two channels, the
@@ -109,7 +109,7 @@ def summarize_samples(samples: jax.Array) -> dict:
 
 def prediction_maps(prediction: tuple) -> dict:
   """The uncertainty maps of a prediction `(labels, probs (*S, K)[, maps])`
-  (a segmenter's output, `medjax.train.predictor`): its maps, else
+  (a segmenter's output, `medjax.inference.run_predictor`): its maps, else
   `{"entropy": predictive_entropy(probs)}` `(*S,)` float32."""
   if len(prediction) > 2:
     return dict(prediction[2])

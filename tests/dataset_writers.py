@@ -183,7 +183,7 @@ def write_medmnist(root: str, flag: str, size: int = 28, *,
   Returns `{"train": {"images", "labels"}, "validation": ..., "test": ...}`
   as stored (labels `(N, 1)`, chestmnist `(N, 14)`).
   """
-  from medjax.data import medmnist  # pylint: disable=g-import-not-at-top
+  from medjax.data.builders import medmnist  # pylint: disable=g-import-not-at-top
   info = medmnist.FLAGS[flag]
   rng = np.random.default_rng(seed)
   arrays, truth = {}, {}

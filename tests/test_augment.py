@@ -1,4 +1,4 @@
-"""Augmentation on the device (medjax.data.augment) and inside the SPMD step."""
+"""Augmentation on the device (medjax.data.pipeline.augment) and inside the SPMD step."""
 import dataclasses
 
 import jax
@@ -11,7 +11,7 @@ from jax.sharding import PartitionSpec as P
 
 from experiments.configs import unet3d_synthetic
 from medjax import parallel
-from medjax.data import augment
+from medjax.data.pipeline import augment
 from medjax.errors import InputError
 from medjax.models import UNet
 from medjax.train.state import TrainState

@@ -11,10 +11,13 @@ import pytest
 
 from experiments.configs import cascade_synthetic
 from medjax import inference
-from medjax.data import io, synthetic, transforms
-from medjax.data.crop import OrganCropSource, crop_to_bbox, organ_bbox, paste_from_bbox
+from medjax.data import io
+from medjax.data.phantoms import organ_ct
+from medjax.data.pipeline import transforms
+from medjax.data.pipeline.crop import OrganCropSource, crop_to_bbox, organ_bbox, paste_from_bbox
 from medjax.errors import InputError
-from medjax.train import loop, predictor, run
+from medjax.inference import run_predictor
+from medjax.train import loop, run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -52,11 +55,11 @@ def test_cascade_trains_both_stages_and_scores_the_joint_map(cascade_run):
 def test_loaded_cascade_reproduces_the_evaluation(cascade_run):
   """`load_predictor` on the cascade workdir segments a test case as the evaluation did."""
   config, workdir = cascade_run["config"], cascade_run["workdir"]
-  loaded = predictor.load_predictor(str(workdir))
-  assert isinstance(loaded.segmenter, predictor.CascadeSegmenter)
+  loaded = run_predictor.load_predictor(str(workdir))
+  assert isinstance(loaded.segmenter, run_predictor.CascadeSegmenter)
   assert loaded.class_names == ("background", "organ", "tumour")
-  from medjax.train.sources import load_split
   from medjax import metrics
+  from medjax.train.config_data import load_split
   case = load_split(config, "test")[0]
   labels, probs = loaded.predict(np.asarray(case["image"]))
   assert labels.shape == case["label"].shape and probs.shape == labels.shape + (3,)
@@ -69,7 +72,7 @@ def test_loaded_cascade_reproduces_the_evaluation(cascade_run):
 
 def test_predict_accepts_a_cascade_workdir(cascade_run, tmp_path):
   workdir = cascade_run["workdir"]
-  image, _ = synthetic.make_volume(7, shape=(16, 32, 32))
+  image, _ = organ_ct.make_volume(7, shape=(16, 32, 32))
   affine = np.diag([0.8, 0.8, 2.5, 1.0])
   io.write_nifti(tmp_path / "scan.nii.gz", image, affine)
   out = tmp_path / "out"
@@ -81,7 +84,7 @@ def test_predict_accepts_a_cascade_workdir(cascade_run, tmp_path):
       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr
   seg = io.read_image(out / "scan_seg.nii.gz").array
-  expected = predictor.load_predictor(str(workdir)).segment(image)
+  expected = run_predictor.load_predictor(str(workdir)).segment(image)
   np.testing.assert_array_equal(seg, expected)
 
 
@@ -181,7 +184,7 @@ def test_cascade_honours_each_stage_mirror_axes():
 
 def test_stage_configs_merge_the_overrides():
   config = cascade_synthetic.get_config("smoke")
-  stage1, stage2 = predictor.stage_configs(config)
+  stage1, stage2 = run_predictor.stage_configs(config)
   assert stage1.task == stage2.task == "segmentation"
   assert "cascade" not in stage1 and tuple(stage1.label_map) == (0, 1, 1)
   assert tuple(stage2.crop_margin) == (2, 6, 6) and stage2.num_classes == 2

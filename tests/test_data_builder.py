@@ -5,8 +5,8 @@ import threading
 import numpy as np
 import pytest
 
-from medjax.data import datasets
-from medjax.data.synthetic_organs import SyntheticOrgans, SyntheticOrgansConfig
+from medjax.data.builders import datasets
+from medjax.data.builders.synthetic_organs import SyntheticOrgans, SyntheticOrgansConfig
 from medjax.errors import InputError
 
 TINY_3D = SyntheticOrgansConfig(

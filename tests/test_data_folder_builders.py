@@ -2,11 +2,12 @@
 import json
 import os
 
+import dataset_writers as writers
 import numpy as np
 import pytest
 
-import dataset_writers as writers
-from medjax.data import datasets, folder_datasets, preprocessing, shard_writing, splits
+from medjax.data.builders import datasets, folder_datasets, shard_writing, splits
+from medjax.data.preprocessing import apply_plan
 from medjax.errors import InputError
 
 
@@ -25,7 +26,7 @@ def _assert_maps_back(example, truth):
   record = json.loads(example["record"])
   np.testing.assert_allclose(record["original_affine"], truth["affine"], atol=1e-5)
   np.testing.assert_allclose(record["original_spacing"], truth["spacing"], rtol=1e-6)
-  np.testing.assert_array_equal(preprocessing.to_native(example["label"], record), truth["label"])
+  np.testing.assert_array_equal(apply_plan.to_native(example["label"], record), truth["label"])
 
 
 def _prepared(folder):
@@ -138,7 +139,7 @@ def test_written_straight_to_the_shard_in_case_order(tmp_path, monkeypatch):
   meta = _metadata(tmp_path / "data", "nnunet_raw", raw)
   stored = [source[i]["case"].decode() for i in range(len(source))]
   assert stored == meta["cases"]["train"] == ["a", "b", "c", "d"]
-  np.testing.assert_array_equal(preprocessing.to_native(source[2]["label"], json.loads(
+  np.testing.assert_array_equal(apply_plan.to_native(source[2]["label"], json.loads(
       source[2]["record"])), truth["c"]["label"])
 
 

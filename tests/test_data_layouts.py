@@ -2,11 +2,12 @@
 import json
 import os
 
+import dataset_writers as writers
 import numpy as np
 import pytest
 
-import dataset_writers as writers
-from medjax.data import io, raw_layouts
+from medjax.data import io
+from medjax.data.builders import raw_layouts
 from medjax.errors import InputError
 
 

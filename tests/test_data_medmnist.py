@@ -2,11 +2,11 @@
 import os
 import zipfile
 
+import dataset_writers as writers
 import numpy as np
 import pytest
 
-import dataset_writers as writers
-from medjax.data import datasets, medmnist
+from medjax.data.builders import datasets, medmnist
 from medjax.errors import InputError
 
 
@@ -111,11 +111,11 @@ def test_truncated_array_inside_the_archive(tmp_path):
 
 
 def test_grey_flag_feeds_the_classification_pipeline(tmp_path):
-  from medjax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from medjax.data.pipeline import loaders  # pylint: disable=g-import-not-at-top
   truth = writers.write_medmnist(str(tmp_path / "raw"), "pneumoniamnist", counts=(4, 1, 1))
   source = datasets.load_source("medmnist/pneumoniamnist", "train", str(tmp_path / "data"),
                                 manual_dir=str(tmp_path / "raw"))
-  batch = next(pipeline.classification_batches(source, global_batch_size=4, seed=0, num_steps=1,
+  batch = next(loaders.classification_batches(source, global_batch_size=4, seed=0, num_steps=1,
                                                label_key="label"))
   assert batch["image"].shape == (4, 28, 28, 1)
   assert sorted(batch["label"].tolist()) == sorted(truth["train"]["labels"][:, 0].tolist())
@@ -124,13 +124,13 @@ def test_grey_flag_feeds_the_classification_pipeline(tmp_path):
 def test_rgb_flag_feeds_the_classification_pipeline_with_three_channels(tmp_path):
   """pathmnist (RGB): `(B, 28, 28, 3)` batches, every channel scaled as the config's
   `intensity_stats`; a grey dataset read as 3 channels is one line naming the image."""
-  from medjax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from medjax.data.pipeline import loaders  # pylint: disable=g-import-not-at-top
   truth = writers.write_medmnist(str(tmp_path / "raw"), "pathmnist", counts=(4, 1, 1))
   source = datasets.load_source("medmnist/pathmnist", "train", str(tmp_path / "data"),
                                 manual_dir=str(tmp_path / "raw"))
-  batch = next(pipeline.classification_batches(
+  batch = next(loaders.classification_batches(
       source, global_batch_size=4, seed=0, num_steps=1, label_key="label", channels=3,
-      normalize=pipeline.fixed_window(127.5, 64.0)))
+      normalize=loaders.fixed_window(127.5, 64.0)))
   assert batch["image"].shape == (4, 28, 28, 3) and batch["image"].dtype == np.float32
   stored = (truth["train"]["images"].astype(np.float32) - 127.5) / 64.0
   got = sorted(batch["image"].reshape(4, -1).tolist())
@@ -140,7 +140,7 @@ def test_rgb_flag_feeds_the_classification_pipeline_with_three_channels(tmp_path
   source = datasets.load_source("medmnist/pneumoniamnist", "train", str(tmp_path / "data"),
                                 manual_dir=str(tmp_path / "raw_grey"))
   with pytest.raises(InputError, match=r"expected 3 channels on its last axis"):
-    next(pipeline.classification_batches(source, global_batch_size=2, seed=0, num_steps=1,
+    next(loaders.classification_batches(source, global_batch_size=2, seed=0, num_steps=1,
                                          label_key="label", channels=3))
 
 
@@ -148,8 +148,10 @@ def test_an_rgb_flag_trains_and_evaluates(tmp_path):
   """`convnet_medmnist.py:pathmnist,smoke` end to end on a small random RGB file: the
   ConvNet's first kernel takes 3 channels, and the test images are scored."""
   import jax  # pylint: disable=g-import-not-at-top
+
   from experiments.configs import convnet_medmnist  # pylint: disable=g-import-not-at-top
-  from medjax.train import loop, restore  # pylint: disable=g-import-not-at-top
+  from medjax.inference import restore
+  from medjax.train import loop  # pylint: disable=g-import-not-at-top
   writers.write_medmnist(str(tmp_path / "raw"), "pathmnist", counts=(8, 2, 3))
   config = convnet_medmnist.get_config("pathmnist,smoke")
   assert config.in_channels == 3

@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from medjax.data import datasets, pipeline, synthetic, synthetic_patches
-from medjax.data.synthetic_organs import SEED_OFFSETS, SyntheticOrgans
+from medjax.data.builders import datasets
+from medjax.data.builders.synthetic_organs import SEED_OFFSETS, SyntheticOrgans
+from medjax.data.phantoms import organ_ct, organ_patches
+from medjax.data.pipeline import loaders
 from medjax.errors import InputError
 
 GEOMETRY_2D = dict(ndim=2, shape=(128, 128), spacing=(0.8, 0.8), patch_size=(32, 32))
@@ -16,7 +18,7 @@ TINY = dict(shape=(48, 48), patch_size=(16, 16),
 @pytest.fixture(scope="module")
 def default_2d():
   """90 patches of the default 2D geometry (30 per class), train seeds."""
-  return list(synthetic_patches.generate(0, 90, per_image=2, **GEOMETRY_2D))
+  return list(organ_patches.generate(0, 90, per_image=2, **GEOMETRY_2D))
 
 
 @pytest.fixture(scope="module")
@@ -32,12 +34,12 @@ def test_builtin_patch_configs():
   for name, patch in (("patches2d", (32, 32)), ("patches3d", (16, 32, 32))):
     assert configs[name].patch_size == patch
     assert dict(configs[name].split_sizes) == {"train": 3000, "validation": 500, "test": 1000}
-  assert synthetic_patches.class_counts(3000) == (1000, 1000, 1000)
-  assert synthetic_patches.class_counts(7) == (3, 2, 2)
+  assert organ_patches.class_counts(3000) == (1000, 1000, 1000)
+  assert organ_patches.class_counts(7) == (3, 2, 2)
 
 
 def test_generation_is_deterministic_and_balanced(default_2d):
-  again = list(synthetic_patches.generate(0, 90, per_image=2, **GEOMETRY_2D))
+  again = list(organ_patches.generate(0, 90, per_image=2, **GEOMETRY_2D))
   for a, b in zip(default_2d, again, strict=True):
     np.testing.assert_array_equal(a["image"], b["image"])
     assert a["label"] == b["label"] and a["image_index"] == b["image_index"]
@@ -50,7 +52,7 @@ def test_generation_is_deterministic_and_balanced(default_2d):
 def test_patches_are_cut_from_the_synthetic_slices_unchanged(default_2d):
   """Same pixels as the slice of that seed: the volumes' contrast, blur and noise."""
   for patch in default_2d[:12]:
-    image, label, lesion = synthetic.make_slice(patch["image_index"], (128, 128), (0.8, 0.8))
+    image, label, lesion = organ_ct.make_slice(patch["image_index"], (128, 128), (0.8, 0.8))
     assert lesion == 1  # slices without a tumour are skipped
     box = tuple(slice(c - 16, c + 16) for c in patch["centre"])
     np.testing.assert_array_equal(patch["image"], image[box])
@@ -96,7 +98,7 @@ def test_tumour_patches_are_as_hard_as_the_volumes(default_2d):
 
 
 def test_3d_patches():
-  patches = list(synthetic_patches.generate(
+  patches = list(organ_patches.generate(
       7, 6, ndim=3, shape=(16, 48, 48), spacing=(2.5, 0.8, 0.8), patch_size=(8, 16, 16),
       per_image=2))
   assert [p["label"] for p in patches] == [0, 0, 1, 1, 2, 2]
@@ -111,7 +113,7 @@ def test_builder_splits_are_disjoint_and_balanced(tiny_splits):
   for split, examples in tiny_splits.items():
     assert len(examples) == sizes[split]
     counts = np.bincount([int(ex["label"]) for ex in examples], minlength=3)
-    assert counts.tolist() == list(synthetic_patches.class_counts(sizes[split]))
+    assert counts.tolist() == list(organ_patches.class_counts(sizes[split]))
     assert sorted(ex["case"] for ex in examples) == [
         f"{split}_{i:05d}".encode() for i in range(sizes[split])]
     assert all(ex["source"].startswith(split.encode()) for ex in examples)
@@ -124,7 +126,7 @@ def test_builder_splits_are_disjoint_and_balanced(tiny_splits):
   # a test patch comes from the slice of seed SEED_OFFSETS["test"] + its source index
   ex = next(e for e in tiny_splits["test"] if e["case"] == b"test_00000")
   index = int(ex["source"].decode().split("_")[1])
-  image, _, _ = synthetic.make_slice(SEED_OFFSETS["test"] + index, (48, 48), (0.8, 0.8))
+  image, _, _ = organ_ct.make_slice(SEED_OFFSETS["test"] + index, (48, 48), (0.8, 0.8))
   box = tuple(slice(c - 8, c + 8) for c in ex["centre"])
   np.testing.assert_array_equal(ex["image"], image[box])
 
@@ -133,23 +135,23 @@ def test_classification_batches_read_patch_labels_in_3d():
   rng = np.random.default_rng(0)
   source = [{"image": rng.normal(50, 20, (4, 6, 6)).astype(np.float32), "label": np.int64(i % 3),
              "case": f"p{i}"} for i in range(6)]
-  norm = pipeline.fixed_window(50.0, 125.0)
-  batches = list(pipeline.classification_batches(
+  norm = loaders.fixed_window(50.0, 125.0)
+  batches = list(loaders.classification_batches(
       source, global_batch_size=6, seed=0, num_steps=1, label_key="label", normalize=norm,
       flip_axes=(1, 2), image_shape=(4, 6, 6)))
   assert batches[0]["image"].shape == (6, 4, 6, 6, 1)
   assert sorted(batches[0]["label"].tolist()) == [0, 0, 1, 1, 2, 2]
   # fixed window: (x - 50) / 125, not the image's own z-score
-  _, image, _ = next(pipeline.classification_images(source, label_key="label", normalize=norm))
+  _, image, _ = next(loaders.classification_images(source, label_key="label", normalize=norm))
   np.testing.assert_allclose(image[..., 0], (np.clip(source[0]["image"], -200, 300) - 50) / 125,
                              rtol=1e-5)
   with pytest.raises(InputError, match=r"p0: image shape \(4, 6, 6\); expected \(32, 32\)"):
-    list(pipeline.classification_batches(source, global_batch_size=2, seed=0, num_steps=1,
+    list(loaders.classification_batches(source, global_batch_size=2, seed=0, num_steps=1,
                                          label_key="label", image_shape=(32, 32)))
   with pytest.raises(InputError, match="p0: no 'lesion' feature"):
-    list(pipeline.classification_batches(source, global_batch_size=2, seed=0, num_steps=1))
+    list(loaders.classification_batches(source, global_batch_size=2, seed=0, num_steps=1))
   with pytest.raises(InputError, match="axis 3 out of range for 3D images"):
-    list(pipeline.classification_batches(source, global_batch_size=2, seed=0, num_steps=1,
+    list(loaders.classification_batches(source, global_batch_size=2, seed=0, num_steps=1,
                                          label_key="label", flip_axes=(3,)))
 
 

@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from medjax.data import patches, pipeline, synthetic, transforms
+from medjax.data.phantoms import organ_ct
+from medjax.data.pipeline import loaders, patches, transforms
 from medjax.errors import InputError
 
 PATCH = (8, 12, 12)
@@ -12,7 +13,7 @@ PATCH = (8, 12, 12)
 def cases():
   out = []
   for seed in range(3):
-    image, label = synthetic.make_volume(seed, shape=(16, 24, 24))
+    image, label = organ_ct.make_volume(seed, shape=(16, 24, 24))
     out.append({"image": image, "label": label, "spacing": np.array([2.5, 0.8, 0.8], np.float32),
                 "case": f"train_{seed}".encode()})
   return out
@@ -22,7 +23,7 @@ def cases():
 def slices():
   out = []
   for seed in range(10):
-    image, label, lesion = synthetic.make_slice(seed, shape=(32, 32))
+    image, label, lesion = organ_ct.make_slice(seed, shape=(32, 32))
     out.append({"image": image, "label": label, "lesion": lesion, "case": f"s{seed}"})
   return out
 
@@ -118,7 +119,7 @@ def test_uniform_patches_cover_the_volume():
 def _batches(cases, **kw):
   args = dict(patch_size=PATCH, global_batch_size=4, seed=3, num_steps=5)
   args.update(kw)
-  return list(pipeline.train_batches(cases, **args))
+  return list(loaders.train_batches(cases, **args))
 
 
 def test_train_batches_shapes_and_dtypes(cases):
@@ -163,10 +164,10 @@ def test_processes_read_disjoint_shares_of_the_global_batch(cases):
 
 
 def test_foreground_fraction_of_each_batch_is_forced(cases):
-  assert pipeline.num_foreground_samples(4, 0.33) == 1
-  assert pipeline.num_foreground_samples(2, 0.1) == 1  # at least one
-  assert pipeline.num_foreground_samples(9, 0.33) == 3
-  assert pipeline.num_foreground_samples(8, 0.0) == 0
+  assert loaders.num_foreground_samples(4, 0.33) == 1
+  assert loaders.num_foreground_samples(2, 0.1) == 1  # at least one
+  assert loaders.num_foreground_samples(9, 0.33) == 3
+  assert loaders.num_foreground_samples(8, 0.0) == 0
   batches = _batches(cases, global_batch_size=6, foreground_fraction=0.5, num_steps=12)
   for b in batches:
     assert np.all([(lab > 0).any() for lab in b["label"][3:]])  # the last 3 are forced
@@ -183,7 +184,7 @@ def test_train_batches_reject_bad_data(cases):
 
 
 def test_eval_cases_yield_full_normalized_cases(cases):
-  out = list(pipeline.eval_cases(cases))
+  out = list(loaders.eval_cases(cases))
   assert [c["case"] for c in out] == ["train_0", "train_1", "train_2"]
   assert out[0]["image"].shape == (16, 24, 24, 1) and out[0]["label"].dtype == np.int32
   assert abs(float(out[0]["image"].mean())) < 1e-3
@@ -191,14 +192,14 @@ def test_eval_cases_yield_full_normalized_cases(cases):
 
 
 def test_classification_batches_cover_each_epoch_and_resume(slices):
-  batches = list(pipeline.classification_batches(slices, global_batch_size=5, seed=0, num_steps=4))
+  batches = list(loaders.classification_batches(slices, global_batch_size=5, seed=0, num_steps=4))
   assert batches[0]["image"].shape == (5, 32, 32, 1) and batches[0]["label"].dtype == np.int32
   # Two steps = one epoch of 10 images: each label seen exactly as often as in the data.
   epoch = np.concatenate([b["label"] for b in batches[:2]])
   assert epoch.sum() == sum(s["lesion"] for s in slices)
-  resumed = list(pipeline.classification_batches(slices, global_batch_size=5, seed=0,
+  resumed = list(loaders.classification_batches(slices, global_batch_size=5, seed=0,
                                                  start_step=3, num_steps=4))
   np.testing.assert_array_equal(resumed[0]["image"], batches[3]["image"])
   with pytest.raises(InputError):
-    list(pipeline.classification_batches(slices, global_batch_size=5, seed=0, num_steps=1,
+    list(loaders.classification_batches(slices, global_batch_size=5, seed=0, num_steps=1,
                                          process_count=2))

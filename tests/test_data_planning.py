@@ -1,10 +1,10 @@
-"""Dataset fingerprint and experiment plan (medjax.data.fingerprint, medjax.data.planning)."""
+"""Dataset fingerprint and experiment plan (medjax.data.preprocessing.fingerprint, medjax.data.preprocessing.planning)."""
 import json
 
 import numpy as np
 import pytest
 
-from medjax.data import fingerprint, planning
+from medjax.data.preprocessing import fingerprint, planning
 from medjax.errors import InputError
 from medjax.models.unet import anisotropic_plan
 

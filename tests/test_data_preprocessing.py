@@ -1,10 +1,10 @@
-"""preprocess_case / to_native (medjax.data.preprocessing): crop, normalise, resample and back."""
+"""preprocess_case / to_native (medjax.data.preprocessing.apply_plan): crop, normalise, resample and back."""
 import json
 
 import numpy as np
 import pytest
 
-from medjax.data import normalization, preprocessing
+from medjax.data.preprocessing import apply_plan, normalization
 from medjax.errors import InputError
 
 CT = {"scheme": "ct", "clip": [-100.0, 200.0], "mean": 50.0, "std": 25.0}
@@ -43,7 +43,7 @@ def _case(shape=(12, 40, 36), spacing=(3.0, 0.7, 0.9), seed=0):
 def test_record_crop_and_shapes():
   image, label, spacing = _case()
   affine = np.diag([0.9, 0.7, 3.0, 1.0])[[2, 1, 0, 3]]
-  case = preprocessing.preprocess_case(image, label, spacing, affine, _plan((2.0, 0.8, 0.8)))
+  case = apply_plan.preprocess_case(image, label, spacing, affine, _plan((2.0, 0.8, 0.8)))
   rec = case.record
   assert rec["original_shape"] == [12, 40, 36] and rec["original_spacing"] == [3.0, 0.7, 0.9]
   assert rec["crop_box"] == [[1, 11], [3, 38], [2, 32]] and rec["cropped_shape"] == [10, 35, 30]
@@ -58,7 +58,7 @@ def test_record_crop_and_shapes():
 
 def test_ct_normalisation_by_hand_without_resampling():
   image = np.array([-300, -100, 0, 50, 75, 200, 300, 1000], np.int16).reshape(1, 2, 4, 1)
-  case = preprocessing.preprocess_case(image, None, (1.0, 1.0, 1.0), np.eye(4), _plan((1.0, 1.0, 1.0)))
+  case = apply_plan.preprocess_case(image, None, (1.0, 1.0, 1.0), np.eye(4), _plan((1.0, 1.0, 1.0)))
   # clip to [-100, 200], then (x - 50) / 25.
   want = np.array([-6, -6, -2, 0, 1, 6, 6, 6], np.float32).reshape(1, 2, 4, 1)
   np.testing.assert_array_equal(case.image, want)
@@ -70,7 +70,7 @@ def test_zscore_per_image_per_channel_and_nonzero_mask():
   rng = np.random.default_rng(1)
   image = np.stack([rng.normal(300, 40, (6, 8, 8)), rng.normal(-5, 2, (6, 8, 8))], -1)
   plan = _plan((1.0, 1.0, 1.0), ({"scheme": "zscore", "use_nonzero_mask": False}, {"scheme": "zscore"}))
-  out = preprocessing.preprocess_case(image, None, (1.0, 1.0, 1.0), np.eye(4), plan).image
+  out = apply_plan.preprocess_case(image, None, (1.0, 1.0, 1.0), np.eye(4), plan).image
   np.testing.assert_allclose(out.mean(axis=(0, 1, 2)), 0.0, atol=1e-5)
   np.testing.assert_allclose(out.std(axis=(0, 1, 2)), 1.0, atol=1e-5)
   # A brain-like scan: zero background inside the crop box stays 0, the rest is z-scored.
@@ -89,18 +89,18 @@ def test_zscore_per_image_per_channel_and_nonzero_mask():
 def test_labels_round_trip_exactly_when_the_geometry_allows():
   # Thick slices (3 mm) halved to 1.5 mm: z is the separate (nearest) axis and in-plane stays.
   image, label, spacing = _case()
-  case = preprocessing.preprocess_case(image, label, spacing, np.eye(4), _plan((1.5, 0.7, 0.9)))
+  case = apply_plan.preprocess_case(image, label, spacing, np.eye(4), _plan((1.5, 0.7, 0.9)))
   assert case.record["preprocessed_shape"] == [20, 35, 30]
   np.testing.assert_array_equal(case.label, np.repeat(label[1:11, 3:38, 2:32], 2, axis=0))
-  back = preprocessing.to_native(case.label, case.record)
+  back = apply_plan.to_native(case.label, case.record)
   assert back.shape == label.shape
   np.testing.assert_array_equal(back, label)
 
 
 def test_labels_round_trip_anisotropic_non_integer_factors():
   image, label, spacing = _case(shape=(14, 48, 40), spacing=(2.7, 0.73, 0.95))
-  case = preprocessing.preprocess_case(image, label, spacing, np.eye(4), _plan((2.0, 0.81, 0.77)))
-  back = preprocessing.to_native(case.label, case.record)
+  case = apply_plan.preprocess_case(image, label, spacing, np.eye(4), _plan((2.0, 0.81, 0.77)))
+  back = apply_plan.to_native(case.label, case.record)
   assert back.shape == label.shape and back.dtype == label.dtype
   assert set(np.unique(back)) == {0, 1, 2}
   assert _dice(back == 1, label == 1) > 0.95
@@ -110,13 +110,13 @@ def test_labels_round_trip_anisotropic_non_integer_factors():
 
 def test_probabilities_to_native():
   image, label, spacing = _case()
-  case = preprocessing.preprocess_case(image, label, spacing, np.eye(4), _plan((2.0, 0.8, 0.8)))
+  case = apply_plan.preprocess_case(image, label, spacing, np.eye(4), _plan((2.0, 0.8, 0.8)))
   probs = np.eye(3, dtype=np.float32)[case.label] * 0.9 + 0.1 / 3
-  native = preprocessing.to_native(probs, case.record, kind="probabilities")
+  native = apply_plan.to_native(probs, case.record, kind="probabilities")
   assert native.shape == (12, 40, 36, 3) and native.dtype == np.float32
   np.testing.assert_allclose(native.sum(-1), 1.0, atol=1e-5)
   np.testing.assert_array_equal(native[0], np.broadcast_to([1.0, 0.0, 0.0], (40, 36, 3)))
-  labels = preprocessing.to_native(case.label, case.record)
+  labels = apply_plan.to_native(case.label, case.record)
   assert (native.argmax(-1) == labels).mean() > 0.99
 
 
@@ -125,27 +125,27 @@ def test_a_scalar_map_to_native_is_resampled_and_zero_outside_the_crop_box():
   stays that constant inside the crop box (linear resampling), 0 outside it (where the
   probabilities are a certain background), and a map of the wrong rank is refused."""
   image, label, spacing = _case()
-  case = preprocessing.preprocess_case(image, label, spacing, np.eye(4), _plan((2.0, 0.8, 0.8)))
+  case = apply_plan.preprocess_case(image, label, spacing, np.eye(4), _plan((2.0, 0.8, 0.8)))
   ones = np.full(case.label.shape, 0.7, np.float32)
-  native = preprocessing.to_native(ones, case.record, kind="map")
+  native = apply_plan.to_native(ones, case.record, kind="map")
   assert native.shape == (12, 40, 36) and native.dtype == np.float32
-  inside = preprocessing.to_native(np.ones(case.label.shape, np.uint8), case.record) > 0
+  inside = apply_plan.to_native(np.ones(case.label.shape, np.uint8), case.record) > 0
   np.testing.assert_allclose(native[inside], 0.7, atol=1e-6)
   assert (native[0] == 0).all() and (native[:, :3] == 0).all()  # outside the crop box
   ramp = np.broadcast_to(np.linspace(0, 1, case.label.shape[1], dtype=np.float32)[:, None],
                          case.label.shape[1:])
-  native_ramp = preprocessing.to_native(np.broadcast_to(ramp, case.label.shape).copy(),
+  native_ramp = apply_plan.to_native(np.broadcast_to(ramp, case.label.shape).copy(),
                                         case.record, kind="map")
   assert np.all(np.diff(native_ramp[6, 4:-3, 10]) >= -1e-6)  # monotone along the resampled axis
   with pytest.raises(InputError, match="a map must be"):
-    preprocessing.to_native(np.zeros(case.label.shape + (2,), np.float32), case.record, kind="map")
+    apply_plan.to_native(np.zeros(case.label.shape + (2,), np.float32), case.record, kind="map")
 
 
 def test_preprocess_for_inference_matches_preprocess_case():
   image, label, spacing = _case()
   plan = _plan((2.0, 0.8, 0.8))
-  volume, record = preprocessing.preprocess_for_inference(image[..., 0], spacing, np.eye(4), plan)
-  case = preprocessing.preprocess_case(image, label, spacing, np.eye(4), plan)
+  volume, record = apply_plan.preprocess_for_inference(image[..., 0], spacing, np.eye(4), plan)
+  case = apply_plan.preprocess_case(image, label, spacing, np.eye(4), plan)
   np.testing.assert_array_equal(volume, case.image)
   assert record == case.record
 
@@ -154,17 +154,17 @@ def test_bad_input_names_the_case():
   image, label, spacing = _case()
   plan = _plan((2.0, 0.8, 0.8))
   with pytest.raises(InputError, match=r"^liver_3: label shape \(12, 40, 35\) != image spatial shape"):
-    preprocessing.preprocess_case(image, label[..., :35], spacing, np.eye(4), plan, name="liver_3")
+    apply_plan.preprocess_case(image, label[..., :35], spacing, np.eye(4), plan, name="liver_3")
   with pytest.raises(InputError, match="liver_3: image has 2 channels, the plan normalises 1"):
-    preprocessing.preprocess_case(np.concatenate([image, image], -1), label, spacing, np.eye(4), plan,
+    apply_plan.preprocess_case(np.concatenate([image, image], -1), label, spacing, np.eye(4), plan,
                                   name="liver_3")
   with pytest.raises(InputError, match="liver_3: spacing .* has 2 entries"):
-    preprocessing.preprocess_case(image, label, (1.0, 1.0), np.eye(4), plan, name="liver_3")
+    apply_plan.preprocess_case(image, label, (1.0, 1.0), np.eye(4), plan, name="liver_3")
   with pytest.raises(InputError, match=r"liver_3: affine must be a finite 4x4 matrix, got shape \(3, 3\)"):
-    preprocessing.preprocess_case(image, label, spacing, np.eye(3), plan, name="liver_3")
-  assert preprocessing.preprocess_case(image, None, spacing, None, plan).record["original_affine"] is None
+    apply_plan.preprocess_case(image, label, spacing, np.eye(3), plan, name="liver_3")
+  assert apply_plan.preprocess_case(image, None, spacing, None, plan).record["original_affine"] is None
   with pytest.raises(InputError, match="to_native: array of shape"):
-    preprocessing.to_native(np.zeros((3, 3, 3), np.uint8), {"preprocessed_shape": [4, 4, 4],
+    apply_plan.to_native(np.zeros((3, 3, 3), np.uint8), {"preprocessed_shape": [4, 4, 4],
                             "cropped_shape": [4, 4, 4], "original_shape": [4, 4, 4],
                             "original_spacing": [1, 1, 1], "target_spacing": [1, 1, 1],
                             "crop_box": [[0, 4]] * 3})

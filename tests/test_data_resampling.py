@@ -1,9 +1,9 @@
-"""Resampling to a target spacing (medjax.data.resampling): numbers against scipy and by hand."""
+"""Resampling to a target spacing (medjax.data.preprocessing.resampling): numbers against scipy and by hand."""
 import numpy as np
 import pytest
 from scipy import ndimage
 
-from medjax.data import resampling
+from medjax.data.preprocessing import resampling
 
 
 def _sample_points(old_shape, new_shape):

@@ -1,7 +1,7 @@
 """splits.kfold: nnU-Net's 5-fold cross-validation (scikit-learn KFold, shuffled, seed 12345)."""
 import pytest
 
-from medjax.data import splits
+from medjax.data.builders import splits
 from medjax.errors import InputError
 
 IDS = [f"case_{i:02d}" for i in range(10)]

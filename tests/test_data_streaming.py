@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 
 from experiments.configs import unet3d_synthetic
-from medjax.data import case_cache, patches, pipeline, synthetic, transforms
+from medjax.data.phantoms import organ_ct
+from medjax.data.pipeline import case_cache, loaders, patches, transforms
 from medjax.errors import InputError
-from medjax.train import config_check, sources
+from medjax.train import config_check, config_data
 from medjax.train.tasks.segmentation import SegmentationTask
 
 PATCH = (8, 12, 12)
@@ -31,7 +32,7 @@ class CountingSource:
 def cases():
   out = []
   for seed in range(3):
-    image, label = synthetic.make_volume(seed, shape=(16, 24, 24))
+    image, label = organ_ct.make_volume(seed, shape=(16, 24, 24))
     out.append({"image": image, "label": label, "case": f"train_{seed}".encode()})
   return out
 
@@ -39,7 +40,7 @@ def cases():
 def _batches(source, **kw):
   args = dict(patch_size=PATCH, global_batch_size=4, seed=3, num_steps=4)
   args.update(kw)
-  return list(pipeline.train_batches(source, **args))
+  return list(loaders.train_batches(source, **args))
 
 
 def _eager_batches(cases, *, seed=3, num_steps=4, global_batch_size=4, forced=1, flip_axes=(0, 1, 2)):
@@ -168,4 +169,4 @@ def test_the_task_checks_the_label_range_against_the_config(cases):
   with pytest.raises(InputError, match="config.normalization='minmax': expected one of 'ct_window', 'none'"):
     config_check.validate(config)
   config.normalization = "none"
-  assert sources.normalizer(config) is transforms.keep_intensities
+  assert config_data.normalizer(config) is transforms.keep_intensities

@@ -3,19 +3,19 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from medjax.data import synthetic
+from medjax.data.phantoms import organ_ct
 
 TINY = (16, 24, 24)
 
 
 def test_class_names():
-  assert synthetic.CLASS_NAMES == ("background", "organ", "tumour")
+  assert organ_ct.CLASS_NAMES == ("background", "organ", "tumour")
 
 
 def test_volume_is_deterministic_per_seed():
-  a_image, a_label = synthetic.make_volume(7, shape=TINY)
-  b_image, b_label = synthetic.make_volume(7, shape=TINY)
-  c_image, c_label = synthetic.make_volume(8, shape=TINY)
+  a_image, a_label = organ_ct.make_volume(7, shape=TINY)
+  b_image, b_label = organ_ct.make_volume(7, shape=TINY)
+  c_image, c_label = organ_ct.make_volume(8, shape=TINY)
   np.testing.assert_array_equal(a_image, b_image)
   np.testing.assert_array_equal(a_label, b_label)
   assert not np.array_equal(a_image, c_image)
@@ -33,7 +33,7 @@ def _tumours_inside_organ(label):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_default_volume_anatomy_contrast_and_noise(seed):
-  image, label = synthetic.make_volume(seed)
+  image, label = organ_ct.make_volume(seed)
   assert image.shape == (64, 96, 96)
   fraction = np.mean(label == 2)
   assert 0.003 <= fraction <= 0.015
@@ -54,7 +54,7 @@ def test_default_volume_anatomy_contrast_and_noise(seed):
 def test_tumour_fraction_enforced_over_seeds_and_small_shapes():
   fractions = []
   for seed in range(12):
-    _, label = synthetic.make_volume(seed, shape=TINY)
+    _, label = organ_ct.make_volume(seed, shape=TINY)
     fractions.append(np.mean(label == 2))
     assert _tumours_inside_organ(label)
   assert 0.003 <= min(fractions) and max(fractions) <= 0.015
@@ -63,7 +63,7 @@ def test_tumour_fraction_enforced_over_seeds_and_small_shapes():
 def test_volume_is_physical_in_anisotropic_spacing():
   # The organ is measured in mm: its extent along z (2.5 mm voxels) covers
   # fewer voxels than in-plane (0.8 mm) relative to its radius.
-  _, label = synthetic.make_volume(3)
+  _, label = organ_ct.make_volume(3)
   z, y, x = np.nonzero(label > 0)
   extent_mm = np.array([np.ptp(z) * 2.5, np.ptp(y) * 0.8, np.ptp(x) * 0.8])
   assert 60 <= extent_mm[0] <= 140  # 2 x (40-60) mm, deformed
@@ -73,7 +73,7 @@ def test_volume_is_physical_in_anisotropic_spacing():
 def test_slices_lesion_flag_and_balance():
   flags = []
   for seed in range(40):
-    image, label, lesion = synthetic.make_slice(seed, shape=(64, 64))
+    image, label, lesion = organ_ct.make_slice(seed, shape=(64, 64))
     assert image.shape == label.shape == (64, 64)
     assert lesion == int((label == 2).any())
     if lesion:
@@ -81,7 +81,7 @@ def test_slices_lesion_flag_and_balance():
       assert _tumours_inside_organ(label)
     flags.append(lesion)
   assert 0.25 <= np.mean(flags) <= 0.75
-  a = synthetic.make_slice(5)
-  b = synthetic.make_slice(5)
+  a = organ_ct.make_slice(5)
+  b = organ_ct.make_slice(5)
   np.testing.assert_array_equal(a[0], b[0])
   assert a[2] == b[2]

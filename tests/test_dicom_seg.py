@@ -1,4 +1,4 @@
-"""medjax.data.dicom_seg: a label volume on a DICOM series written as a DICOM SEG and read back.
+"""medjax.data.io.dicom_seg: a label volume on a DICOM series written as a DICOM SEG and read back.
 
 `write_ct_series` (also used by tests/test_predict_cli.py) writes a small CT
 series with pydicom: oblique in-plane orientation, anisotropic spacing,
@@ -13,7 +13,8 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from medjax.data import dicom_seg, io
+from medjax.data import io
+from medjax.data.io import dicom_seg
 from medjax.errors import InputError
 
 CLASSES = ("background", "organ", "tumour")

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-
 from conftest import _init_apply, _normal
+
 from experiments.configs import convnet_synthetic2d, soft_tree_patches
 from medjax.errors import InputError
 from medjax.models import SoftDecisionTree
@@ -149,7 +149,7 @@ def test_distilled_tree_run_writes_eval_json_and_tree_pngs(runs):
 def test_the_teacher_is_restored_once_per_checkpoint(runs, monkeypatch):
   """Training batches and evaluation share one restored teacher; a new checkpoint in the
   teacher's workdir restores it again."""
-  from medjax.train import restore
+  from medjax.inference import restore
   from medjax.train.tasks import distillation
   calls = []
   real = restore.load_run

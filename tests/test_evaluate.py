@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from experiments.configs import common
-from medjax.data import transforms
 from medjax import postprocess
+from medjax.data.pipeline import transforms
 from medjax.train import evaluate, report
 from medjax.train.tasks import SegmentationTask, segmentation
 from medjax.train.workdir import Workdir
@@ -150,7 +150,7 @@ def test_postprocessing_decided_on_validation_applied_and_stored(tmp_path, monke
   assert list(out)[-1] == "per_case"
   workdir = Workdir(str(tmp_path)).create()
   task.write_outputs(config, evaluation, workdir)
-  assert postprocess.load_rules(workdir) == (postprocess.Rule("largest_component", (1, 2)),)
+  assert Workdir.of(workdir).read_postprocessing_rules() == (postprocess.Rule("largest_component", (1, 2)),)
   with open(workdir.postprocessing_path) as f:
     stored = json.load(f)
   # tried: the union, each class's largest component, each class's min_volume thresholds

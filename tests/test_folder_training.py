@@ -3,18 +3,21 @@
 import os
 import types
 
+import dataset_writers as writers
 import ml_collections
 import nibabel as nib
 import numpy as np
 import pytest
 
-import dataset_writers as writers
 from experiments.configs import unet3d_folder
-from medjax import metrics, predict
-from medjax.data import fingerprint, folder_datasets, io, planning
+from medjax import metrics
+from medjax.data import io
+from medjax.data.builders import folder_datasets
+from medjax.data.preprocessing import fingerprint, planning
 from medjax.errors import InputError
-from medjax.train import run, sources
-from medjax.train.predictor import RunPredictor
+from medjax.inference import predict_files
+from medjax.inference.run_predictor import RunPredictor
+from medjax.train import run, config_data
 from medjax.train.workdir import Workdir
 
 
@@ -102,7 +105,7 @@ def test_unet3d_folder_trains_on_an_nnunet_raw_folder_and_predicts_on_the_input_
   config.dataset_kwargs.manual_dir = str(raw)
   config.dataset_kwargs.skip_bad_cases = True
   results = run.train_and_evaluate(config, str(tmp_path / "run"))
-  skipped = folder_datasets.prepared_metadata(sources.folder_builder(config))["skipped"]
+  skipped = folder_datasets.prepared_metadata(config_data.folder_builder(config))["skipped"]
   assert [s["case"] for s in skipped] == ["case_bad"] and "case_bad" in skipped[0]["reason"]
   assert [c["case"] for c in results["per_case"]] == ["case_t"]  # the labelled imagesTs
   assert 0.0 <= results["dice/organ"] <= 1.0
@@ -123,9 +126,9 @@ def test_unet3d_folder_trains_on_an_nnunet_raw_folder_and_predicts_on_the_input_
   deeper.dataset_kwargs.skip_bad_cases = True
   deeper.model.features = (4, 8, 16, 32, 64, 128, 256)
   with pytest.raises(InputError, match=r"config.model.features=\(4, .*\): 7 levels, but the plan"):
-    sources.resolve_dataset(deeper)
+    config_data.resolve_dataset(deeper)
   deeper.model.features, deeper.patch_size = (4,), (8, 8, 8)  # set fields are kept
-  resolved = sources.resolve_dataset(deeper)
+  resolved = config_data.resolve_dataset(deeper)
   assert resolved.patch_size == (8, 8, 8) and resolved.model.pool_sizes == ()
   assert resolved.model.kernel_sizes == (tuple(plan["kernel_sizes"][0]),)
   config.dataset_kwargs.fold = 1  # another fold's run cannot resume this one
@@ -135,7 +138,7 @@ def test_unet3d_folder_trains_on_an_nnunet_raw_folder_and_predicts_on_the_input_
   # experiments.predict (in process) on a raw test image: RunPredictor.predict_volume applies
   # plan.json and maps the result back; the written NIfTI has the input's grid exactly.
   path = os.path.join(raw, "imagesTs", "case_t_0000.nii.gz")
-  skipped = predict.predict_folder(str(tmp_path / "run"), path, str(tmp_path / "out"),
+  skipped = predict_files.predict_folder(str(tmp_path / "run"), path, str(tmp_path / "out"),
                                    probabilities=True, postprocess=False, log=lambda line: None)
   volume = io.read_image(path)
   seg = io.read_image(str(tmp_path / "out" / "case_t_0000_seg.nii.gz"))
@@ -152,7 +155,7 @@ def test_unet3d_folder_trains_on_an_nnunet_raw_folder_and_predicts_on_the_input_
   np.testing.assert_array_equal(seg.array[clear], probs.argmax(-1).transpose(2, 1, 0)[clear])
   # --uncertainty on a run with a plan: the entropy map comes back on the input's grid too
   # (resampled linearly like the probabilities), with the same labels
-  assert predict.predict_folder(str(tmp_path / "run"), path, str(tmp_path / "out_u"),
+  assert predict_files.predict_folder(str(tmp_path / "run"), path, str(tmp_path / "out_u"),
                                 uncertainty=True, postprocess=False,
                                 log=lambda line: None) == 0
   entropy = io.read_image(str(tmp_path / "out_u" / "case_t_0000_entropy.nii.gz"))

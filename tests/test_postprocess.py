@@ -121,13 +121,13 @@ def test_decision_keeps_a_rule_only_when_it_improves_dice():
 
 def test_rules_round_trip_through_the_workdir(tmp_path):
   wd = Workdir(str(tmp_path)).create()
-  assert postprocess.load_rules(wd) is None
+  assert Workdir.of(wd).read_postprocessing_rules() is None
   rules = (Rule("largest_component", (1, 2)), Rule("min_volume", (2,), 0.5))
   wd.write_postprocessing(postprocess.rules_to_json(rules, {"cases": 4}, ("bg", "a", "b")))
-  assert postprocess.load_rules(str(tmp_path)) == rules
+  assert Workdir.of(str(tmp_path)).read_postprocessing_rules() == rules
   with open(wd.postprocessing_path) as f:
     assert json.load(f)["rules"][1] == {"kind": "min_volume", "classes": [2], "min_volume_ml": 0.5}
   with open(wd.postprocessing_path, "w") as f:
     f.write('{"rules": [{"kind": "dilate", "classes": [1]}]}')
   with pytest.raises(InputError, match="postprocessing.json.*dilate"):
-    postprocess.load_rules(wd)
+    Workdir.of(wd).read_postprocessing_rules()

@@ -1,4 +1,4 @@
-"""medjax.train.restore, medjax.predict and experiments.predict on a real (2-step) smoke run."""
+"""medjax.inference.restore, medjax.inference.predict_files and experiments.predict on a real (2-step) smoke run."""
 import json
 import math
 import os
@@ -13,12 +13,16 @@ import pytest
 from test_dicom_seg import write_ct_series
 
 from experiments.configs import unet3d_synthetic
-from medjax import inference, postprocess, predict
-from medjax.data import io, synthetic, transforms
+from medjax import inference, postprocess
+from medjax.data import io
+from medjax.data.phantoms import organ_ct
+from medjax.data.pipeline import transforms
 from medjax.errors import InputError
-from medjax.train import loop, restore
-from medjax.train.predictor import load_predictor
+from medjax.inference import predict_files, restore
+from medjax.inference.run_predictor import load_predictor
+from medjax.train import loop
 from medjax.train.step import make_predict_fn
+from medjax.train.workdir import Workdir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = (16, 32, 32)
@@ -55,12 +59,12 @@ def predicted(run_dir, tmp_path_factory):
   folder = tmp_path_factory.mktemp("inputs")
   images = {}
   for seed in (0, 1):
-    image, _ = synthetic.make_volume(seed, shape=SHAPE)
+    image, _ = organ_ct.make_volume(seed, shape=SHAPE)
     io.write_nifti(folder / f"case{seed}.nii.gz", image, _affine(10.0 * seed))
     images[f"case{seed}"] = image
   (folder / "broken.nii.gz").write_bytes(b"not a nifti file")
   (folder / "notes.txt").write_text("ignored")
-  hu = np.round(synthetic.make_volume(3, shape=(8, 24, 28))[0][1:7] / 2) * 2
+  hu = np.round(organ_ct.make_volume(3, shape=(8, 24, 28))[0][1:7] / 2) * 2
   series = folder / "patient1" / "ct"
   uids = write_ct_series(str(series), hu, spacing=DICOM_SPACING, slope=2.0, intercept=-1200.0)
   (folder / "patient2" / "ct").mkdir(parents=True)
@@ -113,7 +117,7 @@ def test_predict_writes_segmentations_equal_to_in_process_inference(run_dir, pre
   config, model, variables = restore.load_run(run_dir)
   predict_fn = make_predict_fn(model)
   # the run kept post-processing rules on its validation case; predict applies them by default
-  rules = postprocess.load_rules(run_dir)
+  rules = Workdir.of(run_dir).read_postprocessing_rules()
   assert rules and "post-processing: " in result.stdout
 
   def expected_labels(image, spacing):
@@ -198,7 +202,7 @@ def test_predict_writes_per_case_json_with_class_volumes(run_dir, predicted):
     assert summary["volume_ml"] == pytest.approx(
         {"background": counts[0] * voxel_ml, "organ": counts[1] * voxel_ml,
          "tumour": counts[2] * voxel_ml})
-    assert summary["postprocess"] == [r.to_json() for r in postprocess.load_rules(run_dir)]
+    assert summary["postprocess"] == [r.to_json() for r in Workdir.of(run_dir).read_postprocessing_rules()]
     assert set(summary["seconds"]) == {"read", "predict", "postprocess", "write"}
     assert all(v >= 0 for v in summary["seconds"].values())
   assert summary["input"] == predicted["series"]
@@ -213,9 +217,9 @@ def test_predictor_checks_nan_and_warns_on_spacing(run_dir, tmp_path):
     predictor.predict(image, name="scan.nii")
   with pytest.raises(InputError, match="slice.nii: .*the model segments 3D"):
     predictor.predict(np.zeros((32, 32), np.float32), name="slice.nii")
-  assert predict.spacing_warning("a.nii", (2.5, 0.8, 0.8), (2.5, 0.8, 0.8)) is None
-  assert predict.spacing_warning("a.nii", (3.0, 0.9, 0.7), (2.5, 0.8, 0.8)) is None
-  warning = predict.spacing_warning("a.nii", (0.8, 0.8, 2.5), (2.5, 0.8, 0.8))
+  assert predict_files.spacing_warning("a.nii", (2.5, 0.8, 0.8), (2.5, 0.8, 0.8)) is None
+  assert predict_files.spacing_warning("a.nii", (3.0, 0.9, 0.7), (2.5, 0.8, 0.8)) is None
+  warning = predict_files.spacing_warning("a.nii", (0.8, 0.8, 2.5), (2.5, 0.8, 0.8))
   assert warning.startswith("warning: a.nii: voxel spacing (0.8, 0.8, 2.5) mm") and "without resampling" in warning
 
 
@@ -226,15 +230,15 @@ def test_find_inputs_and_case_names(tmp_path):
   (tmp_path / "dicom_series").mkdir()
   (tmp_path / "dicom_series" / "IM0001").write_bytes(b"\0" * 128 + b"DICM")  # the Part 10 marker
   (tmp_path / "LICENSE").write_bytes(b"no marker: not a DICOM file")
-  assert predict.find_inputs(str(tmp_path)) == [
+  assert predict_files.find_inputs(str(tmp_path)) == [
       str(tmp_path / "a.nii.gz"), str(tmp_path / "b.nrrd"), str(tmp_path / "dicom_series")]
-  assert predict.find_inputs(str(tmp_path / "dicom_series")) == [str(tmp_path / "dicom_series")]
-  assert predict.find_inputs(str(tmp_path / "a.nii.gz")) == [str(tmp_path / "a.nii.gz")]
+  assert predict_files.find_inputs(str(tmp_path / "dicom_series")) == [str(tmp_path / "dicom_series")]
+  assert predict_files.find_inputs(str(tmp_path / "a.nii.gz")) == [str(tmp_path / "a.nii.gz")]
   # one slice of a series stands for its folder
-  assert predict.find_inputs(str(tmp_path / "dicom_series" / "IM0001")) == [str(tmp_path / "dicom_series")]
-  assert [predict.case_name(p) for p in predict.find_inputs(str(tmp_path))] == ["a", "b", "dicom_series"]
+  assert predict_files.find_inputs(str(tmp_path / "dicom_series" / "IM0001")) == [str(tmp_path / "dicom_series")]
+  assert [predict_files.case_name(p) for p in predict_files.find_inputs(str(tmp_path))] == ["a", "b", "dicom_series"]
   with pytest.raises(InputError, match="no such file"):
-    predict.find_inputs(str(tmp_path / "nope"))
+    predict_files.find_inputs(str(tmp_path / "nope"))
 
 
 @pytest.mark.parametrize("flags,expected", [
@@ -284,7 +288,7 @@ def test_predict_case_writes_atomically_and_names_the_file(tmp_path):
   image[2:5, 3:9, 4:10] = 100.0
   io.write_nifti(tmp_path / "a.nii.gz", image, _affine(0.0))
   warnings = []
-  summary = predict.predict_case(_FakePredictor(), str(tmp_path / "a.nii.gz"), str(tmp_path),
+  summary = predict_files.predict_case(_FakePredictor(), str(tmp_path / "a.nii.gz"), str(tmp_path),
                                  probabilities=True, warn=warnings.append)
   written = summary["outputs"]
   assert written == [str(tmp_path / "a_seg.nii.gz"), str(tmp_path / "a_probs.nii.gz"),
@@ -300,7 +304,7 @@ def test_predict_case_writes_atomically_and_names_the_file(tmp_path):
   assert warnings == []
   io.write_nifti(tmp_path / "flat.nii.gz", np.zeros((32, 32), np.float32), _affine(0.0))
   with pytest.raises(InputError, match=f"{tmp_path / 'flat.nii.gz'}: image has shape"):
-    predict.predict_case(_FakePredictor(), str(tmp_path / "flat.nii.gz"), str(tmp_path))
+    predict_files.predict_case(_FakePredictor(), str(tmp_path / "flat.nii.gz"), str(tmp_path))
 
 
 def test_predict_folder_counts_failures_and_skips_a_repeated_case_name(tmp_path, monkeypatch):
@@ -311,9 +315,9 @@ def test_predict_folder_counts_failures_and_skips_a_repeated_case_name(tmp_path,
   io.write_nifti(inputs / "a.nii", image, _affine(0.0))  # same case name "a"
   image[0, 0, 0] = np.inf
   io.write_nifti(inputs / "b.nii.gz", image, _affine(0.0))
-  monkeypatch.setattr(predict, "load_predictor", lambda workdir, mirror: _FakePredictor())
+  monkeypatch.setattr(predict_files, "load_predictor", lambda workdir, mirror: _FakePredictor())
   log, errors = [], []
-  failed = predict.predict_folder("run", str(inputs), str(output), log=log.append,
+  failed = predict_files.predict_folder("run", str(inputs), str(output), log=log.append,
                                   error=errors.append)
   assert failed == 2 and sorted(os.listdir(output)) == ["a.json", "a_seg.nii.gz"]
   assert errors[0] == f"error: {inputs / 'a.nii.gz'}: same case name 'a' as {inputs / 'a.nii'}; rename one of them"
@@ -326,14 +330,14 @@ def test_find_inputs_searches_recursively_and_skips_the_output(tmp_path):
                "out/x.nii.gz", ".hidden/b.nii.gz", "p3/img.dcm", "p3/sub/c.nrrd"]:
     (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
     (tmp_path / name).write_bytes(b"\0" * 128 + b"DICM" if name.endswith("IM0001") else b"")
-  found = predict.find_inputs(str(tmp_path), skip=[str(tmp_path / "out")])
+  found = predict_files.find_inputs(str(tmp_path), skip=[str(tmp_path / "out")])
   assert found == [str(tmp_path / "a.nii.gz"), str(tmp_path / "p1" / "ct"), str(tmp_path / "p3"),
                    str(tmp_path / "p3" / "sub" / "c.nrrd")]
-  assert [predict.output_folder(p, str(tmp_path), "OUT") for p in found] == [
+  assert [predict_files.output_folder(p, str(tmp_path), "OUT") for p in found] == [
       "OUT", os.path.join("OUT", "p1"), "OUT", os.path.join("OUT", "p3", "sub")]
-  assert predict.output_folder(str(tmp_path / "p1" / "ct"), str(tmp_path / "p1" / "ct"), "OUT") == "OUT"
+  assert predict_files.output_folder(str(tmp_path / "p1" / "ct"), str(tmp_path / "p1" / "ct"), "OUT") == "OUT"
   with pytest.raises(InputError, match="no image files or DICOM series"):
-    predict.find_inputs(str(tmp_path / "p2"))
+    predict_files.find_inputs(str(tmp_path / "p2"))
 
 
 def test_predict_folder_postprocesses_by_default_and_shows_a_bar_when_asked(
@@ -344,15 +348,15 @@ def test_predict_folder_postprocesses_by_default_and_shows_a_bar_when_asked(
   (tmp_path / "in").mkdir()
   io.write_nifti(tmp_path / "in" / "a.nii.gz", image, _affine(0.0))
   io.write_nifti(tmp_path / "in" / "b.nii.gz", image, _affine(0.0))
-  monkeypatch.setattr(predict, "load_predictor", lambda workdir, mirror: _FakePredictor())
+  monkeypatch.setattr(predict_files, "load_predictor", lambda workdir, mirror: _FakePredictor())
   run = tmp_path / "run"
   run.mkdir()
   with pytest.raises(InputError, match=f"--postprocess: {run} has no post-processing rules"):
-    predict.predict_folder(str(run), str(tmp_path / "in"), str(tmp_path / "out"), postprocess=True)
+    predict_files.predict_folder(str(run), str(tmp_path / "in"), str(tmp_path / "out"), postprocess=True)
   (run / "postprocessing.json").write_text('{"rules": [{"kind": "largest_component", "classes": [1]}]}')
   log = []
   for option, folder, voxels in [(None, "out", 144), (False, "raw", 152)]:
-    assert predict.predict_folder(str(run), str(tmp_path / "in"), str(tmp_path / folder),
+    assert predict_files.predict_folder(str(run), str(tmp_path / "in"), str(tmp_path / folder),
                                   postprocess=option, progress=True, log=log.append) == 0
     for case in ("a", "b"):
       assert (io.read_image(tmp_path / folder / f"{case}_seg.nii.gz").array == 1).sum() == voxels
@@ -383,10 +387,10 @@ def test_write_nifti_channels_puts_the_class_axis_last_in_2d_and_3d(tmp_path):
 
 
 def test_predict_uncertainty_writes_the_entropy_of_the_deterministic_prediction(run_dir, tmp_path):
-  image, _ = synthetic.make_volume(2, shape=SHAPE)
+  image, _ = organ_ct.make_volume(2, shape=SHAPE)
   io.write_nifti(tmp_path / "scan.nii.gz", image, _affine(0.0))
   lines = []
-  failed = predict.predict_folder(run_dir, str(tmp_path / "scan.nii.gz"), str(tmp_path / "out"),
+  failed = predict_files.predict_folder(run_dir, str(tmp_path / "scan.nii.gz"), str(tmp_path / "out"),
                                   uncertainty=True, log=lines.append)
   assert failed == 0
   case_line = next(line for line in lines if " -> " in line)

@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 
 from experiments.configs import unet3d_synthetic
-from medjax import inference, predict, uncertainty
+from medjax import inference, uncertainty
 from medjax.data import io
 from medjax.errors import InputError
+from medjax.inference import predict_files
+from medjax.inference.run_predictor import load_ensemble, load_predictor
 from medjax.models import UNet
 from medjax.train import loop
-from medjax.train.predictor import load_ensemble, load_predictor
 from medjax.train.tasks.segmentation import SegmentationTask
 
 
@@ -188,7 +189,7 @@ def test_predict_uncertainty_uses_mc_dropout_when_the_model_has_dropout(mc_run, 
   image = np.random.default_rng(5).normal(0.0, 100.0, size=(12, 20, 20)).astype(np.float32)
   io.write_nifti(tmp_path / "scan.nii.gz", image, np.eye(4))
   lines = []
-  assert predict.predict_folder(workdir, str(tmp_path / "scan.nii.gz"), str(tmp_path / "out"),
+  assert predict_files.predict_folder(workdir, str(tmp_path / "scan.nii.gz"), str(tmp_path / "out"),
                                 uncertainty=True, samples=2, log=lines.append) == 0
   assert lines[0].endswith("(entropy: MC dropout, 2 samples)")
   entropy = io.read_image(tmp_path / "out" / "scan_entropy.nii.gz").array
@@ -207,7 +208,7 @@ def test_predict_folder_with_several_workdirs_segments_with_their_ensemble(mc_ru
   image = np.random.default_rng(6).normal(0.0, 100.0, size=(12, 20, 20)).astype(np.float32)
   io.write_nifti(tmp_path / "scan.nii.gz", image, np.eye(4))
   lines = []
-  assert predict.predict_folder(f"{workdir},{workdir}", str(tmp_path / "scan.nii.gz"),
+  assert predict_files.predict_folder(f"{workdir},{workdir}", str(tmp_path / "scan.nii.gz"),
                                 str(tmp_path / "out"), uncertainty=True,
                                 log=lines.append) == 0
   assert lines[0].endswith("(entropy: deep ensemble of 2 runs, entropy of their mean)")
@@ -217,7 +218,7 @@ def test_predict_folder_with_several_workdirs_segments_with_their_ensemble(mc_ru
   entropy = io.read_image(tmp_path / "out" / "scan_entropy.nii.gz").array
   np.testing.assert_allclose(entropy, uncertainty.predictive_entropy(probs), atol=1e-5)
   with pytest.raises(InputError, match="an ensemble of 2 runs has no post-processing rules"):
-    predict.predict_folder([workdir, workdir], str(tmp_path / "scan.nii.gz"),
+    predict_files.predict_folder([workdir, workdir], str(tmp_path / "scan.nii.gz"),
                            str(tmp_path / "out2"), postprocess=True)
 
 

@@ -5,7 +5,7 @@ size or hardware variants override a few fields.
 """
 import ml_collections
 
-from medjax.data import augment
+from medjax.data.pipeline import augment
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -26,13 +26,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.foreground_fraction = 0.33  # nnU-Net's oversample_foreground_percent
   c.flip_axes = (1, 2)
   c.data_workers = 0
-  # Augmentation on the device, inside the jitted step (medjax.data.augment):
+  # Augmentation on the device, inside the jitted step (medjax.data.pipeline.augment):
   # nnU-Net's default transforms and per-sample probabilities (a probability
   # of 0 switches one off). Off by default (it lowered the default 1000-step
   # run's tumour Dice 0.928 -> 0.897, benchmarks/RESULTS.md); `--config.augment.enabled=True`
   # turns the set on. `anisotropic`: "auto" rotates/scales/deforms in-plane
   # only when the largest spacing is > 3x the smallest (nnU-Net), "in_plane", "full".
-  # Fields and defaults: `medjax.data.augment.Augmentation` (rotation_p 0.2 / 30 degrees,
+  # Fields and defaults: `medjax.data.pipeline.augment.Augmentation` (rotation_p 0.2 / 30 degrees,
   # scale_p 0.2, elastic off as in nnU-Net, noise, blur, brightness, contrast, low
   # resolution, gamma; mirror_axes: device mirroring, the host pipeline's flips are
   # flip_axes; border_mode "mirror" | "nearest" | "constant").
@@ -56,7 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer.momentum = 0.99
   c.optimizer.nesterov = True
   c.optimizer.weight_decay = 1e-4
-  # Fine-tuning (medjax.train.freeze / optim): parameter path prefixes with no
+  # Fine-tuning (medjax.train.optim): parameter path prefixes with no
   # update (and BatchNorm in inference mode); when `trainable` is not empty,
   # everything outside it is frozen; {prefix: learning-rate factor}.
   c.optimizer.frozen = ()
@@ -87,7 +87,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.surface_metrics = True
   c.eval.report_cases = 3
   # Post-processing as nnU-Net (medjax.postprocess): rules chosen on the validation split,
-  # stored in postprocessing.json, applied to the test cases (postprocess.load_rules for predict).
+  # stored in postprocessing.json, applied to the test cases (Workdir.read_postprocessing_rules for predict).
   c.eval.postprocess = True
   # Uncertainty and calibration (medjax.uncertainty / medjax.calibration), off by default:
   c.eval.uncertainty = "none"  # "none" | "mc_dropout" (needs model.dropout > 0) | "tta" (flips)
@@ -125,7 +125,7 @@ def patch_classification_2d() -> ml_collections.ConfigDict:
   """`base_config()` for the class at the centre of a 32x32 patch, `synthetic_organs/patches2d`.
 
   Three balanced classes (0 background, 1 organ, 2 tumour; 3000 / 500 / 1000
-  patches, `medjax.data.synthetic_patches`): the patch-level setting of
+  patches, `medjax.data.phantoms.organ_patches`): the patch-level setting of
   PatchCamelyon / MedMNIST, where the lesion fills the centre of the input
   instead of ~1 % of a slice. Patches keep the volumes' contrast and noise.
   """

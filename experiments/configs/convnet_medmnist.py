@@ -6,7 +6,7 @@
       --config.dataset_kwargs.manual_dir=DIR --workdir=runs/organmnist3d_64
 
 `DIR` holds MedMNIST's files as distributed (`pneumoniamnist.npz`,
-`organmnist3d_64.npz`, ...; `medjax.data.medmnist`); the official
+`organmnist3d_64.npz`, ...; `medjax.data.builders.medmnist`); the official
 train/val/test splits are used as they are. The variant is the flag, then
 optionally the size (28 by default; 64, 128, 224 in 2D, 64 in 3D) and
 ``smoke`` (a seconds-long run). Grey 2D flags, the RGB flags (pathmnist,
@@ -21,7 +21,7 @@ Not measured yet: no accuracy is claimed for any flag.
 import ml_collections
 
 from experiments.configs import common
-from medjax.data import medmnist
+from medjax.data.builders import medmnist
 
 
 def get_config(variant: str = "pneumoniamnist") -> ml_collections.ConfigDict:

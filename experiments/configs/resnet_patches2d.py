@@ -1,7 +1,7 @@
 """ResNet-18-style classifier of the patch centre on `synthetic_organs/patches2d` (He 2016).
 
 Background / organ / tumour at the centre of a 32x32 patch (3 balanced
-classes, `medjax.data.synthetic_patches`). A small ResNet-18: basic blocks
+classes, `medjax.data.phantoms.organ_patches`). A small ResNet-18: basic blocks
 (2, 2, 2, 2), width 32 (32..256 channels), a 3x3 stride-2 stem without max
 pooling (the paper's 7x7/2 conv + pool would leave 8x8 after the stem).
 `:3d` is the same on `synthetic_organs/patches3d` (16x32x32 patches,

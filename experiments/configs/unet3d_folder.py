@@ -5,10 +5,10 @@ Command (nnU-Net raw folder; `--config.dataset=decathlon` or `lits` for the othe
       --config.dataset=nnunet_raw --config.dataset_kwargs.manual_dir=DIR --workdir=RUN \
       [--config.dataset_kwargs.fold=0 --config.dataset_kwargs.num_folds=5]
 
-The first run prepares the folder once (`medjax.data.folder_datasets`:
+The first run prepares the folder once (`medjax.data.builders.folder_datasets`:
 fingerprint, nnU-Net plan, crop / normalise / resample every case) under
 `config.data_dir`. Fields left empty here are filled in from the prepared
-dataset when the run starts (`medjax.train.sources.resolve_dataset`): the
+dataset when the run starts (`medjax.train.config_data.resolve_dataset`): the
 classes and their names (`dataset.json` labels), the input channels, the
 target spacing, the patch size and the U-Net's depth, kernel and pool sizes
 (the plan; features 32, 64, ... up to 320 per level, as nnU-Net). Set any of
@@ -41,7 +41,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c.dataset_kwargs.fold = 0
   c.dataset_kwargs.num_folds = 5
   c.dataset_kwargs.skip_bad_cases = False  # True: leave bad cases out (listed in the prepared metadata)
-  # Empty: from the prepared dataset (sources.resolve_dataset).
+  # Empty: from the prepared dataset (config_data.resolve_dataset).
   c.num_classes = 0
   c.class_names = ()
   c.in_channels = 0

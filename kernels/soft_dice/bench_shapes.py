@@ -22,7 +22,7 @@ SHAPES: list[tuple[str, tuple[int, ...], int, str]] = [
 ]
 
 
-# The training pipeline's label dtype (`medjax.data.pipeline.train_batches`: uint8 for up to
+# The training pipeline's label dtype (`medjax.data.pipeline.loaders.train_batches`: uint8 for up to
 # 256 classes), so the benchmarks and the compile check read what training reads.
 LABEL_DTYPE = "uint8"
 

@@ -1,4 +1,4 @@
-"""Peak host memory and time of preprocessing one large case (`medjax.data.preprocessing`).
+"""Peak host memory and time of preprocessing one large case (`medjax.data.preprocessing.apply_plan`).
 
 `measure(...)` runs, in a fresh Python subprocess (so nothing else is
 resident): build one synthetic CT case `(D, H, W)` int16 (air border, body,
@@ -58,7 +58,7 @@ def synthetic_case(shape: Sequence[int], spacing: Sequence[float], seed: int = 0
 
 
 def _child(shape, spacing, target_spacing) -> dict:
-  from medjax.data import preprocessing  # imported before the baseline is read
+  from medjax.data.preprocessing import apply_plan  # imported before the baseline is read
 
   image, label = synthetic_case(shape, spacing)
   plan = {"version": 1, "target_spacing": list(target_spacing), "channel_names": ["CT"],
@@ -66,7 +66,7 @@ def _child(shape, spacing, target_spacing) -> dict:
   before = _rss_bytes()
   tracemalloc.start()
   start = time.perf_counter()
-  case = preprocessing.preprocess_case(image, label, spacing, np.eye(4), plan)
+  case = apply_plan.preprocess_case(image, label, spacing, np.eye(4), plan)
   seconds = time.perf_counter() - start
   traced_peak = tracemalloc.get_traced_memory()[1]
   tracemalloc.stop()

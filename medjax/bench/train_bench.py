@@ -42,13 +42,13 @@ import numpy as np
 
 from medjax import parallel
 from medjax.bench import torch_unet
-from medjax.data import augment
+from medjax.data.pipeline import augment
 from medjax.errors import InputError
+from medjax.inference.run_predictor import window_predictor
 from medjax.train import compile_cache, config_check, loop, tasks
 from medjax.train.model_factory import build_model
 from medjax.train.optim import make_optimizer
-from medjax.train.predictor import window_predictor
-from medjax.train.sources import load_split
+from medjax.train.config_data import load_split
 from medjax.train.step import make_train_step, supervised_loss
 
 spread = torch_unet.spread

@@ -1,6 +1,6 @@
 """Peak host memory of training on a folder dataset as it grows from a few cases to many (issue 9).
 
-Training streams its cases (`medjax.data.case_cache`: random access into the
+Training streams its cases (`medjax.data.pipeline.case_cache`: random access into the
 prepared `array_record` files, a few decoded cases kept), so its memory must
 not grow with the dataset. This benchmark writes nnU-Net raw folders of
 `cases` CT volumes `(D, H, W)` int16 (`prepare_memory.synthetic_case`:
@@ -40,6 +40,7 @@ def write_folder(root: str, pool: str, cases: int, shape: Sequence[int], distinc
   """An nnU-Net raw folder `root` of `cases` cases (`.nii`), hard links to `distinct`
   volumes written once into `pool`."""
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   from medjax.bench import prepare_memory  # pylint: disable=g-import-not-at-top
   from medjax.data import io  # pylint: disable=g-import-not-at-top
 
@@ -87,20 +88,20 @@ def _rss_bytes() -> int:
 
 
 def _child_prepare(manual_dir: str, data_dir: str) -> dict:
-  from medjax.train import sources  # pylint: disable=g-import-not-at-top
+  from medjax.train import config_data  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
   # the config's dataset_kwargs name the prepared folder: prepare what training will open
-  builder = sources.folder_builder(_config(manual_dir, data_dir, steps=1, patch=(), cached=1))
+  builder = config_data.folder_builder(_config(manual_dir, data_dir, steps=1, patch=(), cached=1))
   return {"prepared_cases": builder.info.splits["train"].num_examples,
           "prepare_seconds": time.perf_counter() - start}
 
 
 def _child_train(manual_dir: str, data_dir: str, workdir: str, steps: int,
                  patch: Sequence[int], cached: int) -> dict:
-  from medjax.train import loop, sources  # pylint: disable=g-import-not-at-top
-  config = sources.resolve_dataset(_config(manual_dir, data_dir, steps=steps, patch=patch,
+  from medjax.train import loop, config_data  # pylint: disable=g-import-not-at-top
+  config = config_data.resolve_dataset(_config(manual_dir, data_dir, steps=steps, patch=patch,
                                             cached=cached))
-  train_cases = len(sources.load_split(config, "train"))
+  train_cases = len(config_data.load_split(config, "train"))
   before = _rss_bytes()
   start = time.perf_counter()
   loop.train(config, loop.prepare_workdir(config, workdir))

@@ -19,7 +19,7 @@ Intended use:
   organ labels (`organ_logits`); stage 2 on crops from the *ground-truth*
   organ bounding box with a jittered margin, e.g.
   `bbox = organ_bbox(gt_organ, margin=rng.integers(4, 16, size=ndim))`,
-  `crop_to_bbox(image, bbox)` (`medjax.data.crop`), with lesion labels (`lesion_logits`), so that
+  `crop_to_bbox(image, bbox)` (`medjax.data.pipeline.crop`), with lesion labels (`lesion_logits`), so that
   it learns to tolerate stage-1 boxes that are a little too large or small.
 * Inference: `medjax.inference.cascade_predict(organ_fn, lesion_fn, image,
   margin=...)`, the one implementation of the rule, with e.g. `organ_fn` a
@@ -30,7 +30,7 @@ The experiment launcher trains a cascade as two ordinary segmentation runs
 (`medjax.train.cascade`), not as this module; `CascadedFCN` is the pair of
 networks as one Flax module, for code that wants both in one parameter tree.
 Christ et al. also refine with a 3D dense CRF; that post-processing is not
-part of medjax. The crop helpers are in `medjax.data.crop`.
+part of medjax. The crop helpers are in `medjax.data.pipeline.crop`.
 """
 from __future__ import annotations
 

@@ -55,6 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from medjax import layers
+from medjax.models.vgg import vgg_encoder
 
 
 class ConvNet(nn.Module):
@@ -119,13 +120,8 @@ class ConvNet(nn.Module):
         x = layers.max_pool(x, nd)
       dense = (120, 84) if self.dense is None else self.dense
     elif self.variant == "vgg":
-      for b, (f, n) in enumerate(self.vgg_blocks):
-        for i in range(n):
-          x = layers.conv_norm_act(x, f, 3, train=train, norm=self.norm,
-                                   bn_axis_name=self.bn_axis_name, conv_name=f"block{b}_conv{i}",
-                                   norm_name=f"block{b}_norm{i}", spatial_dims=nd,
-                                   kernels=self.kernels)
-        x = layers.max_pool(x, nd)
+      x = vgg_encoder(x, self.vgg_blocks, train=train, norm=self.norm,
+                      bn_axis_name=self.bn_axis_name, spatial_dims=nd, kernels=self.kernels)[-1]
       dense = (256,) if self.dense is None else self.dense
     else:
       raise ValueError(f"variant={self.variant!r}: expected 'lenet' or 'vgg'")

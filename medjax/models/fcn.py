@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from medjax import layers
+from medjax.models.vgg import vgg_encoder
 
 
 def bilinear_kernel(factor: int, channels: int, spatial_dims: int = 2) -> np.ndarray:
@@ -138,15 +139,10 @@ class FCN(nn.Module):
     if x.ndim != nd + 2 or any(s % 32 for s in x.shape[1:-1]):
       raise ValueError(f"FCN(spatial_dims={nd}) expects (N, *S, C) inputs with S divisible "
                        f"by 32, got shape {x.shape}")
-    pools = []
-    for b, (f, n) in enumerate(zip(self.backbone_features, self.backbone_convs)):
-      for i in range(n):
-        x = layers.conv_norm_act(x, f, 3, train=train, norm=self.norm,
-                                 bn_axis_name=self.bn_axis_name, conv_name=f"block{b}_conv{i}",
-                                 norm_name=f"block{b}_norm{i}", spatial_dims=nd,
-                                 kernels=self.kernels)
-      x = layers.max_pool(x, nd)
-      pools.append(x)
+    pools = vgg_encoder(x, tuple(zip(self.backbone_features, self.backbone_convs)), train=train,
+                        norm=self.norm, bn_axis_name=self.bn_axis_name, spatial_dims=nd,
+                        kernels=self.kernels)
+    x = pools[-1]
     for name, k in (("fc6", self.fc_kernel), ("fc7", 1)):
       x = layers.ConvND(self.fc_features, k, spatial_dims=nd, activation="relu",
                         kernels=self.kernels, name=name)(x)

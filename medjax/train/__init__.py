@@ -7,12 +7,12 @@
   is scored (segmentation, classification, distillation, finetune,
   linear_probe; a new task: one module + one line in `tasks.TASKS`).
 * `cascade`: two ordinary runs (organ, then lesion in the organ box) and a joint evaluation.
-* `predictor`: a trained run or cascade as a function of a raw image
-  (evaluation and `experiments.predict` share it).
-* `warm_start` (`config.init_from`), `freeze` (frozen BatchNorm), `optim`
-  (frozen stages, per-stage learning rates): transfer learning.
+* `warm_start` (`config.init_from`) and `optim` (frozen stages and their
+  BatchNorm, per-stage learning rates): transfer learning.
 * `evaluate` scores, `report` / `tree_report` draw; `workdir` owns every file name and write.
 * `step` (the SPMD step, `Objective` for task-specific losses), `state`,
   `checkpoint` (orbax), `writer` (metrics.jsonl + TensorBoard), `config_check`,
-  `model_factory`, `restore`, `sources`.
+  `model_factory`, `config_data` (the data a config names: splits, plan, normalisation).
+
+Predicting with a trained run is `medjax.inference`'s job.
 """

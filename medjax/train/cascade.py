@@ -6,9 +6,9 @@ cropped to the ground-truth organ bounding box plus a margin, where the tumour
 is far less rare. Each stage is an ordinary segmentation run of
 `medjax.train.loop` in `<workdir>/stage1` and `<workdir>/stage2` (each
 resumable); stage 2 is handed its training source, the organ crops
-(`medjax.data.crop.OrganCropSource`), explicitly.
+(`medjax.data.pipeline.crop.OrganCropSource`), explicitly.
 
-At test time the joint predictor (`medjax.train.predictor.CascadeSegmenter`,
+At test time the joint predictor (`medjax.inference.run_predictor.CascadeSegmenter`,
 i.e. `medjax.inference.cascade_predict`) segments the organ, then the tumour
 inside the stage-1 organ box, and removes tumour voxels outside the organ:
 the joint map has the classes of a single-stage 3-class network (0
@@ -25,13 +25,13 @@ import time
 import jax
 import ml_collections
 
-from medjax.data.crop import OrganCropSource
+from medjax.data.pipeline.crop import OrganCropSource
 from medjax.errors import InputError
+from medjax.inference.run_predictor import (CASCADE_STAGES, CascadeSegmenter, cascade_margin,
+                                            stage_configs, window_predictor)
 from medjax.train import config_check, loop
 from medjax.train.model_factory import build_model
-from medjax.train.predictor import (CASCADE_STAGES, CascadeSegmenter, cascade_margin,
-                                    stage_configs, window_predictor)
-from medjax.train.sources import load_split
+from medjax.train.config_data import load_split
 from medjax.train.tasks import segmentation
 from medjax.train.workdir import Workdir
 

@@ -1,7 +1,7 @@
 """Scoring: numbers per case, with each case's real id. Drawing is `report`'s job.
 
 * `score_segmentation(segmenter, cases, ...)`: segments every case with a
-  segmenter (one run or a cascade, `medjax.train.predictor`) and scores it per
+  segmenter (one run or a cascade, `medjax.inference.run_predictor`) and scores it per
   class -> an `Evaluation`: the `eval.json` dict and, for the first few
   cases, the image, truth and prediction a report can draw.
 * `score_classification(predict_batch, images, ...)`: image-level accuracy,
@@ -68,7 +68,7 @@ def score_segmentation(segmenter: Segmenter, cases: Iterable[dict], class_names:
     segmenter: raw image `(*S, C)` -> `(labels (*S,), probabilities (*S, K))`
       (or with a third element, uncertainty maps name -> `(*S,)`).
     cases: dicts with `image` `(*S, C)` raw, `label` `(*S,)`, `spacing`, `case`
-      (`medjax.data.pipeline.eval_cases` with the identity normalisation).
+      (`medjax.data.pipeline.loaders.eval_cases` with the identity normalisation).
     class_names: name of each class id (index 0 is the background).
     label_map: old class id -> new class id applied to the truth (a stage
       that learns merged classes).

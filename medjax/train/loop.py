@@ -25,13 +25,13 @@ from absl import logging
 from tqdm import tqdm
 
 from medjax import losses, parallel
-from medjax.data import augment
+from medjax.data.pipeline import augment
 from medjax.errors import InputError
 from medjax.train import config_check, report, tasks, warm_start
 from medjax.train.checkpoint import StopRequest
 from medjax.train.model_factory import build_model
 from medjax.train.optim import make_optimizer
-from medjax.train.sources import load_split
+from medjax.train.config_data import load_split
 from medjax.train.state import TrainState
 from medjax.train.step import make_train_step
 from medjax.train.workdir import Workdir

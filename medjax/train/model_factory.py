@@ -7,7 +7,7 @@ import ml_collections
 from medjax import models
 from medjax.errors import InputError
 from medjax.models import remat as remat_lib
-from medjax.train import freeze
+from medjax.train import optim
 
 # config.model.name -> class name in medjax.models
 MODEL_CLASSES = {
@@ -83,4 +83,4 @@ def build_model(config: ml_collections.ConfigDict, *, training: bool = True) -> 
       cfg[key] = None
   model = cls(**cfg)
   # Frozen stages (config.optimizer.frozen/trainable) keep their BatchNorm statistics.
-  return freeze.freeze_batch_norm(model, config.optimizer) if training else model
+  return optim.freeze_batch_norm(model, config.optimizer) if training else model

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from medjax.train import cascade, compile_cache, loop, sources
-from medjax.train.predictor import is_cascade
+from medjax.inference.run_predictor import is_cascade
+from medjax.train import cascade, compile_cache, loop, config_data
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
@@ -21,7 +21,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   (`medjax.train.compile_cache`), so that a second launch skips compiling.
   """
   compile_cache.setup(config)
-  config = sources.resolve_dataset(config)  # a folder dataset's classes, channels, patch, U-Net
+  config = config_data.resolve_dataset(config)  # a folder dataset's classes, channels, patch, U-Net
   if is_cascade(config):
     return cascade.train_and_evaluate(config, workdir)
   return loop.train_and_evaluate(config, workdir)

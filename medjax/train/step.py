@@ -7,7 +7,7 @@ in the forward pass). A step whose loss or gradients are not finite leaves
 the state unchanged and reports `finite=False`, so the last good parameters
 survive and the loop can stop cleanly.
 
-With an `Augmentation` (`medjax.data.augment`), the step first augments its
+With an `Augmentation` (`medjax.data.pipeline.augment`), the step first augments its
 share of the batch on the device; sample i of the global batch of step t is
 augmented from `(seed, t, i)`, so the augmented global batch does not depend
 on the number of devices.
@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import optax
 
 from medjax import parallel
-from medjax.data import augment as augment_lib
+from medjax.data.pipeline import augment as augment_lib
 from medjax.train.state import TrainState
 
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]

@@ -43,7 +43,7 @@ import ml_collections
 import numpy as np
 
 from medjax.errors import InputError
-from medjax.train import freeze
+from medjax.train import optim
 from medjax.train.workdir import Workdir
 
 COLLECTIONS = ("params", "batch_stats")
@@ -150,7 +150,7 @@ def merge(variables: dict, source: dict[str, np.ndarray], *, mapping: Sequence[s
       parameter at all found in the source.
   """
   rules = parse_mapping(mapping)
-  excluded = freeze._prefixes(exclude, "init_exclude") if exclude else ()
+  excluded = optim.path_prefixes(exclude, "init_exclude") if exclude else ()
   renamed = {}
   for key, value in source.items():
     collection, _, path = key.partition("/")
@@ -159,7 +159,7 @@ def merge(variables: dict, source: dict[str, np.ndarray], *, mapping: Sequence[s
   out, loaded, fresh = {}, [], []
   for key, value in target.items():
     collection, _, path = key.partition("/")
-    if any(freeze.is_under(path, p) for p in excluded) or key not in renamed:
+    if any(optim.is_under(path, p) for p in excluded) or key not in renamed:
       out[key] = value
       fresh.append(key)
       continue

@@ -12,8 +12,8 @@ A workdir holds everything about one run:
 | `report/*.png` | `medjax.train.report` | learning curves, case slices, metric box plots |
 | `eval.csv` | the segmentation task | one row per test case and class |
 | `postprocessing.json` | the segmentation task | rules chosen on validation (`medjax.postprocess`) |
-| `plan.json` | `sources.load_split` (folder datasets) | the dataset's preprocessing plan (`medjax.data.planning`), applied by `predictor` |
-| `splits.json` | `sources.load_split` (folder datasets) | the case ids of train / validation / test (fold, num_folds) |
+| `plan.json` | `config_data.load_split` (folder datasets) | the dataset's preprocessing plan (`medjax.data.preprocessing.planning`), applied by `predictor` |
+| `splits.json` | `config_data.load_split` (folder datasets) | the case ids of train / validation / test (fold, num_folds) |
 | `stage1/`, `stage2/` | a cascade | one ordinary workdir per stage |
 
 Nobody else spells these names: the loop, the tasks, the cascade, `restore`,
@@ -208,8 +208,17 @@ class Workdir:
     return atomic_write_json(self.eval_path, results)
 
   def write_postprocessing(self, rules: dict) -> str:
-    """`postprocessing.json` (`medjax.postprocess.rules_to_json`); read by `postprocess.load_rules`."""
+    """`postprocessing.json` (`medjax.postprocess.rules_to_json`); read by `read_postprocessing_rules`."""
     return atomic_write_json(self.postprocessing_path, rules)
+
+  def read_postprocessing_rules(self):
+    """The post-processing rules stored here (`tuple[postprocess.Rule, ...]`), or None if
+    the run has none. A cascade's workdir holds the rules of its joint prediction."""
+    from medjax import postprocess  # scipy.ndimage: loaded only when a run has rules
+    path = self.postprocessing_path
+    if not os.path.exists(path):
+      return None
+    return postprocess.rules_from_json(_read_json(path, "post-processing rules"), path=path)
 
   def write_eval_csv(self, text: str) -> str:
     return atomic_write_text(self.eval_csv_path, text)

@@ -9,11 +9,11 @@ import ml_collections
 import numpy as np
 
 from medjax import calibration, uncertainty
-from medjax.data import pipeline
+from medjax.data.pipeline import loaders
 from medjax.errors import InputError
+from medjax.inference.run_predictor import check_uncertainty_config, tta_axes
 from medjax.train import evaluate, report
-from medjax.train.predictor import check_uncertainty_config, tta_axes
-from medjax.train.sources import load_split
+from medjax.train.config_data import load_split
 from medjax.train.step import make_predict_fn
 from medjax.train.tasks.base import Task
 
@@ -28,7 +28,7 @@ class ClassificationTask(Task):
 
   def train_batches(self, config: ml_collections.ConfigDict, source, *, start_step,
                     process_index, process_count) -> Iterator[dict[str, np.ndarray]]:
-    return pipeline.classification_batches(
+    return loaders.classification_batches(
         source, global_batch_size=config.global_batch_size, seed=config.seed,
         start_step=start_step, num_steps=config.num_steps, process_index=process_index,
         process_count=process_count, flip_axes=tuple(config.flip_axes),
@@ -48,7 +48,7 @@ class ClassificationTask(Task):
     if calibrate:
       temperature = fit_image_temperature(predict_batch, config, load_split(config, "validation"))
     return evaluate.score_classification(
-        predict_batch, pipeline.classification_images(source, **data_options(config)),
+        predict_batch, loaders.classification_images(source, **data_options(config)),
         tuple(config.class_names), batch_size=int(config.eval.batch_size),
         calibrate=calibrate or config.eval.get("uncertainty", "none") != "none",
         temperature=temperature)
@@ -88,7 +88,7 @@ def fit_image_temperature(predict_batch, config: ml_collections.ConfigDict, sour
       probs.append(np.asarray(out[0] if isinstance(out, tuple) else out))
       batch.clear()
 
-  for _, image, label in pipeline.classification_images(source, **data_options(config)):
+  for _, image, label in loaders.classification_images(source, **data_options(config)):
     batch.append(image)
     labels.append(int(label))
     if len(batch) == int(config.eval.batch_size):
@@ -109,5 +109,5 @@ def data_options(config: ml_collections.ConfigDict) -> dict:
              "channels": int(config.get("in_channels", 1))}
   stats = config.get("intensity_stats")
   if stats:
-    options["normalize"] = pipeline.fixed_window(*stats)
+    options["normalize"] = loaders.fixed_window(*stats)
   return options

@@ -39,11 +39,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from medjax.data import pipeline
+from medjax.data.pipeline import loaders
 from medjax.errors import InputError
+from medjax.inference import restore
 from medjax.models.soft_tree import (SoftDecisionTree, balance_regularizer, distillation_loss,
                                      leaf_distillation_loss)
-from medjax.train import evaluate, restore, tree_report
+from medjax.train import evaluate, tree_report
 from medjax.train.step import LossFn, Objective
 from medjax.train.tasks.classification import ClassificationTask, data_options
 from medjax.train.workdir import Workdir
@@ -195,7 +196,7 @@ class DistillationTask(ClassificationTask):
     evaluation = super().evaluate(config, model, variables, source)
     results = dict(evaluation.results)
     per_case = results.pop("per_case")
-    loaded = list(pipeline.classification_images(source, **data_options(config)))
+    loaded = list(loaders.classification_images(source, **data_options(config)))
     images = np.stack([image for _, image, _ in loaded])
     labels = np.array([label for _, _, label in loaded])
     pred = np.array([case["pred"] for case in per_case])

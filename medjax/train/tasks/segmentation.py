@@ -5,7 +5,7 @@ decides its post-processing on the validation split, as nnU-Net does
 (`medjax.postprocess.decide`, `config.eval.postprocess`, default on): the
 rules that raise the validation Dice are stored in `postprocessing.json`
 (`write_evaluation_outputs`), applied to the test predictions, and read
-back by `experiments.predict` (`postprocess.load_rules`). When a rule is
+back by `experiments.predict` (`Workdir.read_postprocessing_rules`). When a rule is
 kept, `eval.json`'s `metric/class` keys are the post-processed numbers and
 `postprocessing.raw` holds the raw ones; when none is kept (or the split has
 no validation cases), the keys are the raw numbers, as before.
@@ -21,11 +21,11 @@ import ml_collections
 import numpy as np
 
 from medjax import calibration, postprocess
-from medjax.data import pipeline, transforms
+from medjax.data.pipeline import loaders, transforms
 from medjax.errors import InputError
-from medjax.train import evaluate, report, sources
-from medjax.train.predictor import check_uncertainty_config, run_segmenter
-from medjax.train.sources import load_split
+from medjax.inference.run_predictor import check_uncertainty_config, run_segmenter
+from medjax.train import evaluate, report, config_data
+from medjax.train.config_data import load_split
 from medjax.train.tasks.base import Task
 from medjax.train.workdir import Workdir
 
@@ -65,7 +65,7 @@ def decide_postprocessing(segmenter, config: ml_collections.ConfigDict) -> Optio
   cases = [postprocess.ValidationCase(np.asarray(segmenter(case["image"])[0]).astype(dtype),
                                       _truth(case["label"], config).astype(dtype),
                                       tuple(float(s) for s in case["spacing"]))
-           for case in pipeline.eval_cases(source, normalize=_raw)]
+           for case in loaders.eval_cases(source, normalize=_raw)]
   rules, record = postprocess.decide(cases, range(1, len(names)))
   return postprocess.rules_to_json(rules, record, names)
 
@@ -85,7 +85,7 @@ def score_cases(segmenter, config: ml_collections.ConfigDict, source: Sequence[d
   postprocessor = ((lambda labels, spacing: postprocess.apply(labels, rules, spacing))
                    if rules else None)
   evaluation = evaluate.score_segmentation(
-      segmenter, pipeline.eval_cases(source, normalize=_raw), tuple(config.class_names),
+      segmenter, loaders.eval_cases(source, normalize=_raw), tuple(config.class_names),
       label_map=tuple(config.get("label_map") or ()), surface=config.eval.surface_metrics,
       keep=int(config.eval.report_cases), display=transforms.normalize_ct_channels, trust=trust,
       postprocessor=postprocessor)
@@ -114,7 +114,7 @@ def fit_case_temperature(segmenter, config: ml_collections.ConfigDict, source: S
   case's position)."""
   lut = np.asarray(config.label_map, np.int32) if config.get("label_map") else None
   logits, labels = [], []
-  for i, case in enumerate(pipeline.eval_cases(source, normalize=_raw)):
+  for i, case in enumerate(loaders.eval_cases(source, normalize=_raw)):
     probs = segmenter(case["image"])[1]
     label = case["label"] if lut is None else lut[case["label"]]
     p, y = calibration.subsample_voxels(probs, label, max_voxels=voxels_per_case, seed=i)
@@ -197,12 +197,12 @@ class SegmentationTask(Task):
 
   def train_batches(self, config, source, *, start_step, process_index, process_count
                     ) -> Iterator[dict[str, np.ndarray]]:
-    batches = pipeline.train_batches(
+    batches = loaders.train_batches(
         source, patch_size=tuple(config.patch_size), foreground_fraction=config.foreground_fraction,
         flip_axes=tuple(config.flip_axes), global_batch_size=config.global_batch_size,
         seed=config.seed, start_step=start_step, num_steps=config.num_steps,
         process_index=process_index, process_count=process_count,
-        worker_count=config.get("data_workers", 0), **sources.patch_options(config))
+        worker_count=config.get("data_workers", 0), **config_data.patch_options(config))
     if config.get("label_map"):
       batches = remap_labels(batches, config.label_map)
     return batches

@@ -12,7 +12,7 @@ evaluation and outputs) started from `config.init_from`
   Generic ConvNet Representation", TPAMI): only the classifier on top of the
   fixed "deep features": `config.optimizer.trainable` names the head, every
   other parameter is frozen and its BatchNorm runs in inference mode
-  (`medjax.train.freeze`).
+  (`medjax.train.optim`).
 
 The linear probe is trained in the loop (SGD/Adam on the cross-entropy of the
 head, everything else frozen) rather than by the closed-form ridge probe of
@@ -26,7 +26,7 @@ from __future__ import annotations
 import ml_collections
 
 from medjax.errors import InputError
-from medjax.train import freeze
+from medjax.train import optim
 from medjax.train.tasks.classification import ClassificationTask
 
 
@@ -53,7 +53,7 @@ class LinearProbeTask(ClassificationTask):
   def validate(self, config: ml_collections.ConfigDict) -> None:
     super().validate(config)
     _require_init_from(config, "linear_probe")
-    _, trainable = freeze.frozen_prefixes(config.optimizer)
+    _, trainable = optim.frozen_prefixes(config.optimizer)
     if not trainable:
       raise InputError("config.optimizer.trainable is empty: task 'linear_probe' trains only "
                        "the classifier; name it, e.g. --config.optimizer.trainable='(\"head\",)'")

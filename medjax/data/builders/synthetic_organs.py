@@ -1,4 +1,4 @@
-"""TFDS builder `synthetic_organs`: the synthetic CT of `medjax.data.synthetic`.
+"""TFDS builder `synthetic_organs`: the synthetic CT of `medjax.data.phantoms.organ_ct`.
 
 Patch classification (the learnable classification task; how to use it):
 ``synthetic_organs/patches2d`` holds 32x32 patches (0.8 mm) cut from
@@ -7,8 +7,8 @@ synthetic slices, ``synthetic_organs/patches3d`` 16x32x32 patches
 an organ-only or a tumour voxel, with the integer class in `label` (0
 background, 1 organ, 2 tumour; balanced: train 3000 / validation 500 / test
 1000, i.e. 1000/1000/1000 in train) -- definitions in
-`medjax.data.synthetic_patches`. Open a split with
-``medjax.data.datasets.load_source("synthetic_organs/patches2d", "train",
+`medjax.data.phantoms.organ_patches`. Open a split with
+``medjax.data.builders.datasets.load_source("synthetic_organs/patches2d", "train",
 data_dir)`` (generated on first use: 9-17 s in 2D, 16 MB; 34-65 s in 3D,
 260 MB, on a loaded 2-core CPU machine); in a config
 start from `experiments.configs.common.patch_classification_2d()`
@@ -58,7 +58,7 @@ from typing import Any, Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
-from medjax.data import synthetic, synthetic_patches
+from medjax.data.phantoms import organ_ct, organ_patches
 
 # Disjoint seed ranges per split: a split of up to 100000 cases never reaches
 # the next range.
@@ -75,7 +75,7 @@ class SyntheticOrgansConfig(tfds.core.BuilderConfig):
   seed: int = 0  # added to every case seed: another seed gives another dataset
   # Patch configs only (empty patch_size: whole images): patch shape, patches
   # of each class per source image, and how far from the organ background
-  # centres may lie (`medjax.data.synthetic_patches`).
+  # centres may lie (`medjax.data.phantoms.organ_patches`).
   patch_size: tuple[int, ...] = ()
   patches_per_image: int = 2
   background_band_mm: float = 20.0
@@ -159,7 +159,7 @@ class SyntheticOrgans(tfds.core.GeneratorBasedBuilder):
         features=tfds.features.FeaturesDict(features),
         supervised_keys=None,
         homepage="https://github.com/medjax/medjax",
-        metadata=tfds.core.MetadataDict(class_names=list(synthetic.CLASS_NAMES)),
+        metadata=tfds.core.MetadataDict(class_names=list(organ_ct.CLASS_NAMES)),
     )
 
   def _patch_info(self) -> tfds.core.DatasetInfo:
@@ -167,7 +167,7 @@ class SyntheticOrgans(tfds.core.GeneratorBasedBuilder):
     features = {
         "image": tfds.features.Tensor(shape=self.builder_config.patch_size, dtype=np.float32,
                                       encoding="zlib"),
-        "label": tfds.features.ClassLabel(names=list(synthetic_patches.CLASS_NAMES)),
+        "label": tfds.features.ClassLabel(names=list(organ_patches.CLASS_NAMES)),
         "mask": tfds.features.Tensor(shape=self.builder_config.patch_size, dtype=np.uint8,
                                      encoding="zlib"),
         "spacing": tfds.features.Tensor(shape=(ndim,), dtype=np.float32),
@@ -181,7 +181,7 @@ class SyntheticOrgans(tfds.core.GeneratorBasedBuilder):
         features=tfds.features.FeaturesDict(features),
         supervised_keys=("image", "label"),
         homepage="https://github.com/medjax/medjax",
-        metadata=tfds.core.MetadataDict(class_names=list(synthetic_patches.CLASS_NAMES)),
+        metadata=tfds.core.MetadataDict(class_names=list(organ_patches.CLASS_NAMES)),
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
@@ -201,17 +201,17 @@ class SyntheticOrgans(tfds.core.GeneratorBasedBuilder):
       seed = config.seed + SEED_OFFSETS[split] + index
       case = f"{split}_{index:05d}"
       if config.ndim == 3:
-        image, label = synthetic.make_volume(seed, config.shape, config.spacing)
+        image, label = organ_ct.make_volume(seed, config.shape, config.spacing)
         yield case, {"image": image, "label": label, "spacing": spacing, "case": case}
       else:
-        image, label, lesion = synthetic.make_slice(seed, config.shape, config.spacing)
+        image, label, lesion = organ_ct.make_slice(seed, config.shape, config.spacing)
         yield case, {"image": image, "label": label, "spacing": spacing, "case": case,
                      "lesion": lesion}
 
   def _generate_patches(self, split: str, size: int,
                         spacing: np.ndarray) -> Iterator[tuple[str, dict[str, Any]]]:
     config = self.builder_config
-    patches = synthetic_patches.generate(
+    patches = organ_patches.generate(
         config.seed + SEED_OFFSETS[split], size, ndim=config.ndim, shape=config.shape,
         spacing=config.spacing, patch_size=config.patch_size,
         per_image=config.patches_per_image, background_band_mm=config.background_band_mm,

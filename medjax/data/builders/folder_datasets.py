@@ -1,6 +1,6 @@
 """TFDS builders `nnunet_raw`, `decathlon`, `lits`: a local folder, planned and preprocessed.
 
-Each builder reads the raw layout of the same name (`medjax.data.raw_layouts`,
+Each builder reads the raw layout of the same name (`medjax.data.builders.raw_layouts`,
 whose docstring says exactly which files go where) from `manual_dir` and
 writes `array_record` files (no TensorFlow, nothing downloaded)::
 
@@ -20,7 +20,7 @@ command line). Preparation, as nnU-Net (Isensee et al., Nature Methods 2021):
 Splits: ``train`` (every labelled training case) and ``test`` (the labelled
 test cases, nnU-Net's ``imagesTs`` + ``labelsTs``; absent when the folder
 has none). Cross-validation folds are taken at load time from ``train``
-(`medjax.data.splits.kfold`, `fold`/`num_folds` in `dataset_kwargs`).
+(`medjax.data.builders.splits.kfold`, `fold`/`num_folds` in `dataset_kwargs`).
 
 Features: `image` float32 `(*S', C)` (normalised, resampled), `label` uint8
 `(*S')`, `spacing` float32 `(ndim,)` (the target spacing, mm), `case` text,
@@ -53,7 +53,9 @@ from typing import Any, Iterator, Optional
 import numpy as np
 import tensorflow_datasets as tfds
 
-from medjax.data import fingerprint, patches, planning, preprocessing, raw_layouts, shard_writing
+from medjax.data.builders import raw_layouts, shard_writing
+from medjax.data.pipeline import patches
+from medjax.data.preprocessing import apply_plan, fingerprint, planning
 from medjax.errors import InputError
 
 # Build options that are read when a split is loaded, not when it is prepared
@@ -199,7 +201,7 @@ class _FolderBuilder(tfds.core.ShardBasedBuilder, skip_registration=True):
     ndim = self.builder_config.ndim
     for index, case in enumerate(cases):
       loaded = self._read(case, dataset)
-      done = preprocessing.preprocess_case(loaded.image, loaded.label, loaded.spacing,
+      done = apply_plan.preprocess_case(loaded.image, loaded.label, loaded.spacing,
                                            loaded.affine, plan, name=f"case {case.case_id}")
       del loaded
       rows = [np.concatenate([np.full((len(where), 1), c, np.int32), where], axis=1)

@@ -13,7 +13,7 @@ the cascade and `experiments.predict` share.
   prediction tool needs and one-line errors for images it cannot take.
   `RunPredictor.predict_volume(volume)` segments a volume in its own
   geometry: a run trained on a folder dataset applies the dataset's plan
-  (`plan.json`: crop, normalise, resample, `medjax.data.preprocessing`) and
+  (`plan.json`: crop, normalise, resample, `medjax.data.preprocessing.apply_plan`) and
   maps the prediction back onto the volume's grid (`to_native`).
 * Uncertainty (`medjax.uncertainty`): `run_segmenter(..., uncertainty=
   "mc_dropout" | "tta")` slides one compiled window function whose windows
@@ -34,9 +34,11 @@ import ml_collections
 import numpy as np
 
 from medjax import inference, uncertainty
-from medjax.data import preprocessing, transforms
+from medjax.data.pipeline import transforms
+from medjax.data.preprocessing import apply_plan
 from medjax.errors import InputError
-from medjax.train import restore, sources
+from medjax.inference import restore
+from medjax.train import config_data
 from medjax.train.step import make_predict_fn
 from medjax.train.workdir import Workdir
 
@@ -57,7 +59,7 @@ def window_predictor(config: ml_collections.ConfigDict, model: nn.Module, variab
   """The trained network of `config` over whole raw images `(*S, C)` -> `(*S, K)`.
 
   Each channel is normalised as the training pipeline does
-  (`sources.normalizer`: the CT window, or nothing for images normalised
+  (`config_data.normalizer`: the CT window, or nothing for images normalised
   already), then the image is predicted with windows of
   `config.patch_size` and `config.eval`'s overlap, blending and batch size.
   `mirror_axes` (default `config.eval.mirror_axes`) are flipped for
@@ -91,9 +93,9 @@ def window_predictor(config: ml_collections.ConfigDict, model: nn.Module, variab
 
 
 def channel_normalizer(config: ml_collections.ConfigDict) -> Callable[[np.ndarray], np.ndarray]:
-  """Raw image `(*S, C)` -> network input `(*S, C)` float32: `sources.normalizer(config)`
+  """Raw image `(*S, C)` -> network input `(*S, C)` float32: `config_data.normalizer(config)`
   of each channel (for the CT window, `transforms.normalize_ct_channels`)."""
-  normalize = sources.normalizer(config)
+  normalize = config_data.normalizer(config)
   if normalize is transforms.normalize_ct:
     return transforms.normalize_ct_channels
   return lambda image: np.stack([normalize(image[..., c]) for c in range(image.shape[-1])], -1)
@@ -318,15 +320,15 @@ class RunPredictor:
       labels, probs, *maps = predict(volume.array, name=name)
       return labels, probs, (maps[0] if maps else {})
     image = self._checked(volume.array, name)
-    image, record = preprocessing.preprocess_for_inference(
+    image, record = apply_plan.preprocess_for_inference(
         image, tuple(float(s) for s in volume.spacing), volume.affine, self.plan, name=name)
     labels, probs, *maps = predict(image, name=name)
-    probs = preprocessing.to_native(probs, record, kind="probabilities")
+    probs = apply_plan.to_native(probs, record, kind="probabilities")
     if isinstance(self.segmenter, CascadeSegmenter):
-      labels = preprocessing.to_native(labels, record, kind="labels")
+      labels = apply_plan.to_native(labels, record, kind="labels")
     else:
       labels = probs.argmax(-1).astype(np.uint8)
-    maps = {k: preprocessing.to_native(v, record, kind="map")
+    maps = {k: apply_plan.to_native(v, record, kind="map")
             for k, v in (maps[0] if maps else {}).items()}
     return np.asarray(labels, np.uint8), probs, maps
 

@@ -38,7 +38,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from medjax.data import normalization, resampling
+from medjax.data.preprocessing import normalization, resampling
 from medjax.errors import InputError
 
 PLAN_VERSION = 1

@@ -28,7 +28,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from medjax.data import patches, transforms
+from medjax.data.pipeline import patches, transforms
 from medjax.errors import InputError
 
 Normalize = Callable[[np.ndarray], np.ndarray]

@@ -38,7 +38,7 @@ from typing import Any, Iterator, NamedTuple
 import numpy as np
 import tensorflow_datasets as tfds
 
-from medjax.data import shard_writing
+from medjax.data.builders import shard_writing
 from medjax.errors import InputError
 
 

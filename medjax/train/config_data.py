@@ -10,8 +10,9 @@ from typing import Any, Callable, Optional, Sequence
 import ml_collections
 import numpy as np
 
-from medjax import data  # its submodules load on first use: `datasets` (TFDS) only when a split is read
-from medjax.data import raw_layouts, splits, transforms
+from medjax import data  # its subpackages load on first use: TFDS only when a split is read
+from medjax.data.builders import raw_layouts, splits
+from medjax.data.pipeline import transforms
 from medjax.errors import InputError
 from medjax.train.workdir import Workdir
 
@@ -58,7 +59,7 @@ def _dataset_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
 def folder_builder(config: ml_collections.ConfigDict):
   """The prepared builder of a folder dataset (prepared on first use, once per `manual_dir`)."""
   kwargs = _dataset_kwargs(config)
-  return data.datasets.prepare(config.dataset, config.data_dir, **kwargs)
+  return data.builders.datasets.prepare(config.dataset, config.data_dir, **kwargs)
 
 
 class Subset:
@@ -119,8 +120,8 @@ def resolve_dataset(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
   """
   if not is_folder_dataset(config):
     return config
-  builder = folder_builder(config)  # imports data.folder_datasets (via data.datasets)
-  metadata = data.folder_datasets.prepared_metadata(builder)
+  builder = folder_builder(config)  # imports data.builders.folder_datasets (via data.builders.datasets)
+  metadata = data.builders.folder_datasets.prepared_metadata(builder)
   plan, labels = metadata["plan"], metadata["dataset"]["labels"]
   out = copy.deepcopy(config)
   out.unlock()
@@ -160,15 +161,15 @@ def load_split(config: ml_collections.ConfigDict, split: str, *,
 
   A folder dataset (`is_folder_dataset`) is split by `folder_splits`; with
   `workdir`, its split (`splits.json`) and its plan (`plan.json`, applied by
-  `medjax.train.predictor` to new images) are written there.
+  `medjax.inference.run_predictor` to new images) are written there.
   """
   if not is_folder_dataset(config):
-    return data.datasets.load_source(config.dataset, split, config.data_dir,
+    return data.builders.datasets.load_source(config.dataset, split, config.data_dir,
                                      **_dataset_kwargs(config))
   if split not in ("train", "validation", "test"):
     raise InputError(f"split {split!r} of {config.dataset}: expected train, validation or test")
   builder = folder_builder(config)
-  metadata = data.folder_datasets.prepared_metadata(builder)
+  metadata = data.builders.folder_datasets.prepared_metadata(builder)
   chosen = folder_splits(config, metadata)
   if workdir is not None:
     workdir.write_plan(metadata["plan"])

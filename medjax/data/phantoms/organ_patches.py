@@ -1,4 +1,4 @@
-"""Patch-level classification data cut from the synthetic CT of `medjax.data.synthetic`.
+"""Patch-level classification data cut from the synthetic CT of `medjax.data.phantoms.organ_ct`.
 
 The patch-level setting of lesion classification (PatchCamelyon, Veeling et
 al. 2018; MedMNIST, Yang et al. 2023): instead of "is there a lesion
@@ -33,9 +33,9 @@ from typing import Iterator, Sequence
 import numpy as np
 from scipy import ndimage
 
-from medjax.data import synthetic
+from medjax.data.phantoms import organ_ct
 
-CLASS_NAMES = synthetic.CLASS_NAMES  # ("background", "organ", "tumour"): class id = label value
+CLASS_NAMES = organ_ct.CLASS_NAMES  # ("background", "organ", "tumour"): class id = label value
 BODY_MIN_HU = -500.0  # air is -1000 HU, every tissue of the body is above -200
 
 
@@ -99,8 +99,8 @@ def source_image(seed: int, ndim: int, shape: Sequence[int],
                  spacing: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
   """`(image, label)` of the synthetic volume (3D) or slice (2D) of `seed`."""
   if ndim == 3:
-    return synthetic.make_volume(seed, shape, spacing)
-  image, label, _ = synthetic.make_slice(seed, shape, spacing)
+    return organ_ct.make_volume(seed, shape, spacing)
+  image, label, _ = organ_ct.make_slice(seed, shape, spacing)
   return image, label
 
 

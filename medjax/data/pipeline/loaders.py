@@ -17,7 +17,7 @@ total length of the run (the last step is `num_steps - 1`).
 
 Segmentation cases are not held in memory: `train_batches` reads them by
 random access from the source through a small LRU of decoded cases
-(`medjax.data.case_cache`), so a dataset larger than RAM trains in the memory
+(`medjax.data.pipeline.case_cache`), so a dataset larger than RAM trains in the memory
 of a few cases. Classification images are small and loaded once.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import grain
 import numpy as np
 
-from medjax.data import case_cache, patches, transforms
+from medjax.data.pipeline import case_cache, patches, transforms
 from medjax.errors import InputError
 
 Normalize = Callable[[np.ndarray], np.ndarray]

@@ -18,14 +18,14 @@ output folder's copy of the case's sub-folder:
   entropy of the deterministic prediction; `uncertainty_source`);
 * with `dicom_seg` and a DICOM series input, `<case>_seg.dcm`: a DICOM
   Segmentation of the labels referencing the source series
-  (`medjax.data.dicom_seg`);
+  (`medjax.data.io.dicom_seg`);
 * `<case>.json`: the input path, shape, spacing, the volume (mL) and voxel
   count of each class (after post-processing), the post-processing rules
   applied, and the read / predict / postprocess / write seconds.
 
 The model side (the run's preprocessing plan and the way back to the
 input's grid, normalisation as in evaluation, sliding windows, mirroring, the
-cascade rule, MC dropout) is `medjax.train.predictor`'s
+cascade rule, MC dropout) is `medjax.inference.run_predictor`'s
 (`RunPredictor.predict_volume`); the labels are then post-processed with the
 rules the run kept on its validation split (`medjax.postprocess`), when it
 has any. This module finds the cases, reads them, checks them and writes the
@@ -45,16 +45,17 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Callable, NamedTuple, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
 import medjax
 from medjax import inference
-from medjax.data import dicom_seg, io
+from medjax.data import io
+from medjax.data.io import dicom_seg
 from medjax.errors import InputError
-from medjax.postprocess import apply as apply_rules, load_rules
-from medjax.train.predictor import RunPredictor, has_dropout, load_ensemble, load_predictor
+from medjax.inference.run_predictor import RunPredictor, has_dropout, load_ensemble, load_predictor
+from medjax.postprocess import apply as apply_rules
 from medjax.train.workdir import Workdir, atomic_write, atomic_write_json
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -181,14 +182,14 @@ def predict_case(predictor: RunPredictor, path: str, output: str, *, probabiliti
   """Reads, checks, segments and writes one case; returns its summary.
 
   Args:
-    predictor: from `medjax.train.predictor.load_predictor`.
+    predictor: from `medjax.inference.run_predictor.load_predictor`.
     path: an image file or a DICOM series folder.
     output: the folder for `<case>_seg.nii.gz`, `<case>.json` (and the
       optional outputs, see the module docstring).
     probabilities: also write the class probabilities.
     entropy: also write the predictive entropy map (`predictor.predict_uncertainty`;
       a run without a preprocessing plan only).
-    rules: post-processing rules (`medjax.postprocess.load_rules`) applied
+    rules: post-processing rules (`Workdir.read_postprocessing_rules`) applied
       to the labels; None or () for none. The probabilities are the model's.
     dicom_seg_out: also write `<case>_seg.dcm` when `path` is a DICOM series
       (a warning on `warn` otherwise).
@@ -367,7 +368,7 @@ def predict_folder(workdir, input_path: str, output: str, *, mirror: bool = Fals
       method, source = uncertainty_source(Workdir(workdir).read_config(), int(samples))
       options = {"uncertainty_method": method, "samples": int(samples)}
     predictor = load_predictor(workdir, mirror=mirror, **options)
-    rules = None if postprocess is False else load_rules(workdir)
+    rules = None if postprocess is False else Workdir.of(workdir).read_postprocessing_rules()
     if postprocess and rules is None:
       raise InputError(f"--postprocess: {workdir} has no post-processing rules "
                        "(postprocessing.json is written when the run is evaluated with "

@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from medjax.data import crop
+from medjax.data.pipeline import crop
 from medjax.errors import InputError
 
 SAMPLES_PER_CASE = 10000

@@ -32,7 +32,7 @@ def normalize_ct(image: np.ndarray, clip: Optional[tuple[float, float]] = (-200.
 
 def keep_intensities(image: np.ndarray) -> np.ndarray:
   """The identity normalisation (as float32), for images normalised already,
-  e.g. by a folder dataset's plan at prepare time (`medjax.data.preprocessing`)."""
+  e.g. by a folder dataset's plan at prepare time (`medjax.data.preprocessing.apply_plan`)."""
   return np.asarray(image, np.float32)
 
 

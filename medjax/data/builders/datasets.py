@@ -30,8 +30,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 import tensorflow_datasets as tfds
 
-from medjax.data import folder_datasets, medmnist  # noqa: F401  (register the builders)
-from medjax.data import synthetic_organs  # noqa: F401  (registers the builder)
+from medjax.data.builders import folder_datasets, medmnist, synthetic_organs  # noqa: F401  (registers the builders)
 from medjax.errors import InputError
 
 
@@ -103,7 +102,7 @@ def get_builder(name: str, data_dir: str, *, manual_dir: Optional[str] = None,
   `medmnist`: its config has a `manual_dir` field) gets the absolute
   `manual_dir` as a config field, so each folder is prepared into its own
   config folder; the load-time options `fold` and `num_folds` are ignored
-  here (`medjax.data.splits` applies them to the prepared ``train`` split).
+  here (`medjax.data.builders.splits` applies them to the prepared ``train`` split).
   """
   data_dir = os.path.expanduser(data_dir)
   if _reads_manual_dir(name):

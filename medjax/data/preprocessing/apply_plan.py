@@ -21,7 +21,7 @@ from typing import Any, NamedTuple, Optional, Sequence
 import numpy as np
 from scipy import ndimage
 
-from medjax.data import fingerprint, normalization, resampling
+from medjax.data.preprocessing import fingerprint, normalization, resampling
 from medjax.errors import InputError
 
 
