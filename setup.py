@@ -48,14 +48,14 @@ setup(
         # on a CUDA machine install it from https://download.pytorch.org/whl/cpu to avoid the CUDA wheels.
         "test": ["pytest==9.0.3", "pytest-xdist==3.8.0", "torch==2.13.0"],
         "gpu": ["jax[cuda12]==0.10.2"],
-        # `python -m experiments.compile_check` (compile the Pallas kernels for an H100 on a
+        # `python -m benchmarks.compile_check` (compile the Pallas kernels for an H100 on a
         # CPU machine). Installed by `--install_tools` into a side folder, never into the
         # main environment (the CUDA plugin makes every CPU `import jax` print errors);
         # nvidia-cuda-nvcc only for its ptxas 12.9 (40 MB, instead of triton's 1 GB).
         "gpu-check": ["jax-cuda12-plugin==0.10.2", "jax-cuda12-pjrt==0.10.2",
                       "nvidia-cuda-nvcc-cu12==12.9.86"],
         # `--target tpu-v5e`: libtpu of jax[tpu]==0.10.2 (its compile-only TPU client), put
-        # into a side folder by `--install_tools` (medjax.bench.compile_check_tpu.PINS).
+        # into a side folder by `--install_tools` (benchmarks.compile_check.tpu.PINS).
         "tpu-check": ["libtpu==0.0.42"],
     },
 )

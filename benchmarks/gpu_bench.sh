@@ -12,11 +12,11 @@
 #   1. env:     python, jax, jaxlib, torch versions and nvidia-smi
 #   2. tests:   tests/test_kernel_conv3d.py + tests/test_kernel_soft_dice.py with the Triton
 #               kernels compiled (MEDJAX_KERNEL_TESTS=compiled, JAX_PLATFORMS=cuda)
-#   3. kernels: python -m experiments.bench_kernels --shapes all --torch, float32 and bfloat16
+#   3. kernels: python -m benchmarks.bench_kernels --shapes all --torch, float32 and bfloat16
 #               (Pallas vs the XLA/cuDNN path vs PyTorch's conv3d (cuDNN), with the device's
 #               measured peaks): soft Dice first, then the 128^3/96^3 network layers; its JSON
 #               is rewritten after every row, so a step cut short by its limit keeps its rows
-#   4. train:   python -m experiments.bench_train, 3D U-Net (with --torch: PyTorch on the
+#   4. train:   python -m benchmarks.bench_train, 3D U-Net (with --torch: PyTorch on the
 #               same card) and V-Net at 128^3, float32 and bfloat16, kernels pallas and xla
 # Everything lands in one JSON file (default gpu_bench_<UTC date>.json): each step's
 # command, exit status, seconds, output tail and parsed JSON.
@@ -128,7 +128,7 @@ step tests 120 - \
   env MEDJAX_KERNEL_TESTS=compiled "$PY" -m pytest -q -p no:cacheprovider tests/test_kernel_conv3d.py tests/test_kernel_soft_dice.py
 for dt in float32 bfloat16; do
   step "kernels_$dt" 100 "$STEPS/kernels_$dt.json" \
-    "$PY" -m experiments.bench_kernels --shapes all --dtype "$dt" --reps 5 --torch \
+    "$PY" -m benchmarks.bench_kernels --shapes all --dtype "$dt" --reps 5 --torch \
     --ops soft_dice,conv3d,upconv --json "$STEPS/kernels_$dt.json"
 done
 UNET_128=(--config=experiments/configs/unet3d_synthetic.py --set model.features=32,64,128,256
@@ -140,11 +140,11 @@ VNET_128=(--config=experiments/configs/vnet_synthetic.py --set model.features=16
 for dt in float32 bfloat16; do
   for k in pallas xla; do
     step "train_unet3d_${dt}_$k" 60 "$STEPS/train_unet3d_${dt}_$k.json" \
-      "$PY" -m experiments.bench_train "${UNET_128[@]}" --kernels "$k" --dtype "$dt" --steps 5 \
+      "$PY" -m benchmarks.bench_train "${UNET_128[@]}" --kernels "$k" --dtype "$dt" --steps 5 \
       --input_batches 2 --inference_volumes 0 $([ "$k" = xla ] && echo --torch) \
       --json "$STEPS/train_unet3d_${dt}_$k.json"
     step "train_vnet_${dt}_$k" 60 "$STEPS/train_vnet_${dt}_$k.json" \
-      "$PY" -m experiments.bench_train "${VNET_128[@]}" --kernels "$k" --dtype "$dt" --steps 5 \
+      "$PY" -m benchmarks.bench_train "${VNET_128[@]}" --kernels "$k" --dtype "$dt" --steps 5 \
       --input_batches 2 --inference_volumes 0 --json "$STEPS/train_vnet_${dt}_$k.json"
   done
 done

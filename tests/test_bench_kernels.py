@@ -1,4 +1,4 @@
-"""`python -m experiments.bench_kernels` with its PyTorch conv3d baseline (`--torch`)."""
+"""`python -m benchmarks.bench_kernels` with its PyTorch conv3d baseline (`--torch`)."""
 import json
 import os
 import subprocess
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from medjax.bench import torch_conv3d
+from benchmarks import torch_conv3d
 from medjax_kernels.conv3d import bench_shapes, reference
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,7 +41,7 @@ def test_bench_kernels_times_the_torch_baseline(tmp_path):
   the speed-up against the `lax` baseline of the same run; the ops in the order given."""
   out = tmp_path / "k.json"
   proc = subprocess.run(
-      [sys.executable, "-m", "experiments.bench_kernels", "--ops=upconv,conv3d",
+      [sys.executable, "-m", "benchmarks.bench_kernels", "--ops=upconv,conv3d",
        "--filter=64to", "--reps=2", "--torch", f"--json={out}"],
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]

@@ -1,4 +1,4 @@
-"""`python -m experiments.bench_train` end to end on the smoke config, and its PyTorch baseline."""
+"""`python -m benchmarks.bench_train` end to end on the smoke config, and its PyTorch baseline."""
 import importlib.util
 import json
 import os
@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from medjax.bench import torch_unet
+from benchmarks import torch_unet
 from medjax.errors import InputError
 from medjax.models import UNet
 
@@ -19,7 +19,7 @@ HAVE_TORCH = importlib.util.find_spec("torch") is not None
 
 def test_bench_train_writes_its_json_on_the_smoke_config(tmp_path):
   out = tmp_path / "bench.json"
-  cmd = [sys.executable, "-m", "experiments.bench_train",
+  cmd = [sys.executable, "-m", "benchmarks.bench_train",
          f"--config={REPO}/experiments/configs/unet3d_synthetic.py:smoke",
          f"--set=data_dir={tmp_path / 'data'}", "--set=num_steps=20", "--dtype=bfloat16",
          "--steps=2", "--input_batches=3", "--inference_volumes=1", f"--json={out}"]
@@ -66,12 +66,12 @@ def test_torch_flag_without_torch_is_one_line_error(monkeypatch):
 
 
 def test_set_overrides_parse_literals_and_name_bad_fields():
+  from benchmarks import train_speed
   from experiments.configs import unet3d_synthetic
-  from medjax.bench import train_bench
   c = unet3d_synthetic.get_config("smoke")
-  train_bench.apply_sets(c, ["model.features=16,32", "model.kernel_sizes=None",
+  train_speed.apply_sets(c, ["model.features=16,32", "model.kernel_sizes=None",
                              "optimizer.learning_rate=1", "dtype=bfloat16"])
   assert c.model.features == (16, 32) and c.model.kernel_sizes is None
   assert c.optimizer.learning_rate == 1.0 and c.dtype == "bfloat16"
   with pytest.raises(InputError, match="--set='model.nope=3'"):
-    train_bench.apply_sets(c, ["model.nope=3"])
+    train_speed.apply_sets(c, ["model.nope=3"])

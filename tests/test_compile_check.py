@@ -1,4 +1,4 @@
-"""`python -m experiments.compile_check`: the Pallas kernels compiled for an H100 (sm_90a)
+"""`python -m benchmarks.compile_check`: the Pallas kernels compiled for an H100 (sm_90a)
 on this CPU machine, by XLA's Triton pipeline and ptxas (the `[gpu-check]` tools).
 
 A representative subset (float32 and bfloat16; conv3d forward (with PReLU: writing the
@@ -6,7 +6,7 @@ pre-activation too) + input gradient; soft-Dice forward + backward) with V-Net's
 down conv kept as the regression case: its single 64x1024 tile needed 262,144 B of
 shared memory, more than the H100's 232,448 B (issue 13, finding 1).
 
-The tools are installed by `python -m experiments.compile_check --install_tools`
+The tools are installed by `python -m benchmarks.compile_check --install_tools`
 (`.ci/run` does it); without them the launcher's one-line error is checked, and the
 compile test fails saying so.
 """
@@ -18,8 +18,8 @@ import sys
 
 import pytest
 
-from medjax.bench import compile_check
-from medjax.bench.compile_check import markdown
+from benchmarks import compile_check
+from benchmarks.compile_check import markdown
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUBSET = (r"conv3d/cpu_unet_l1_16to32_|conv3d/vnet_down3_k2s2_128to256_|"
@@ -27,7 +27,7 @@ SUBSET = (r"conv3d/cpu_unet_l1_16to32_|conv3d/vnet_down3_k2s2_128to256_|"
 
 
 def _launch(*flags, env=None):
-  return subprocess.run([sys.executable, "-m", "experiments.compile_check", *flags], cwd=REPO,
+  return subprocess.run([sys.executable, "-m", "benchmarks.compile_check", *flags], cwd=REPO,
                         capture_output=True, text=True, timeout=600, env=env)
 
 
@@ -141,7 +141,7 @@ def test_full_compiles_the_whole_program(tmp_path):
 def test_markdown_of_a_missing_file_is_one_line(tmp_path, capsys):
   assert markdown.main(["markdown", str(tmp_path / "none.json")]) == 2
   err = capsys.readouterr().err.strip()
-  assert err.count("\n") == 0 and "expected the --json file of experiments.compile_check" in err
+  assert err.count("\n") == 0 and "expected the --json file of benchmarks.compile_check" in err
 
 
 HLO = """HloModule m
@@ -171,7 +171,7 @@ def test_hlo_traffic_counts_each_kernel_once():
 
 def test_install_pins_skips_pip_when_every_pin_is_there_and_reports_a_failure_in_one_line(
     tmp_path, monkeypatch):
-  from medjax.bench.compile_check import tools
+  from benchmarks.compile_check import tools
   from medjax.errors import InputError
   (tmp_path / "jax_cuda12_plugin-0.10.2.dist-info").mkdir()
   (tmp_path / "libtpu-0.0.42.dist-info").mkdir()

@@ -1,11 +1,11 @@
-"""`python -m experiments.compile_check --target tpu-v5e`: the Pallas kernels compiled
+"""`python -m benchmarks.compile_check --target tpu-v5e`: the Pallas kernels compiled
 for a TPU v5e by libtpu's compile-only client on this CPU machine.
 
 The regression case is the 3D U-Net's 128^3 3x3x3 32->32 layer, float32 and bfloat16, forward and
 backward (issue 13): while the Mosaic conv held whole padded 130x130 planes in
 VMEM it failed with `RESOURCE_EXHAUSTED: CompileTimeScopedVmemOom`; the
 halo-blocked kernel compiles. libtpu is installed by
-`python -m experiments.compile_check --target tpu-v5e --install_tools` (`.ci/run`
+`python -m benchmarks.compile_check --target tpu-v5e --install_tools` (`.ci/run`
 does it); without it the compile test fails saying so (never a silent skip), and
 the launcher's one-line error is checked.
 """
@@ -16,13 +16,13 @@ import sys
 
 import pytest
 
-from medjax.bench import compile_check_tpu
+from benchmarks.compile_check import tpu as compile_check_tpu
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _launch(*flags, env=None):
-  return subprocess.run([sys.executable, "-m", "experiments.compile_check", "--target",
+  return subprocess.run([sys.executable, "-m", "benchmarks.compile_check", "--target",
                          "tpu-v5e", *flags], cwd=REPO, capture_output=True, text=True,
                         timeout=900, env=env)
 

@@ -171,7 +171,7 @@ def test_bad_input_names_the_case():
 
 
 def test_prepare_memory_bench_runs_in_a_subprocess():
-  from medjax.bench import prepare_memory
+  from benchmarks import prepare_memory
   image, label = prepare_memory.synthetic_case((4, 32, 32), (0.8, 0.7, 0.7))
   assert image.dtype == np.int16 and image.min() == -1000 and 1 in label and 0 in label
   result = prepare_memory.measure((4, 32, 32), (0.8, 0.7, 0.7), (1.6, 1.4, 0.7))

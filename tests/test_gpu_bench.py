@@ -8,7 +8,7 @@ import os
 import shlex
 import subprocess
 
-from medjax.bench import train_bench
+from benchmarks import train_speed
 from medjax.train import config_check, tasks
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,7 +52,7 @@ def test_training_commands_are_valid_configs(tmp_path):
     module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
     config = module.get_config()
     sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
-    train_bench.apply_sets(config, sets)
+    train_speed.apply_sets(config, sets)
     config.kernels = args[args.index("--kernels") + 1]
     config.dtype = args[args.index("--dtype") + 1]
     config_check.validate(config)

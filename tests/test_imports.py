@@ -236,10 +236,10 @@ def test_no_import_cycle(graphs):
   assert not cycles, "import cycles:\n" + "\n".join(format_cycle(c) for c in cycles)
 
 
-def test_library_does_not_import_experiments_or_tests(graphs):
+def test_library_does_not_import_experiments_benchmarks_or_tests(graphs):
   _, raw = graphs
   bad = sorted(f"{m} imports {d}" for m, deps in raw.items() for d in deps
-               if d.split(".")[0] in ("experiments", "tests"))
+               if d.split(".")[0] in ("experiments", "benchmarks", "tests"))
   assert not bad, "\n".join(bad)
 
 

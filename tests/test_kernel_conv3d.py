@@ -11,9 +11,9 @@ import re
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 import numpy as np
 import pytest
+from jax import lax
 
 from medjax_kernels import conv_xla
 from medjax_kernels.conv3d import api, conv3d, reference
@@ -212,7 +212,8 @@ def test_gpu_tiles_narrow_the_channel_block_of_underfilled_layers():
 def _triton_ir_text(fn, *args):
   """The Triton IR of the (single) Triton call of `fn` for cuda, as text."""
   from jax._src.lib.mlir import ir
-  from medjax.bench.compile_check.kernels import triton_calls
+
+  from benchmarks.compile_check.kernels import triton_calls
   (call,) = triton_calls(fn, args)
   ctx = ir.Context()
   ctx.allow_unregistered_dialects = True

@@ -119,7 +119,7 @@ def test_models_without_a_compute_dtype_refuse_bfloat16():
 
 
 def test_remat_shrinks_what_the_forward_pass_saves():
-  from medjax.bench import train_bench
+  from benchmarks import train_speed
   c = unet3d_synthetic.get_config("smoke")
   x, y = _batch((2, 8, 16, 16))
   saved = {}
@@ -127,7 +127,7 @@ def test_remat_shrinks_what_the_forward_pass_saves():
     c.remat = remat
     model = build_model(c, training=True)
     variables = jax.eval_shape(lambda: model.clone(bn_axis_name=None).init(jax.random.key(0), x))
-    saved[remat] = train_bench.saved_residual_bytes(c, model, loop.build_loss(c), variables,
+    saved[remat] = train_speed.saved_residual_bytes(c, model, loop.build_loss(c), variables,
                                                     {"image": x, "label": y})
   # only the stage inputs stay (measured without normalisation: 1.06 MB instead of 2.94 MB for batch 4)
   assert saved[True] < 0.5 * saved[False]

@@ -50,7 +50,7 @@ from jax import lax
 from medjax_kernels import conv_xla, dispatch
 from medjax_kernels.conv3d import pallas_gpu, pallas_gpu_wgrad, pallas_tpu, reference
 
-# Triton kernel names in the compiled program (what `medjax.bench.compile_check` and GPU
+# Triton kernel names in the compiled program (what `benchmarks.compile_check` and GPU
 # profiles show): the forward conv, the input gradient, the weight gradient.
 KERNEL_NAMES = {"fwd": "medjax_conv3d", "dx": "medjax_conv3d_dx",
                 "dw": pallas_gpu_wgrad.KERNEL_NAME}

@@ -32,7 +32,7 @@ MIN_PROGRAMS = 2 * 132
 # Output-channel tile -> (block_q, block_co, num_warps). The float32 accumulator is
 # block_q * block_co / (32 * num_warps) registers per thread: 64 in every row, which
 # with the operand fragments stays under 168 registers (3 CTAs/SM of 4 warps, 1-2 of
-# 8 warps) -- measured with `python -m experiments.compile_check` (benchmarks/RESULTS.md).
+# 8 warps) -- measured with `python -m benchmarks.compile_check` (benchmarks/RESULTS.md).
 GPU_TILES = {
     16: (128, 16, 4),
     32: (128, 32, 4),

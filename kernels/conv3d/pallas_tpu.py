@@ -19,7 +19,7 @@ footprint (double-buffered window, weights, output and residual tiles, the
 float32 accumulator, Mosaic's lane padding of channels to 128 included) stays
 within `VMEM_BUDGET` (plus the weight block). Before this tiling a program held whole padded planes
 and the 128^3 32->32 and 96^3 64->64 U-Net layers failed to compile for TPU v5e
-with `CompileTimeScopedVmemOom` (issue 13; `medjax.bench.compile_check_tpu`).
+with `CompileTimeScopedVmemOom` (issue 13; `benchmarks.compile_check.tpu`).
 The weight block is the slowest grid axis, so it stays resident while the
 input streams past it.
 """

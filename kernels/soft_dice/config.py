@@ -3,7 +3,7 @@
 The kernels are memory bound (a few FLOPs per logit), so block sizes are chosen for
 enough bytes in flight per program and few enough live values per thread/vreg, not for
 arithmetic shape. Defaults come from the heuristics below; `GPU_SEARCH_SPACE` and
-`TPU_SEARCH_SPACE` list the candidates a tuner (or `experiments.bench_kernels`) sweeps.
+`TPU_SEARCH_SPACE` list the candidates a tuner (or `benchmarks.bench_kernels`) sweeps.
 """
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def default_gpu_config(num_voxels: int, num_classes: int, dtype,
   Forward: 32-64 logits per thread with 4 warps, enough loads in flight to stream HBM.
   Backward: ~5 live (block_v, K) float32 tensors (p, t, g, their products) took 98-167
   registers per thread at the forward's tile (1-4 CTAs/SM on an H100, from
-  `experiments.compile_check`); 16 logits per thread (2048 per 4-warp program) take
+  `benchmarks.compile_check`); 16 logits per thread (2048 per 4-warp program) take
   52-80 (6-9 CTAs/SM, every bench shape and both dtypes; benchmarks/RESULTS.md).
   Never larger than the (power-of-two-rounded) voxel count.
   """

@@ -38,13 +38,13 @@ import sys
 import time
 from typing import Optional
 
-from medjax.bench.compile_check import whole
-from medjax.bench.compile_check.cases import Case, all_cases, conv_cases, soft_dice_cases
-from medjax.bench.compile_check.kernels import (
-    HEADER, KERNEL_DIRECTIONS, TARGETS, Target, check, compile_kernel, ctas_per_sm, format_row,
-    summary, triton_calls, write_json)
-from medjax.bench.compile_check.tools import (
-    EXTRA, TOOLS_ENV_VAR, find_ptxas, install_tools, pinned_tools, tools_dir, tools_env)
+from benchmarks.compile_check import whole
+from benchmarks.compile_check.cases import Case, all_cases, conv_cases, soft_dice_cases
+from benchmarks.compile_check.kernels import (HEADER, KERNEL_DIRECTIONS, TARGETS, Target, check,
+                                              compile_kernel, ctas_per_sm, format_row, summary,
+                                              triton_calls, write_json)
+from benchmarks.compile_check.tools import (EXTRA, TOOLS_ENV_VAR, find_ptxas, install_tools,
+                                            pinned_tools, tools_dir, tools_env)
 from medjax.errors import InputError
 
 __all__ = ["Case", "EXTRA", "HEADER", "InputError", "KERNEL_DIRECTIONS", "TARGETS",
@@ -82,7 +82,7 @@ def run(target: str = "h100", only: str = "", dtypes: tuple[str, ...] = ("float3
   env = tools_env()
   spec = json.dumps(dict(target=target, only=only, dtypes=list(dtypes), json_path=json_path,
                          full=bool(full)))
-  code = ("import sys; from medjax.bench.compile_check import child_main; "
+  code = ("import sys; from benchmarks.compile_check import child_main; "
           "sys.exit(child_main(sys.argv[1]))")
   proc = subprocess.run([sys.executable, "-c", code, spec], env=env, stderr=subprocess.PIPE,
                         text=True)

@@ -27,7 +27,7 @@ probabilities `(B, *roi, K)`, jitted JAX functions except "fixed":
 * "default": the 3D U-Net of `experiments/configs/unet3d_synthetic.py`,
   randomly initialised (the weights change neither memory nor speed).
 
-Run as a script (`python -m medjax.bench.inference_memory --help`); numbers
+Run as a script (`python -m benchmarks.inference_memory --help`); numbers
 from a shared machine are noisy, the memory numbers are not.
 """
 from __future__ import annotations
@@ -173,7 +173,7 @@ def _ints(text: str) -> tuple:
 
 
 def main(argv: Sequence[str]) -> int:
-  parser = argparse.ArgumentParser(prog="python -m medjax.bench.inference_memory",
+  parser = argparse.ArgumentParser(prog="python -m benchmarks.inference_memory",
                                    description=__doc__.split("\n")[0])
   parser.add_argument("--shape", type=_ints, default=(512, 512, 512))
   parser.add_argument("--roi", type=_ints, default=None,

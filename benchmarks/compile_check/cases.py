@@ -27,6 +27,7 @@ def conv_cases(dtypes: tuple[str, ...]) -> Iterator[Case]:
   writes the pre-activation) per bench shape."""
   import jax
   import jax.numpy as jnp
+
   from medjax_kernels.conv3d import api, bench_shapes
   for name, spec in bench_shapes.SHAPES.items():
     for dt in dtypes:
@@ -54,6 +55,7 @@ def soft_dice_cases(dtypes: tuple[str, ...]) -> Iterator[Case]:
   """`soft_dice_stats` forward and backward per bench shape, plain and squared."""
   import jax
   import jax.numpy as jnp
+
   from medjax_kernels.soft_dice import api, bench_shapes
   for name, shape, kc, dt in bench_shapes.SHAPES:
     if dt not in dtypes:

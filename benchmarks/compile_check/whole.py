@@ -1,5 +1,5 @@
 """The whole forward + backward of a case compiled by XLA for a compile-only H100, and the
-HBM bytes its kernels move against the floor (`--full` of `experiments.compile_check`).
+HBM bytes its kernels move against the floor (`--full` of `benchmarks.compile_check`).
 
 XLA's deviceless GPU compile: `jax.experimental.topologies.get_topology_desc` with the
 H100 SXM device description (the fields of XLA's `h100_sxm.txtpb` spec) gives a device
@@ -25,7 +25,7 @@ import re
 import time
 from typing import Any, Callable
 
-from medjax.bench.compile_check.cases import Case
+from benchmarks.compile_check.cases import Case
 
 H100_TARGET_CONFIG = """
 gpu_device_info {

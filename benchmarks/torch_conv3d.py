@@ -1,4 +1,4 @@
-"""The PyTorch baseline of `experiments.bench_kernels --torch`: one conv3d layer.
+"""The PyTorch baseline of `benchmarks.bench_kernels --torch`: one conv3d layer.
 
 `conv_fn(spec, dtype)` returns the layer of a `medjax_kernels.conv3d.bench_shapes`
 entry in PyTorch (cuDNN on a GPU, oneDNN on a CPU): `torch.nn.functional.conv3d`
@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from medjax.bench.torch_unet import require_torch, spread
+from benchmarks.torch_unet import require_torch, spread
 
 
 def _device(torch) -> Any:

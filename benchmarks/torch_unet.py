@@ -1,4 +1,4 @@
-"""The PyTorch baseline of `medjax.bench.train_bench`: the same U-Net, loss and optimizer.
+"""The PyTorch baseline of `benchmarks.train_speed`: the same U-Net, loss and optimizer.
 
 `TorchUNet` mirrors `medjax.models.UNet` with `padding="same"` (the default
 configs): per level two (conv -> [norm] -> ReLU) units, max pooling down,

@@ -1,6 +1,6 @@
 """Kernel microbenchmarks: conv3d, soft-Dice statistics, 2x up-convolution.
 
-  python -m experiments.bench_kernels [--ops conv3d,soft_dice,upconv] [--dtype float32]
+  python -m benchmarks.bench_kernels [--ops conv3d,soft_dice,upconv] [--dtype float32]
       [--json out.json] [--shapes small|all] [--reps 10]
 
 First measures the device's peak in the same process (a large matmul ->
@@ -11,7 +11,7 @@ of the measured peaks, and the speedup over the XLA baseline measured in the
 same process. `fwd` times the forward pass, `fwd+bwd` the forward pass plus
 the gradients of every differentiable input. With `--torch`, each conv3d layer
 also in PyTorch on the same device (cuDNN on a GPU, oneDNN on a CPU), channels-last
-3D, in the same dtype (`medjax.bench.torch_conv3d`).
+3D, in the same dtype (`benchmarks.torch_conv3d`).
 
 On CPU it compares XLA formulations (the Pallas kernels only run in the
 interpreter there, which is never timed): conv3d `lax` (`lax.conv` + epilogue,
@@ -31,17 +31,15 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from benchmarks import torch_conv3d
+from benchmarks.torch_unet import spread
 from experiments import cli
 from medjax import layers
-from medjax.bench import torch_conv3d
-from medjax.bench.torch_unet import spread
-from medjax_kernels.conv3d import api as conv3d_api
-from medjax_kernels.conv3d import bench_shapes as conv3d_shapes
-from medjax_kernels.conv3d import reference as conv3d_reference
-from medjax_kernels.soft_dice import api as sd_api
-from medjax_kernels.soft_dice import bench_shapes as sd_shapes
-from medjax_kernels.soft_dice import reference as sd_reference
 from medjax.train.workdir import atomic_write_json
+from medjax_kernels.conv3d import (api as conv3d_api, bench_shapes as conv3d_shapes, reference as
+                                   conv3d_reference)
+from medjax_kernels.soft_dice import (api as sd_api, bench_shapes as sd_shapes, reference as
+                                      sd_reference)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("ops", ["conv3d", "soft_dice", "upconv"],
@@ -52,7 +50,7 @@ flags.DEFINE_enum("shapes", "small", ["small", "all"], "shape set")
 flags.DEFINE_integer("reps", 10, "timed runs per measurement (after one warm-up)")
 flags.DEFINE_string("filter", None, "only shapes whose name contains this")
 flags.DEFINE_bool("torch", False, "conv3d: also time the layer in PyTorch (cuDNN on a GPU, "
-                  "oneDNN on a CPU; medjax.bench.torch_conv3d)")
+                  "oneDNN on a CPU; benchmarks.torch_conv3d)")
 
 
 def time_fn(fn: Callable, args, reps: int) -> dict:

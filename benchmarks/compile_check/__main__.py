@@ -1,8 +1,8 @@
-"""Compile every Pallas kernel for an H100 on this (CPU-only) machine (`medjax.bench.compile_check`).
+"""Compile every Pallas kernel for an H100 on this (CPU-only) machine (`benchmarks.compile_check`).
 
-  python -m experiments.compile_check [--target h100] [--only REGEX]
+  python -m benchmarks.compile_check [--target h100] [--only REGEX]
       [--dtypes float32,bfloat16] [--full] [--json out.json]
-  python -m experiments.compile_check --install_tools     # once: the pinned [gpu-check] tools
+  python -m benchmarks.compile_check --install_tools     # once: the pinned [gpu-check] tools
 
 One line per kernel instance (case, fwd/bwd, grid, warps, stages, registers,
 spill bytes, shared memory, CTAs per SM, cp.async count, MMA kind, compile
@@ -17,8 +17,8 @@ import sys
 
 from absl import flags
 
+from benchmarks import compile_check
 from experiments import cli
-from medjax.bench import compile_check
 from medjax.errors import InputError
 
 FLAGS = flags.FLAGS
@@ -34,8 +34,8 @@ flags.DEFINE_bool("install_tools", False, "install the pinned [gpu-check] tools 
 def main(argv) -> None:
   del argv
   try:
-    if FLAGS.target.startswith("tpu"):  # tpu-v5e / tpu-v6e: medjax.bench.compile_check_tpu
-      from medjax.bench import compile_check_tpu as tpu
+    if FLAGS.target.startswith("tpu"):  # tpu-v5e / tpu-v6e: benchmarks.compile_check.tpu
+      from benchmarks.compile_check import tpu as tpu
       if FLAGS.install_tools:
         print(f"installed into {tpu.install_tools()}")
         return

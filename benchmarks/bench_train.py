@@ -1,6 +1,6 @@
-"""Training-speed benchmark of a config (`medjax.bench.train_bench`).
+"""Training-speed benchmark of a config (`benchmarks.train_speed`).
 
-  python -m experiments.bench_train --config=experiments/configs/unet3d_synthetic.py[:smoke]
+  python -m benchmarks.bench_train --config=experiments/configs/unet3d_synthetic.py[:smoke]
       [--set FIELD=VALUE ...] [--kernels auto|xla|pallas] [--dtype float32|bfloat16]
       [--remat] [--steps 5] [--json out.json] [--torch]
 
@@ -12,7 +12,7 @@ same U-Net step in PyTorch in the same process with the ratio.
 
 The 3D U-Net of shared/PERF.md (features 16-32-64-128, 3x3x3 everywhere, batch 2
 of 64^3, 2 classes, soft Dice, Adam):
-  python -m experiments.bench_train --config=experiments/configs/unet3d_synthetic.py \
+  python -m benchmarks.bench_train --config=experiments/configs/unet3d_synthetic.py \
       --set model.features=16,32,64,128 --set model.kernel_sizes=None \
       --set model.pool_sizes=None --set patch_size=64,64,64 --set global_batch_size=2 \
       --set num_classes=2 --set "class_names=('background','organ')" \
@@ -27,8 +27,8 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
+from benchmarks import train_speed
 from experiments import cli
-from medjax.bench import train_bench
 from medjax.errors import InputError
 from medjax.train.workdir import atomic_write_json
 
@@ -52,14 +52,14 @@ def main(argv) -> None:
     cli.exit_with_error("--config: expected an experiment config file")
   config = FLAGS.config
   try:
-    train_bench.apply_sets(config, FLAGS.set)
+    train_speed.apply_sets(config, FLAGS.set)
     for field in ("kernels", "dtype", "remat"):
       if getattr(FLAGS, field) is not None:
         config[field] = getattr(FLAGS, field)
-    result = train_bench.bench_train(
+    result = train_speed.bench_train(
         config, steps=FLAGS.steps, input_batches=FLAGS.input_batches,
         inference_volumes=FLAGS.inference_volumes, torch=FLAGS.torch,
-        command=" ".join(["python -m experiments.bench_train"] + sys.argv[1:]))
+        command=" ".join(["python -m benchmarks.bench_train"] + sys.argv[1:]))
   except InputError as e:
     cli.exit_with_error(e)
   text = json.dumps(result, indent=1, default=str)

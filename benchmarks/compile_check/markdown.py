@@ -1,8 +1,8 @@
 """The tables of `benchmarks/RESULTS.md` from a compile check's JSON.
 
-    python -m medjax.bench.compile_check.markdown /tmp/check.json
+    python -m benchmarks.compile_check.markdown /tmp/check.json
 
-prints, from `python -m experiments.compile_check --json FILE` (and `--full`):
+prints, from `python -m benchmarks.compile_check --json FILE` (and `--full`):
 a summary per kernel name and dtype (count, ranges of registers, shared memory,
 CTAs per SM, MMA instructions), one row per conv3d layer and dtype with its forward,
 input-gradient and weight-gradient kernels (grid · warps/stages · registers · shared
@@ -108,13 +108,13 @@ def tables(result: dict[str, Any]) -> str:
 
 def main(argv: list[str]) -> int:
   if len(argv) != 2:
-    print("usage: python -m medjax.bench.compile_check.markdown CHECK.json", file=sys.stderr)
+    print("usage: python -m benchmarks.compile_check.markdown CHECK.json", file=sys.stderr)
     return 2
   try:
     with open(argv[1]) as f:
       result = json.load(f)
   except (OSError, ValueError) as e:
-    print(f"error: {argv[1]}: {e}; expected the --json file of experiments.compile_check",
+    print(f"error: {argv[1]}: {e}; expected the --json file of benchmarks.compile_check",
           file=sys.stderr)
     return 2
   print(tables(result))

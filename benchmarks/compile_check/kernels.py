@@ -13,8 +13,8 @@ import tempfile
 import time
 from typing import Any, Callable
 
-from medjax.bench.compile_check.cases import Case
-from medjax.bench.compile_check.tools import EXTRA, find_ptxas
+from benchmarks.compile_check.cases import Case
+from benchmarks.compile_check.tools import EXTRA, find_ptxas
 from medjax.errors import InputError
 
 TRITON_CALL = "__gpu$xla.gpu.triton"
@@ -139,7 +139,7 @@ def _register_cuda_plugin() -> None:
   xla_bridge._discover_and_register_pjrt_plugins()  # pylint: disable=protected-access
   if not jtriton.has_compilation_handler("cuda"):
     raise InputError(f"no Triton compilation handler for CUDA in this process: the [{EXTRA}] "
-                     "tools must be importable (see medjax.bench.compile_check.tools_env)")
+                     "tools must be importable (see benchmarks.compile_check.tools_env)")
 
 
 def check(cases: list[Case], target: Target,

@@ -62,7 +62,7 @@ def tools_dir() -> pathlib.Path:
 
 def install_tools(target: Optional[pathlib.Path] = None) -> pathlib.Path:
   """`pip install --no-deps --target <tools_dir()>` the pinned libtpu (once)."""
-  from medjax.bench.compile_check import tools  # pylint: disable=g-import-not-at-top
+  from benchmarks.compile_check import tools  # pylint: disable=g-import-not-at-top
   return tools.install_pins(pathlib.Path(target or tools_dir()), list(PINS), " ".join(PINS))
 
 
@@ -75,7 +75,7 @@ def tools_env(directory: Optional[pathlib.Path] = None) -> dict[str, str]:
   d = pathlib.Path(directory or tools_dir())
   if not (d / "libtpu").is_dir():
     raise InputError(f"the TPU check's tools ({' '.join(PINS)}) are missing in {d}: run "
-                     "`python -m experiments.compile_check --target tpu-v5e --install_tools` "
+                     "`python -m benchmarks.compile_check --target tpu-v5e --install_tools` "
                      f"(or set {TOOLS_ENV_VAR})")
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join(p for p in (str(d), env.get("PYTHONPATH", "")) if p)
@@ -92,6 +92,7 @@ def cases(dtypes: tuple[str, ...], put: Callable, only: str = "") -> Iterator[tu
   matches `only`; `put(shape, dtype)` makes an abstract input on the target device."""
   import jax
   import jax.numpy as jnp
+
   from medjax_kernels.conv3d import api as conv_api, bench_shapes as conv_shapes
   from medjax_kernels.soft_dice import api as sd_api, bench_shapes as sd_shapes
   pattern = re.compile(only) if only else None
@@ -214,7 +215,7 @@ def run(target: str = "tpu-v5e", only: str = "",
     raise InputError(f"--only={only!r}: not a regular expression ({e})") from None
   env = tools_env()
   spec = json.dumps(dict(target=target, only=only, dtypes=list(dtypes), json_path=json_path))
-  code = ("import sys; from medjax.bench.compile_check_tpu import child_main; "
+  code = ("import sys; from benchmarks.compile_check.tpu import child_main; "
           "sys.exit(child_main(sys.argv[1]))")
   proc = subprocess.run([sys.executable, "-c", code, spec], env=env, stderr=subprocess.PIPE,
                         text=True)

@@ -12,7 +12,7 @@ preprocessing's own peak of traced allocations (`tracemalloc`, which numpy
 reports to), the time, and these over the case's float32 size (the issue's
 goal: peak < 3x).
 
-    python -m medjax.bench.prepare_memory --shape 600,512,512 \\
+    python -m benchmarks.prepare_memory --shape 600,512,512 \\
         --spacing 0.8,0.7,0.7 --target-spacing 1.0,0.78,0.78
 """
 from __future__ import annotations
@@ -84,7 +84,7 @@ def _child(shape, spacing, target_spacing) -> dict:
 def measure(shape: Sequence[int] = (600, 512, 512), spacing: Sequence[float] = (0.8, 0.7, 0.7),
             target_spacing: Sequence[float] = (1.0, 0.78, 0.78)) -> dict:
   """Runs one measurement in a fresh subprocess; returns its numbers (see the module docstring)."""
-  args = [sys.executable, "-m", "medjax.bench.prepare_memory", "--child",
+  args = [sys.executable, "-m", "benchmarks.prepare_memory", "--child",
           "--shape", ",".join(map(str, shape)), "--spacing", ",".join(map(str, spacing)),
           "--target-spacing", ",".join(map(str, target_spacing))]
   out = subprocess.run(args, check=True, capture_output=True, text=True).stdout

@@ -29,7 +29,7 @@ def tools_dir() -> pathlib.Path:
 def pinned_tools() -> list[str]:
   """The `[gpu-check]` requirements: from the checkout's setup.py (the one place that
   pins them; an editable install's metadata can be stale), else the installed metadata."""
-  setup_py = pathlib.Path(__file__).resolve().parents[3] / "setup.py"
+  setup_py = pathlib.Path(__file__).resolve().parents[2] / "setup.py"
   if setup_py.is_file():
     for node in ast.walk(ast.parse(setup_py.read_text())):
       if isinstance(node, ast.Dict):
@@ -96,7 +96,7 @@ def tools_env(directory: Optional[pathlib.Path] = None) -> dict[str, str]:
   if not plugin.is_dir() or ptxas is None:
     raise InputError(
         f"the [{EXTRA}] tools (jax-cuda12-plugin/pjrt, ptxas) are missing in {d}: run "
-        f"`python -m experiments.compile_check --install_tools` (or set {TOOLS_ENV_VAR})")
+        f"`python -m benchmarks.compile_check --install_tools` (or set {TOOLS_ENV_VAR})")
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join(p for p in (str(d), env.get("PYTHONPATH", "")) if p)
   env.update(JAX_PLATFORMS="cpu", JAX_SKIP_CUDA_CONSTRAINTS_CHECK="1", TF_CPP_MIN_LOG_LEVEL="3",

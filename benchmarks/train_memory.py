@@ -14,7 +14,7 @@ folder in a subprocess (`datasets.load_source`, not measured), then trains
 that process's peak resident set size (`ru_maxrss`: interpreter, JAX, the
 compiled step and the data pipeline) and its size before training.
 
-    python -m medjax.bench.train_memory --cases 6,60 --shape 200,512,512 --root /tmp/train_memory
+    python -m benchmarks.train_memory --cases 6,60 --shape 200,512,512 --root /tmp/train_memory
 
 The folders and prepared datasets under `--root` are deleted at the end
 (`--keep` keeps them).
@@ -41,7 +41,7 @@ def write_folder(root: str, pool: str, cases: int, shape: Sequence[int], distinc
   volumes written once into `pool`."""
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  from medjax.bench import prepare_memory  # pylint: disable=g-import-not-at-top
+  from benchmarks import prepare_memory  # pylint: disable=g-import-not-at-top
   from medjax.data import io  # pylint: disable=g-import-not-at-top
 
   os.makedirs(pool, exist_ok=True)
@@ -98,7 +98,7 @@ def _child_prepare(manual_dir: str, data_dir: str) -> dict:
 
 def _child_train(manual_dir: str, data_dir: str, workdir: str, steps: int,
                  patch: Sequence[int], cached: int) -> dict:
-  from medjax.train import loop, config_data  # pylint: disable=g-import-not-at-top
+  from medjax.train import config_data, loop  # pylint: disable=g-import-not-at-top
   config = config_data.resolve_dataset(_config(manual_dir, data_dir, steps=steps, patch=patch,
                                             cached=cached))
   train_cases = len(config_data.load_split(config, "train"))
@@ -111,7 +111,7 @@ def _child_train(manual_dir: str, data_dir: str, workdir: str, steps: int,
 
 
 def _run_child(*args: str) -> dict:
-  out = subprocess.run([sys.executable, "-m", "medjax.bench.train_memory", "--child", *args],
+  out = subprocess.run([sys.executable, "-m", "benchmarks.train_memory", "--child", *args],
                        check=True, capture_output=True, text=True)
   return json.loads(out.stdout.strip().splitlines()[-1])
 

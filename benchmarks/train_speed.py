@@ -1,4 +1,4 @@
-"""How fast a config trains: the measurements behind `python -m experiments.bench_train`.
+"""How fast a config trains: the measurements behind `python -m benchmarks.bench_train`.
 
 `bench_train(config, ...)` times, in one process on the default device:
 
@@ -21,7 +21,7 @@
   config's overlap, blending and batch size): volumes per minute after one
   warm-up volume;
 * with `torch=True`, the same U-Net, loss and Adam step in PyTorch on a batch
-  of the same shape (`medjax.bench.torch_unet`), and the ratio of the step times.
+  of the same shape (`benchmarks.torch_unet`), and the ratio of the step times.
 
 Numbers from shared machines are noisy: compare ratios measured in one run.
 """
@@ -40,15 +40,15 @@ import jax
 import ml_collections
 import numpy as np
 
+from benchmarks import torch_unet
 from medjax import parallel
-from medjax.bench import torch_unet
 from medjax.data.pipeline import augment
 from medjax.errors import InputError
 from medjax.inference.run_predictor import window_predictor
 from medjax.train import compile_cache, config_check, loop, tasks
+from medjax.train.config_data import load_split
 from medjax.train.model_factory import build_model
 from medjax.train.optim import make_optimizer
-from medjax.train.config_data import load_split
 from medjax.train.step import make_train_step, supervised_loss
 
 spread = torch_unet.spread
