@@ -245,16 +245,18 @@ def conv_norm_act(x: jax.Array, features: int, kernel_size: Union[int, Sequence[
                   train: bool, norm: Optional[str] = None, bn_axis_name: Optional[str] = None,
                   relu: bool = True, conv_name: str, norm_name: str, spatial_dims: int = 3,
                   strides: Union[int, Sequence[int]] = 1, padding: str = "SAME",
-                  kernels: str = "auto", dtype: Optional[jnp.dtype] = None) -> jax.Array:
+                  kernels: str = "auto", dtype: Optional[jnp.dtype] = None,
+                  norm_epsilon: Optional[float] = None) -> jax.Array:
   """conv -> norm -> ReLU, the unit every conv model repeats.
 
   Call it inside a `nn.compact` method: the `ConvND` (named `conv_name`) and
   the norm (named `norm_name`) become submodules of the caller. Without a norm
   the conv has a bias and the ReLU fuses into it; with one, the conv has no
   bias (the norm's offset replaces it). `dtype` is the compute dtype of the
-  conv and the norm's output (parameters stay float32; None: the input's).
+  conv and the norm's output (parameters stay float32; None: the input's);
+  `norm_epsilon` the norm's variance epsilon (None: flax's default).
   """
-  layer = normalization(norm, bn_axis_name, name=norm_name, dtype=dtype)
+  layer = normalization(norm, bn_axis_name, name=norm_name, dtype=dtype, epsilon=norm_epsilon)
   fuse = layer is None
   x = ConvND(features, kernel_size, strides=strides, padding=padding.upper(),
              spatial_dims=spatial_dims, use_bias=fuse,
@@ -268,17 +270,20 @@ def conv_norm_act(x: jax.Array, features: int, kernel_size: Union[int, Sequence[
 
 
 def normalization(norm: Optional[str], axis_name: Optional[str] = None,
-                  name: Optional[str] = None, dtype: Optional[jnp.dtype] = None
-                  ) -> Optional[nn.Module]:
+                  name: Optional[str] = None, dtype: Optional[jnp.dtype] = None,
+                  epsilon: Optional[float] = None) -> Optional[nn.Module]:
   """None, "batch" (statistics synchronised over `axis_name`) or "instance".
 
   `dtype` is the output dtype (None: promoted from input and float32
-  parameters); flax computes the statistics in float32 either way.
+  parameters); flax computes the statistics in float32 either way. `epsilon`
+  is added to the variance (None: flax's default, 1e-5 for batch norm and
+  1e-6 for instance norm; PyTorch's `InstanceNorm3d` uses 1e-5).
   """
+  eps = {} if epsilon is None else {"epsilon": float(epsilon)}
   if norm is None or str(norm).lower() == "none":  # "None" from a command-line flag
     return None
   if norm == "batch":
-    return nn.BatchNorm(momentum=0.9, axis_name=axis_name, dtype=dtype, name=name)
+    return nn.BatchNorm(momentum=0.9, axis_name=axis_name, dtype=dtype, name=name, **eps)
   if norm == "instance":
-    return nn.GroupNorm(num_groups=None, group_size=1, dtype=dtype, name=name)
+    return nn.GroupNorm(num_groups=None, group_size=1, dtype=dtype, name=name, **eps)
   raise ValueError(f"norm={norm!r}: expected None, 'batch' or 'instance'")

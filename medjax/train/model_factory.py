@@ -12,6 +12,7 @@ from medjax.train import optim
 # config.model.name -> class name in medjax.models
 MODEL_CLASSES = {
     "unet": "UNet",
+    "mlperf_unet3d": "MLPerfUNet3D",
     "vnet": "VNet",
     "fcn": "FCN",
     "mlp": "MLP",
