@@ -198,3 +198,51 @@ def write_medmnist(root: str, flag: str, size: int = 28, *,
   os.makedirs(root, exist_ok=True)
   np.savez_compressed(os.path.join(root, medmnist.file_name(flag, size)), **arrays)
   return truth
+
+
+# ----------------------------------------------------------------------------- KiTS19
+KITS_SHAPE = (14, 40, 36)  # (slices, H, W), KiTS19's axis order
+KITS_SPACING = (3.0, 0.8, 0.9)
+
+
+def make_kits_case(seed: int, shape: Sequence[int] = KITS_SHAPE) -> tuple[np.ndarray, np.ndarray]:
+  """A contrast CT in HU and its labels: body (~40 HU) in air, an enhanced kidney (label 1,
+  ~170 HU) and a hypodense tumour in it (label 2, ~40 HU darker, a few % of the voxels),
+  Gaussian noise of 20 HU."""
+  rng = np.random.default_rng(seed)
+  grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))
+  body = (grid[1] ** 2 + grid[2] ** 2) < 0.85
+  centre = np.array([0.0, rng.uniform(-0.2, 0.2), rng.uniform(0.1, 0.3)])
+  radii = np.array([0.7, 0.35, 0.25])
+  kidney = (((grid - centre[:, None, None, None]) / radii[:, None, None, None]) ** 2).sum(0) < 1
+  t_centre = centre + np.array([0.1, 0.1, 0.0])
+  tumour = (((grid - t_centre[:, None, None, None]) / 0.15) ** 2).sum(0) < 1
+  tumour &= kidney
+  image = np.where(body, 40.0, -1000.0) + rng.normal(0.0, 20.0, size=shape)
+  image[kidney] += 130.0
+  image[tumour] -= 40.0
+  label = np.zeros(shape, np.uint8)
+  label[kidney] = 1
+  label[tumour] = 2
+  return image.astype(np.float32), label
+
+
+def write_kits19(root: str, case_numbers: Sequence[int] = (0, 1, 2, 3, 4), *,
+                 shape: Sequence[int] = KITS_SHAPE, spacing: Sequence[float] = KITS_SPACING
+                 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """The KiTS19 repository's `data/` layout: `case_XXXXX/imaging.nii.gz` (int16 HU, as
+  KiTS19) and `segmentation.nii.gz` (uint8); `pixdim` = `spacing` in array-axis order.
+  Returns `{case: (image float32, label)}` as written."""
+  import nibabel
+  written = {}
+  for number in case_numbers:
+    case = f"case_{number:05d}"
+    image, label = make_kits_case(number, shape)
+    image = np.round(image).astype(np.int16)
+    folder = os.path.join(root, case)
+    os.makedirs(folder, exist_ok=True)
+    affine = np.diag(list(spacing) + [1.0])
+    nibabel.save(nibabel.Nifti1Image(image, affine), os.path.join(folder, "imaging.nii.gz"))
+    nibabel.save(nibabel.Nifti1Image(label, affine), os.path.join(folder, "segmentation.nii.gz"))
+    written[case] = (image.astype(np.float32), label)
+  return written

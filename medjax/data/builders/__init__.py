@@ -8,6 +8,8 @@
 * `folder_datasets`: `nnunet_raw`, `decathlon`, `lits`: a local folder, planned and
   preprocessed once per `manual_dir` (`prepared_metadata`).
 * `medmnist`: `medmnist/<flag>` from the MedMNIST v2 `.npz` files.
+* `kits19`: the KiTS19 folder with the MLPerf 3D U-Net preprocessing and its fixed
+  42-case validation split.
 * `raw_layouts`: reads a real dataset's folder (nnU-Net v2 raw, Decathlon, LiTS)
   case by case, with one-line errors per bad case.
 * `splits`: `kfold`, nnU-Net's deterministic 5-fold cross-validation.
@@ -16,7 +18,7 @@
 import importlib
 from typing import Any
 
-_MODULES = ("datasets", "folder_datasets", "medmnist", "raw_layouts", "shard_writing", "splits",
+_MODULES = ("datasets", "folder_datasets", "kits19", "medmnist", "raw_layouts", "shard_writing", "splits",
             "synthetic_organs")
 
 

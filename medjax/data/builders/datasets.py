@@ -30,7 +30,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 import tensorflow_datasets as tfds
 
-from medjax.data.builders import folder_datasets, medmnist, synthetic_organs  # noqa: F401  (registers the builders)
+from medjax.data.builders import folder_datasets, kits19, medmnist, synthetic_organs  # noqa: F401  (registers the builders)
 from medjax.errors import InputError
 
 
@@ -99,7 +99,7 @@ def get_builder(name: str, data_dir: str, *, manual_dir: Optional[str] = None,
   fields (e.g. `shape=(16, 24, 24)` for `synthetic_organs/3d`).
 
   A builder of a local folder (`nnunet_raw`, `decathlon`, `lits`,
-  `medmnist`: its config has a `manual_dir` field) gets the absolute
+  `medmnist`, `kits19`: its config has a `manual_dir` field) gets the absolute
   `manual_dir` as a config field, so each folder is prepared into its own
   config folder; the load-time options `fold` and `num_folds` are ignored
   here (`medjax.data.builders.splits` applies them to the prepared ``train`` split).

@@ -8,13 +8,17 @@ spacing > 3, of the input or of the target) the low-resolution axis is
 resampled separately with order 0, as nnU-Net's `separate_z`, so that thick
 slices are not blended.
 
-Grid convention: voxel centres are aligned (the first and last voxel cover
-the same extent before and after), i.e. output voxel `j` of `n_out` samples
-the input at `x = (j + 0.5) * n_in / n_out - 0.5`, as `skimage.transform.resize`
-(which nnU-Net uses) and `scipy.ndimage.zoom(..., grid_mode=True)`. Cubic
-interpolation uses mirror boundaries (`scipy.ndimage.map_coordinates(...,
-order=3, mode="mirror")` gives the same numbers), linear and nearest clamp to
-the edge.
+Grid convention (`grid`): by default voxel centres are aligned (the first and
+last voxel cover the same extent before and after), i.e. output voxel `j` of
+`n_out` samples the input at `x = (j + 0.5) * n_in / n_out - 0.5`, as
+`skimage.transform.resize` (which nnU-Net uses) and `scipy.ndimage.zoom(...,
+grid_mode=True)`. Two other grids give PyTorch's `interpolate` (the MLPerf
+3D U-Net preprocessing resamples with it): "corners", `x = j (n_in - 1) /
+(n_out - 1)` (`align_corners=True`, e.g. trilinear), and "asymmetric", `x = j
+n_in / n_out` with nearest taking `floor(x)` in float32 arithmetic (`mode=
+"nearest"`). Cubic interpolation uses mirror boundaries
+(`scipy.ndimage.map_coordinates(..., order=3, mode="mirror")` gives the same
+numbers), linear and nearest clamp to the edge.
 
 Memory: every grid-to-grid interpolation here is a tensor product of 1D
 interpolations, so it runs axis by axis on slabs of the output along axis 0
@@ -33,6 +37,7 @@ from scipy import ndimage
 from medjax.errors import InputError
 
 ANISOTROPY_THRESHOLD = 3.0
+GRIDS = ("centers", "corners", "asymmetric")
 SLAB_VOXELS = 1 << 20  # voxels of one slab's widest intermediate (4 MiB in float32)
 
 
@@ -74,18 +79,37 @@ def _reflect(index: np.ndarray, n: int) -> np.ndarray:
   return np.where(index >= n, period - index, index)
 
 
-def interpolation_taps(n_in: int, n_out: int, order: int) -> tuple[np.ndarray, np.ndarray]:
+def sample_positions(n_in: int, n_out: int, grid: str = "centers") -> np.ndarray:
+  """Where output sample `j` reads the input, in input voxel indices (module docstring).
+
+  "corners" and "asymmetric" are computed in float32, as PyTorch's `interpolate` does.
+  """
+  j = np.arange(n_out, dtype=np.float64)
+  if grid == "centers":
+    return (j + 0.5) * (n_in / n_out) - 0.5
+  if grid == "corners":
+    scale = np.float32((n_in - 1) / (n_out - 1)) if n_out > 1 else np.float32(0.0)
+    return (scale * j.astype(np.float32)).astype(np.float64)
+  if grid == "asymmetric":
+    return (np.float32(n_in / n_out) * j.astype(np.float32)).astype(np.float64)
+  raise ValueError(f"grid={grid!r}: expected one of {', '.join(GRIDS)}")
+
+
+def interpolation_taps(n_in: int, n_out: int, order: int,
+                       grid: str = "centers") -> tuple[np.ndarray, np.ndarray]:
   """Input indices and weights of 1D interpolation from `n_in` to `n_out` samples.
 
   Returns `(index (n_out, taps) int64, weight (n_out, taps) float32)`:
   output `j` = `sum_t weight[j, t] * input[index[j, t]]` (order 3 on the
   spline coefficients, i.e. after `spline_filter1d(..., mode="mirror")`).
-  Orders: 0 (nearest, 1 tap), 1 (linear, 2 taps, edge clamped), 3 (cubic
-  B-spline, 4 taps, mirror boundary).
+  Orders: 0 (nearest, 1 tap: the closest input voxel, or `floor(x)` on the
+  "asymmetric" grid), 1 (linear, 2 taps, edge clamped), 3 (cubic B-spline, 4
+  taps, mirror boundary). `grid`: where the samples lie (`sample_positions`).
   """
-  x = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+  x = sample_positions(n_in, n_out, grid)
   if order == 0:
-    index = np.clip(np.floor(x + 0.5), 0, n_in - 1).astype(np.int64)[:, None]
+    nearest = np.floor(x) if grid == "asymmetric" else np.floor(x + 0.5)
+    index = np.clip(nearest, 0, n_in - 1).astype(np.int64)[:, None]
     return index, np.ones_like(index, np.float32)
   if order == 1:
     x = np.clip(x, 0.0, n_in - 1)
@@ -120,11 +144,13 @@ def _apply_axis(x: np.ndarray, index: np.ndarray, weight: np.ndarray, axis: int)
   return out
 
 
-def _slabs(shape: Sequence[int], new_shape: Sequence[int], orders: Sequence[int]):
+def _slabs(shape: Sequence[int], new_shape: Sequence[int], orders: Sequence[int],
+           grid: str = "centers"):
   """Output slabs along axis 0: yields `(rows, inputs, interpolate)` where
   `out[rows]` = `interpolate(values[inputs])` for any `values` of `shape`
   (`interpolate` runs the 1D interpolations of every axis on the slab)."""
-  taps = [interpolation_taps(n_in, n_out, o) for n_in, n_out, o in zip(shape, new_shape, orders)]
+  taps = [interpolation_taps(n_in, n_out, o, grid)
+          for n_in, n_out, o in zip(shape, new_shape, orders)]
   widest = max(int(np.prod(shape[1:])), int(np.prod(new_shape[1:])), 1)
   step = max(1, SLAB_VOXELS // widest)
   for start in range(0, new_shape[0], step):
@@ -142,10 +168,10 @@ def _slabs(shape: Sequence[int], new_shape: Sequence[int], orders: Sequence[int]
 
 
 def _interpolate(values: np.ndarray, new_shape: Sequence[int], orders: Sequence[int],
-                 out: np.ndarray) -> np.ndarray:
+                 out: np.ndarray, grid: str = "centers") -> np.ndarray:
   """Writes the tensor-product interpolation of `values` `(*S)` (already
   prefiltered along its cubic axes) into `out` `(*new_shape)`, slab by slab."""
-  for rows, inputs, interpolate in _slabs(values.shape, new_shape, orders):
+  for rows, inputs, interpolate in _slabs(values.shape, new_shape, orders, grid):
     out[rows] = interpolate(values[inputs])
   return out
 
@@ -160,7 +186,7 @@ def axis_orders(shape: Sequence[int], new_shape: Sequence[int], order: int,
 
 def resample_image(image: np.ndarray, new_shape: Sequence[int], *, order: int = 3,
                    separate: Optional[int] = None, out: Optional[np.ndarray] = None,
-                   overwrite_input: bool = False) -> np.ndarray:
+                   overwrite_input: bool = False, grid: str = "centers") -> np.ndarray:
   """One channel `(*S)` resampled to `(*new_shape)` float32 (cubic; `separate` axis nearest).
 
   Args:
@@ -172,6 +198,7 @@ def resample_image(image: np.ndarray, new_shape: Sequence[int], *, order: int = 
       `(*S', C)` array) written in place.
     overwrite_input: `image` is float32 and may be used as scratch (the
       spline prefilter runs in place on it): saves one copy.
+    grid: "centers" (default), "corners" or "asymmetric" (module docstring).
   """
   new_shape = tuple(int(n) for n in new_shape)
   if len(new_shape) != image.ndim:
@@ -188,12 +215,13 @@ def resample_image(image: np.ndarray, new_shape: Sequence[int], *, order: int = 
     for axis, o in enumerate(orders):
       if o == 3 and image.shape[axis] > 1:
         ndimage.spline_filter1d(image, 3, axis=axis, output=image, mode="mirror")
-  return _interpolate(image, new_shape, orders, out)
+  return _interpolate(image, new_shape, orders, out, grid)
 
 
 def resample_labels(label: np.ndarray, new_shape: Sequence[int], *, order: int = 1,
                     separate: Optional[int] = None,
-                    classes: Optional[Sequence[int]] = None) -> np.ndarray:
+                    classes: Optional[Sequence[int]] = None,
+                    grid: str = "centers") -> np.ndarray:
   """Integer labels `(*S)` resampled to `(*new_shape)`, same dtype.
 
   `order=1`: per-class linear (nnU-Net's `resize_segmentation`): each class's
@@ -201,7 +229,8 @@ def resample_labels(label: np.ndarray, new_shape: Sequence[int], *, order: int =
   value (ties to the lower class), so only classes present in the input
   appear. `order=0`: nearest neighbour. The `separate` axis is always nearest.
   `classes` (default: 0 to the largest value; labels are >= 0) limits the
-  classes considered.
+  classes considered. `grid` as in `resample_image` ("asymmetric" with
+  order 0 is PyTorch's `interpolate(mode="nearest")`).
   """
   label = np.asarray(label)
   new_shape = tuple(int(n) for n in new_shape)
@@ -211,7 +240,7 @@ def resample_labels(label: np.ndarray, new_shape: Sequence[int], *, order: int =
     return label.copy()
   orders = axis_orders(label.shape, new_shape, order, separate)
   if all(o == 0 for o in orders):
-    index = [interpolation_taps(n_in, n_out, 0)[0][:, 0]
+    index = [interpolation_taps(n_in, n_out, 0, grid)[0][:, 0]
              for n_in, n_out in zip(label.shape, new_shape)]
     return label[np.ix_(*index)]
   if order != 1:
@@ -219,7 +248,7 @@ def resample_labels(label: np.ndarray, new_shape: Sequence[int], *, order: int =
   if classes is None:  # every value up to the largest; absent ones are skipped per slab
     classes = range(int(label.max()) + 1) if label.size else ()
   out = np.zeros(new_shape, label.dtype)
-  for rows, inputs, interpolate in _slabs(label.shape, new_shape, orders):
+  for rows, inputs, interpolate in _slabs(label.shape, new_shape, orders, grid):
     block = label[inputs]
     present = set((np.flatnonzero(np.bincount(block.ravel())) if block.dtype.kind in "ub"
                    else np.unique(block)).tolist())
