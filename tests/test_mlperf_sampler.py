@@ -59,11 +59,11 @@ def test_flip_probability_and_alignment():
 
 
 def test_epochs_visit_every_case_once_and_resume():
-  cases = [{"image": np.full((4, 4, 4), i, np.float32), "label": np.zeros((4, 4, 4), np.uint8),
-            "case": f"case_{i}"} for i in range(5)]
+  cases = [{"image": np.full((4, 4, 4), i, np.float32), "label": np.full((4, 4, 4), i, np.uint8),
+            "case": f"case_{i}"} for i in range(5)]  # the label names the case (unaugmented)
   kw = dict(patch_size=(4, 4, 4), global_batch_size=2, seed=3, num_steps=6)
   batches = list(ms.train_batches(cases, **kw))
-  seen = [int(round(float(np.median(b["image"][j])))) for b in batches for j in range(2)]
+  seen = [int(b["label"][j, 0, 0, 0]) for b in batches for j in range(2)]
   # 5 cases, batches of 2: epochs of 2 steps (4 samples), the fifth case left out
   for epoch in range(3):
     assert len(set(seen[4 * epoch:4 * epoch + 4])) == 4
