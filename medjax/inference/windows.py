@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.ndimage
+import scipy.signal
 
 PredictFn = Callable[[np.ndarray], np.ndarray]
 OUTPUTS = ("probabilities", "labels", "both")
@@ -44,15 +45,25 @@ def importance_weights(roi_size: Sequence[int], mode: str,
                        sigma_scale: float = 0.125) -> list[np.ndarray]:
   """The per-axis factors of `importance_map`: one float32 vector `(roi_size[i],)` per axis.
 
-  Both weightings are separable: a constant, and the Gaussian of nnU-Net
+  Every weighting is separable: a constant; the Gaussian of nnU-Net
   (Isensee et al. 2021), whose N-D bump is the outer product of 1-D
   Gaussians with sigma = `sigma_scale` x the window, peak 1, and no zero
-  weight at the borders.
+  weight at the borders; and "gaussian_cbrt", the MLPerf 3D U-Net's
+  (mlcommons/training `retired_benchmarks/unet3d/pytorch/runtime/inference.py`,
+  `gaussian_kernel`): the cube root of the outer product of three
+  `scipy.signal.gaussian(r, sigma_scale * r)` (symmetric about `(r - 1) / 2`),
+  peak 1, i.e. per axis the cube root of that 1-D window.
   """
   if mode == "constant":
     return [np.ones(int(r), np.float32) for r in roi_size]
+  if mode == "gaussian_cbrt":
+    out = []
+    for r in roi_size:
+      g = np.cbrt(scipy.signal.windows.gaussian(int(r), sigma_scale * int(r)))
+      out.append((g / g.max()).astype(np.float32))
+    return out
   if mode != "gaussian":
-    raise ValueError(f"mode={mode!r}: expected 'gaussian' or 'constant'")
+    raise ValueError(f"mode={mode!r}: expected 'gaussian', 'gaussian_cbrt' or 'constant'")
   out = []
   for r in roi_size:
     impulse = np.zeros(int(r), np.float64)
@@ -336,7 +347,8 @@ def sliding_window(predict_fn: PredictFn, volume: np.ndarray, roi_size: Sequence
       with the volume's minimum and cropped back.
     roi_size: window size, one per spatial dim.
     overlap: fraction of a window shared with its neighbour, in [0, 1).
-    mode: "gaussian" or "constant" blending weights.
+    mode: "gaussian", "gaussian_cbrt" (the MLPerf 3D U-Net's) or "constant" blending
+      weights (`importance_weights`).
     mirror_axes: spatial axes (0-based) to flip for test-time augmentation.
     output: "probabilities" (the blend), "labels" (its argmax only: the
       probabilities are never held beyond the slab) or "both".

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from medjax import losses, parallel
 from medjax.data.pipeline import augment
 from medjax.errors import InputError
-from medjax.train import config_check, report, tasks, warm_start
+from medjax.train import config_check, epochs, report, tasks, warm_start
 from medjax.train.checkpoint import StopRequest
 from medjax.train.model_factory import build_model
 from medjax.train.optim import make_optimizer
@@ -126,10 +126,12 @@ def train(config: ml_collections.ConfigDict, workdir, *,
   if start:
     state = ckpt.restore(state)
     print(f"resumed {workdir.path} at step {start}", flush=True)
-  if start >= config.num_steps:
+  if start >= config.num_steps or workdir.read_stopped():
     ckpt.close()
     return {"state": state, "stopped": False}
 
+  callbacks = (list(task.callbacks(config, workdir, start_step=start))
+               if train_source is None else [])
   source = (load_split(config, "train", workdir=workdir if is_writer else None)
             if train_source is None else train_source)
   batches = task.train_batches(config, source, start_step=start,
@@ -144,6 +146,9 @@ def train(config: ml_collections.ConfigDict, workdir, *,
   stopped = False
   t_log, n_log = time.perf_counter(), 0
   progress = Progress(config, start, enabled=is_writer)
+  last, reason = start, "num_steps"
+  for callback in callbacks:
+    callback.on_train_start(start)
   try:
     with StopRequest() as stop:
       for step, batch in zip(range(start + 1, config.num_steps + 1), batches):
@@ -155,6 +160,7 @@ def train(config: ml_collections.ConfigDict, workdir, *,
               f"good checkpoint (step {ckpt.latest_step()}) is kept in {workdir.checkpoint_dir} "
               f"(try a lower optimizer.learning_rate or optimizer.grad_clip_norm)")
         n_log += 1
+        last = step
         progress.step()
         if step % config.log_every == 0 or step == config.num_steps:
           now = time.perf_counter()
@@ -164,15 +170,27 @@ def train(config: ml_collections.ConfigDict, workdir, *,
           if writer:
             writer.write(step, {"loss": metrics["loss"], "grad_norm": metrics["grad_norm"],
                                 "learning_rate": float(schedule(step - 1)), "steps_per_sec": rate})
-        if ckpt.should_save(step) or step == config.num_steps or stop.requested:
+        state_fn = lambda: dp.unreplicate(dstate)  # noqa: E731  (copied when a callback asks)
+        reasons = [callback.after_step(step, state_fn, writer) for callback in callbacks]
+        reasons = [r for r in reasons if r]
+        if ckpt.should_save(step) or step == config.num_steps or stop.requested or reasons:
           ckpt.save(step, dp.unreplicate(dstate), force=True)
+        if reasons:
+          reason = reasons[0]
+          if is_writer:
+            workdir.write_stopped(step, reason)
+          print(f"training stopped at step {step}: {reason}", flush=True)
+          break
         if stop.requested:
+          reason = "sigterm"
           stopped = True
           logging.warning("SIGTERM: saved step %d; re-run the same command to resume", step)
           break
   finally:
     progress.close()
     ckpt.close()
+    for callback in callbacks:
+      callback.on_train_end(last, reason)
     if writer:
       writer.close()
   return {"state": dp.unreplicate(dstate), "stopped": stopped}
@@ -220,6 +238,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   if "cascade" in config:
     raise InputError("config.cascade: a cascade is two runs; run it with "
                      "medjax.train.run.train_and_evaluate (experiments.main does)")
+  config = epochs.resolve(config)
   workdir = prepare_workdir(config, workdir)
   task = tasks.get_task(config.task)
   t0 = time.perf_counter()
@@ -228,7 +247,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     return {}
   t1 = time.perf_counter()
   evaluation = task.evaluate(config, build_model(config, training=False),
-                             result["state"].variables(), load_split(config, "test"))
+                             result["state"].variables(),
+                             load_split(config, config.eval.get("split", "test")))
   if jax.process_index() == 0:
     task.write_outputs(config, evaluation, workdir)
   finish(workdir, evaluation, item_name=task.item_name, metric_prefixes=task.summary_metrics,

@@ -37,6 +37,7 @@ from typing import Any, Callable, Sequence
 import flax
 import flax.linen as nn
 import ml_collections
+import jax.numpy as jnp
 import optax
 
 from medjax.errors import InputError
@@ -127,8 +128,29 @@ def freeze_batch_norm(model: nn.Module, cfg: ml_collections.ConfigDict) -> nn.Mo
   return FrozenBatchNorm(**fields)
 
 
+def warmup_schedule(init: float, peak: float, warmup_steps: int, every: int = 0
+                    ) -> optax.Schedule:
+  """The learning rate of the first `warmup_steps` steps, from `init` towards `peak`.
+
+  `every=0`: linear, `init + (peak - init) t / warmup_steps` at update `t` (0-based).
+  `every=k`: a staircase that moves once every `k` updates, as the MLPerf 3D U-Net
+  reference sets it at the start of each epoch of `k` steps (`runtime/training.py`
+  `lr_warmup`: `init + (peak - init) e / E` in epoch `e = 1..E`): update `t` gets
+  `init + (peak - init) min((t // k + 1) k, warmup_steps) / warmup_steps`.
+  """
+  if every <= 0:
+    return optax.linear_schedule(init, peak, warmup_steps)
+
+  def schedule(count):
+    reached = jnp.minimum((count // every + 1) * every, warmup_steps)
+    return init + (peak - init) * reached / warmup_steps
+
+  return schedule
+
+
 def make_schedule(cfg: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
-  """Linear warm-up, then "constant", "poly" (nnU-Net: lr·(1 - t/T)^0.9) or "cosine"."""
+  """Warm-up (`warmup_schedule`: `warmup_steps`, from `warmup_init`, every
+  `warmup_every` steps), then "constant", "poly" (nnU-Net: lr·(1 - t/T)^0.9) or "cosine"."""
   lr, warmup = float(cfg.learning_rate), int(cfg.get("warmup_steps", 0))
   decay_steps = max(num_steps - warmup, 1)
   if cfg.schedule == "constant":
@@ -142,7 +164,9 @@ def make_schedule(cfg: ml_collections.ConfigDict, num_steps: int) -> optax.Sched
     raise InputError(f"optimizer.schedule={cfg.schedule!r}: expected one of {', '.join(SCHEDULES)}")
   if warmup <= 0:
     return main
-  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
+  warm = warmup_schedule(float(cfg.get("warmup_init", 0.0)), lr, warmup,
+                         int(cfg.get("warmup_every", 0)))
+  return optax.join_schedules([warm, main], [warmup])
 
 
 def _base_optimizer(cfg: ml_collections.ConfigDict, schedule: optax.Schedule

@@ -15,6 +15,8 @@ A workdir holds everything about one run:
 | `plan.json` | `config_data.load_split` (folder datasets) | the dataset's preprocessing plan (`medjax.data.preprocessing.planning`), applied by `predictor` |
 | `splits.json` | `config_data.load_split` (folder datasets) | the case ids of train / validation / test (fold, num_folds) |
 | `stage1/`, `stage2/` | a cascade | one ordinary workdir per stage |
+| `stopped.json` | the loop | a callback ended training before `num_steps` (step, reason): the run is done |
+| `mlperf.log` | `medjax.mlperf.run` | MLPerf `mllog` events of an MLPerf run (`mlperf_resumed_at_<step>.log` for a resumed one) |
 
 Nobody else spells these names: the loop, the tasks, the cascade, `restore`,
 `config_check`, the sweep and `experiments.predict` all go through `Workdir`.
@@ -43,6 +45,8 @@ PLAN = "plan.json"
 SPLITS = "splits.json"
 POSTPROCESSING = "postprocessing.json"
 EVAL_CSV = "eval.csv"
+STOPPED = "stopped.json"
+MLPERF_LOG = "mlperf.log"
 
 
 @contextlib.contextmanager
@@ -258,6 +262,24 @@ class Workdir:
       raise InputError(f"{self.eval_path}: missing; the run has not been evaluated") from None
     except (OSError, ValueError) as e:
       raise InputError(f"{self.eval_path}: unreadable ({_first_line(e)})") from None
+
+  # --- early stop and the MLPerf log ------------------------------------------
+  def write_stopped(self, step: int, reason: str) -> str:
+    """`stopped.json`: training ended at `step` before `num_steps` (e.g. a quality target
+    reached); a re-run of the command does not train further."""
+    return atomic_write_json(self.file(STOPPED), {"step": int(step), "reason": reason})
+
+  def read_stopped(self) -> Union[dict, None]:
+    """The `write_stopped` record, or None when training was not stopped early."""
+    path = self.file(STOPPED)
+    return _read_json(path, "the early-stop record") if os.path.exists(path) else None
+
+  def mlperf_log_path(self, start_step: int = 0) -> str:
+    """`mlperf.log` of a run from scratch; a run resumed at `start_step` logs to
+    `mlperf_resumed_at_<start_step>.log` (a resumed run is not an MLPerf timing run)."""
+    if not start_step:
+      return self.file(MLPERF_LOG)
+    return self.file(f"mlperf_resumed_at_{int(start_step)}.log")
 
   # --- checkpoints -----------------------------------------------------------
   def checkpointer(self, *, every: int, max_to_keep: int = 2):

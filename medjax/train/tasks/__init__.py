@@ -11,6 +11,7 @@ from medjax.errors import InputError
 from medjax.train.tasks.base import Task
 from medjax.train.tasks.classification import ClassificationTask
 from medjax.train.tasks.distillation import DistillationTask
+from medjax.train.tasks.mlperf import MLPerfUNet3DTask
 from medjax.train.tasks.segmentation import SegmentationTask
 from medjax.train.tasks.transfer import FinetuneTask, LinearProbeTask
 
@@ -20,6 +21,7 @@ TASKS: dict[str, type[Task]] = {
     "finetune": FinetuneTask,
     "linear_probe": LinearProbeTask,
     "distillation": DistillationTask,
+    "mlperf_unet3d": MLPerfUNet3DTask,
 }
 
 
@@ -32,4 +34,4 @@ def get_task(name: str) -> Task:
 
 
 __all__ = ["Task", "TASKS", "get_task", "SegmentationTask", "ClassificationTask",
-           "DistillationTask", "FinetuneTask", "LinearProbeTask"]
+           "DistillationTask", "FinetuneTask", "LinearProbeTask", "MLPerfUNet3DTask"]

@@ -8,6 +8,7 @@ import flax.linen as nn
 import ml_collections
 import numpy as np
 
+from medjax.train.callbacks import Callback
 from medjax.train.evaluate import Evaluation
 from medjax.train.step import LossFn, Objective
 from medjax.train.workdir import Workdir
@@ -39,6 +40,12 @@ class Task(abc.ABC):
     (the default): `label_loss` (the loop's `build_loss(config)`) of
     `batch["label"]`, with deep supervision."""
     return None
+
+  def callbacks(self, config: ml_collections.ConfigDict, workdir: Workdir, *,
+                start_step: int = 0) -> Sequence[Callback]:
+    """Callbacks around the training steps (`medjax.train.callbacks`) of a run starting at
+    `start_step` (> 0: resumed); none by default."""
+    return ()
 
   @abc.abstractmethod
   def train_batches(self, config: ml_collections.ConfigDict, source: Sequence[dict], *,
