@@ -46,7 +46,11 @@ setup(
     extras_require={
         # torch (CPU) checks the torchvision importer against PyTorch (tests/test_weights_torchvision.py);
         # on a CUDA machine install it from https://download.pytorch.org/whl/cpu to avoid the CUDA wheels.
-        "test": ["pytest==9.0.3", "pytest-xdist==3.8.0", "torch==2.13.0"],
+        # mlperf-logging: MLPerf's own mllog writer and compliance checker (the MLPerf 3D
+        # U-Net run logs with it, tests/test_mlperf_run.py checks its log with it).
+        "test": ["pytest==9.0.3", "pytest-xdist==3.8.0", "torch==2.13.0",
+                 "mlperf-logging==4.1.68"],
+        "mlperf": ["mlperf-logging==4.1.68"],
         "gpu": ["jax[cuda12]==0.10.2"],
         # `python -m benchmarks.compile_check` (compile the Pallas kernels for an H100 on a
         # CPU machine). Installed by `--install_tools` into a side folder, never into the
