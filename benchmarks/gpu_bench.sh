@@ -16,7 +16,10 @@
 #               (Pallas vs the XLA/cuDNN path vs PyTorch's conv3d (cuDNN), with the device's
 #               measured peaks): soft Dice first, then the 128^3/96^3 network layers; its JSON
 #               is rewritten after every row, so a step cut short by its limit keeps its rows
-#   4. train:   python -m benchmarks.bench_train, 3D U-Net (with --torch: PyTorch on the
+#   4. mlperf:  python -m benchmarks.mlperf_step: the MLPerf 3D U-Net training step (batch 2 of
+#               128^3, bf16) with kernels auto and xla against the reference model in PyTorch
+#               on the same card (bf16 autocast): samples/s and peak device memory
+#   5. train:   python -m benchmarks.bench_train, 3D U-Net (with --torch: PyTorch on the
 #               same card) and V-Net at 128^3, float32 and bfloat16, kernels pallas and xla
 # Everything lands in one JSON file (default gpu_bench_<UTC date>.json): each step's
 # command, exit status, seconds, output tail and parsed JSON.
@@ -131,6 +134,9 @@ for dt in float32 bfloat16; do
     "$PY" -m benchmarks.bench_kernels --shapes all --dtype "$dt" --reps 5 --torch \
     --ops soft_dice,conv3d,upconv --json "$STEPS/kernels_$dt.json"
 done
+step mlperf_step 150 "$STEPS/mlperf_step.json" \
+  "$PY" -m benchmarks.mlperf_step --patch 128 --batch 2 --kernels auto,xla --dtype bfloat16 \
+  --steps 5 --warmup 2 --torch --json "$STEPS/mlperf_step.json"
 UNET_128=(--config=experiments/configs/unet3d_synthetic.py --set model.features=32,64,128,256
           --set model.kernel_sizes=None --set model.pool_sizes=None --set patch_size=128,128,128
           --set global_batch_size=2 --set num_classes=2 "--set=class_names=('background','organ')"

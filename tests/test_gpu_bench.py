@@ -27,7 +27,8 @@ def test_dry_run_writes_every_step(tmp_path):
   result, proc = _dry_run(tmp_path)
   steps = result["steps"]
   assert result["dry_run"] is True and len(result["commit"]) >= 7
-  assert list(steps)[:4] == ["env", "tests", "kernels_float32", "kernels_bfloat16"]
+  assert list(steps)[:5] == ["env", "tests", "kernels_float32", "kernels_bfloat16",
+                             "mlperf_step"]
   train = [n for n in steps if n.startswith("train_")]
   assert sorted(train) == sorted(f"train_{net}_{dt}_{k}" for net in ("unet3d", "vnet")
                                  for dt in ("float32", "bfloat16") for k in ("pallas", "xla"))
@@ -59,6 +60,27 @@ def test_training_commands_are_valid_configs(tmp_path):
     tasks.get_task(config.task).validate(config)
     assert tuple(config.patch_size) == (128, 128, 128), name
     assert config.model.features[0] in (16, 32), name
+
+
+def test_mlperf_step_command_is_valid(tmp_path):
+  """The MLPerf step's flags exist and build the benchmark's config (bf16, 128^3, batch 2)."""
+  from absl import flags as absl_flags
+  from benchmarks import mlperf_step
+  from medjax.train.model_factory import build_model
+  result, _ = _dry_run(tmp_path)
+  args = shlex.split(result["steps"]["mlperf_step"]["command"])
+  assert args[1:3] == ["-m", "benchmarks.mlperf_step"]
+  values = absl_flags.FlagValues()
+  mlperf_step.define_flags(values)
+  values(["mlperf_step"] + args[3:])
+  assert values.kernels == ["auto", "xla"] and values.torch and values.dtype == "bfloat16"
+  config = mlperf_step.step_config(patch=values.patch, batch=values.batch, kernels="auto",
+                                   dtype=values.dtype)
+  config.num_steps = 1  # an MLPerf config's step count comes from its epochs at run time
+  config_check.validate(config)
+  tasks.get_task(config.task).validate(config)
+  assert tuple(config.patch_size) == (128, 128, 128) and config.global_batch_size == 2
+  assert type(build_model(config)).__name__ == "MLPerfUNet3D"
 
 
 def test_unknown_argument_is_one_line():
