@@ -100,7 +100,8 @@ def child(spec_json: str) -> int:
     row: dict[str, Any] = dict(kernels=kernels, chips=len(devices),
                                device=devices[0].device_kind)
     try:
-      compiled = mlperf_step.abstract_step(config, devices).compile()
+      lowered = mlperf_step.abstract_step(config, devices)
+      compiled = lowered.compile()
     except Exception as e:  # noqa: BLE001
       row["error"] = " ".join((str(e) or repr(e)).split())[:400]
       rows.append(row)
@@ -109,8 +110,19 @@ def child(spec_json: str) -> int:
     row["memory"] = {k: int(getattr(mem, k)) for k in (
         "argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
         "alias_size_in_bytes") if hasattr(mem, k)}
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    # the compiled program's cost; the compile-only GPU client has none: the lowered
+    # program's (XLA's HLO cost analysis before optimisation, per chip after partitioning
+    # by shard_map)
+    for stage, program in (("compiled", compiled), ("lowered", lowered)):
+      try:
+        cost = program.cost_analysis()
+      except Exception:  # noqa: BLE001
+        cost = None
+      cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
+      if cost:
+        break
+    cost = cost or {}
+    row["cost_from"] = stage if cost else None
     row["flops"] = float(cost.get("flops", 0.0))
     row["bytes_accessed"] = float(cost.get("bytes accessed", 0.0))
     row["hlo_bytes"] = whole.hlo_traffic(compiled.as_text())[1]

@@ -167,17 +167,16 @@ def main(argv) -> None:
       with open(FLAGS.json, "w") as f:
         json.dump(result, f, indent=1)
 
+  result["filters"] = list(filters)
   for kernels in FLAGS.kernels:
     config = step_config(patch=FLAGS.patch, batch=FLAGS.batch, kernels=kernels,
                          dtype=FLAGS.dtype, filters=filters)
     emit(bench_medjax(config, steps=FLAGS.steps, warmup=FLAGS.warmup))
   if FLAGS.torch:
     from benchmarks import torch_mlperf_unet3d  # pylint: disable=import-outside-toplevel
-    if filters != (32, 64, 128, 256, 320):
-      raise app.UsageError("--torch: the reference network has the filters 32,64,128,256,320")
     row = torch_mlperf_unet3d.bench_step(patch=FLAGS.patch, batch=FLAGS.batch, steps=FLAGS.steps,
                                          warmup=FLAGS.warmup, amp=FLAGS.dtype == "bfloat16",
-                                         threads=FLAGS.torch_threads)
+                                         threads=FLAGS.torch_threads, filters=filters)
     for other in result["rows"]:
       other["step_s_over_torch"] = other["step_s"] / row["step_s"]
     emit(row)

@@ -164,8 +164,8 @@ def dice_ce_loss(torch, logits, label):
 
 
 def bench_step(*, patch: int = 128, batch: int = 2, steps: int = 5, warmup: int = 2,
-               amp: bool = True, device: str = "auto", threads: int = 0,
-               seed: int = 0) -> dict[str, Any]:
+               amp: bool = True, device: str = "auto", threads: int = 0, seed: int = 0,
+               filters=(32, 64, 128, 256, 320)) -> dict[str, Any]:
   """Median time of the reference training step (forward, DiceCE, backward, SGD with
   Nesterov momentum 0.9, lr 0.8) on random data: samples/s and the peak device memory.
 
@@ -178,7 +178,7 @@ def bench_step(*, patch: int = 128, batch: int = 2, steps: int = 5, warmup: int 
   dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto"
                      else device)
   torch.manual_seed(seed)
-  model = build_unet3d().to(dev)
+  model = build_unet3d(filters=tuple(filters)).to(dev)
   opt = torch.optim.SGD(model.parameters(), lr=0.8, momentum=0.9, nesterov=True)
   rng = np.random.default_rng(seed)
   x = torch.from_numpy(rng.normal(size=(batch, 1, patch, patch, patch)).astype(np.float32)).to(dev)
