@@ -133,3 +133,31 @@ def test_reference_window_crop_pad_and_dice():
   np.testing.assert_allclose(evaluation.dice_scores(pred, truth),
                              [(2 + 1e-6) / (3 + 1e-6), 1e-6 / (1 + 1e-6)], rtol=1e-9)
   assert evaluation.dice_scores(np.zeros(3), np.zeros(3)).tolist() == [1.0, 1.0]
+
+
+def test_learning_rate_warms_up_once_per_epoch_as_the_reference():
+  """runtime/training.py `lr_warmup`: lr = init + (lr - init) * epoch / warmup_epochs at the
+  start of epochs 1..warmup_epochs, then the base rate."""
+  import ml_collections
+  from medjax.train.optim import make_schedule
+  steps_per_epoch, warmup_epochs = 3, 4
+  cfg = ml_collections.ConfigDict(dict(learning_rate=0.8, schedule="constant",
+                                       warmup_steps=warmup_epochs * steps_per_epoch,
+                                       warmup_every=steps_per_epoch, warmup_init=1e-4))
+  schedule = make_schedule(cfg, 100)
+  for update in range(20):
+    epoch = update // steps_per_epoch + 1
+    want = 1e-4 + (0.8 - 1e-4) * min(epoch, warmup_epochs) / warmup_epochs
+    assert float(schedule(update)) == pytest.approx(want, rel=1e-6)
+
+
+def test_window_weights_are_the_reference_gaussian():
+  """runtime/inference.py `gaussian_kernel(n, 0.125 n)`: cube root of the 3D outer product
+  of scipy's Gaussian window, peak 1."""
+  from scipy import signal
+  from medjax.inference.windows import importance_map
+  n = 16
+  g1 = signal.windows.gaussian(n, 0.125 * n)
+  g3 = np.cbrt(np.outer(np.outer(g1, g1), g1).reshape(n, n, n))
+  np.testing.assert_allclose(importance_map((n, n, n), "gaussian_cbrt"), g3 / g3.max(),
+                             rtol=1e-5)
