@@ -9,7 +9,7 @@ chip) is compiled by XLA for a device-less chip, in a child process that sees th
 compile-only tools (`python -m benchmarks.compile_check --install_tools` and
 `--target tpu-v5e --install_tools`): the H100 of `benchmarks.compile_check.whole`
 (XLA's H100 SXM description; `1x8x1`: one host of 8) and libtpu's TPU v5e
-(`v5e:1x1`, `v5e:2x4`). From each compiled program:
+(one chip of `v5e:2x2`, and `v5e:2x4`). From each compiled program:
 
 * per-chip memory: `memory_analysis()` (arguments, outputs, temporaries);
 * FLOPs: counted from the architecture (`step_flops`: 2 x the multiply-adds of every
@@ -49,7 +49,7 @@ MEDIAN_EPOCHS = 2640  # rcps_unet3d.json (mlperf-logging, training_1.0.0 .. 3.1.
 TARGETS = {
     "h100": ("cuda", "1x1x1", 1),
     "h100-8": ("cuda", "1x8x1", 8),
-    "tpu-v5e": ("tpu", "v5e:1x1", 1),
+    "tpu-v5e": ("tpu", "v5e:2x2", 1),  # one chip of a 2x2 host (libtpu's smallest v5e layout)
     "tpu-v5e-8": ("tpu", "v5e:2x4", 8),
 }
 # Peaks per chip: (bf16 FLOP/s, HBM bytes/s, source).
