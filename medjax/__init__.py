@@ -1,19 +1,19 @@
 """medjax: deep learning for medical images in JAX/Flax.
 
-Where things go (each a module with one job; nothing here reads flags):
+Where a new model, loss, task, dataset, kernel or workdir file goes: the map in
+README.md ("Where things go in the code"); each package's docstring details its
+modules. Nothing in the library reads flags (the launchers are in `experiments/`).
 
-* a model: `medjax/models/<name>.py` (a Flax Linen module, `__call__(x, *,
-  train)` -> logits), exported from `medjax.models` and named in
-  `medjax.train.model_factory.MODEL_CLASSES`;
-* a loss: a function in `medjax/losses.py` `(logits, labels, ...) -> scalar`,
-  registered in its `_LOSSES` table (`config.loss.name`);
-* a task (what a run learns and how it is scored): `medjax/train/tasks/<name>.py`,
-  a `Task` subclass, plus one line in `medjax.train.tasks.TASKS`;
-* a run made of runs (a cascade): an orchestrator module in `medjax/train/`
-  entered from `medjax.train.run`;
-* a dataset: a TFDS builder in `medjax/data/` (array_record, `manual_dir`, no download);
-* a kernel: a folder in `kernels/` (`api.py`, `reference.py`, `pallas_gpu.py`,
-  `pallas_tpu.py`, `bench_shapes.py`) dispatched by `medjax_kernels.dispatch`;
-* a workdir file: a name in `medjax/train/workdir.py`, the only place that spells them.
+* `models`: Flax Linen models, 2D and 3D; `layers`: conv building blocks.
+* `losses`, `metrics`, `postprocess`: training objectives, scores, post-processing.
+* `data`: image IO, TFDS builders, synthetic phantoms, nnU-Net preprocessing, input pipeline.
+* `train`: one run from config to report (tasks, SPMD step, checkpoints, workdir).
+* `inference`: sliding window, cascade, trained runs as predictors, files in and out.
+* `uncertainty`, `calibration`, `explain`: trust in a prediction.
+* `features`, `weights`: deep features, pretrained weights from local files.
+* `sweep`: ablation grids; `parallel`: device mesh and multi-host start-up.
+* `errors`: `InputError`, the one-line error for bad input.
+
+The Pallas kernels are the separate package `medjax_kernels` (folder `kernels/`).
 """
 __version__ = "0.1.0"
