@@ -202,8 +202,10 @@ def test_failed_prepare_leaves_nothing_and_loses_nothing(tmp_path):
   before = _split(data, "nnunet_raw", good)
   with pytest.raises(InputError) as error:
     datasets.load_source("nnunet_raw", "train", str(data), manual_dir=str(bad))
-  assert str(error.value) == ("case case_b: channel 1 (T2) has 1 NaN/inf voxel(s); expected "
-                              "finite intensities")
+  reason = "case case_b: channel 1 (T2) has 1 NaN/inf voxel(s); expected finite intensities"
+  assert str(error.value) == (f"1 bad case in {bad} (case_b; first: {reason}); fix or remove it, "
+                              "or leave it out with dataset_kwargs.skip_bad_cases=True")
+  assert error.value.details == (f"bad case case_b: {reason[len('case case_b: '):]}",)
   prepared = _prepared(data / "nnunet_raw")
   assert len(prepared) == 1 and prepared[0].startswith("folder_good_")  # nothing of "bad" is left
   assert not [p for p in os.listdir(data / "nnunet_raw" / prepared[0]) if p.startswith("incomplete")]
@@ -214,4 +216,4 @@ def test_failed_prepare_leaves_nothing_and_loses_nothing(tmp_path):
   skipping = _split(data, "nnunet_raw", bad, skip_bad_cases=True)
   meta = _metadata(data, "nnunet_raw", bad, skip_bad_cases=True)
   assert sorted(skipping) == meta["cases"]["train"] == ["case_a", "case_c"]
-  assert meta["skipped"] == [{"case": "case_b", "reason": str(error.value)}]
+  assert meta["skipped"] == [{"case": "case_b", "reason": reason}]

@@ -37,10 +37,13 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   model, 2 folds (for folders with few cases)."""
   c = common.base_config()
   c.dataset = "nnunet_raw"  # | "decathlon" | "lits"
+  # Every option of the folder builders (medjax.data.builders.folder_datasets.FolderConfig);
+  # unset (None): ndim 3, and the plan's patch_size and patch budget (max_patch_voxels).
+  c.dataset_kwargs = common.dataset_options("nnunet_raw")
   c.dataset_kwargs.manual_dir = ""
   c.dataset_kwargs.fold = 0
   c.dataset_kwargs.num_folds = 5
-  c.dataset_kwargs.skip_bad_cases = False  # True: leave bad cases out (listed in the prepared metadata)
+  c.dataset_kwargs.skip_bad_cases = False  # True: leave bad cases out (printed, skipped_cases.json)
   # Empty: from the prepared dataset (config_data.resolve_dataset).
   c.num_classes = 0
   c.class_names = ()
