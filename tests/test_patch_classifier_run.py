@@ -32,7 +32,7 @@ def pretrained(tmp_path_factory):
   return str(root / "pretrain"), config, out.getvalue()
 
 
-@pytest.mark.parametrize("arm", ["scratch", "linear_probe", "finetune"])
+@pytest.mark.parametrize("arm", ["linear_probe", "finetune"])
 def test_transfer_arm_smoke_variant_trains(pretrained, arm, tmp_path):
   workdir, source_config, _ = pretrained
   config = transfer_patches2d.get_config(f"{arm},smoke")
