@@ -2,7 +2,8 @@
 
 * `explain_case(workdir, case, ...)`: loads the run (`restore.load_run`),
   finds the case by its id in the test split, normalises it as training does
-  (`config_data.input_normalizer`, through the predictor's `channel_normalizer`), runs the `medjax.explain` methods and
+  (`config_data.input_normalizer`, through the predictor's `channel_normalizer`),
+  runs the `medjax.explain` methods and
   writes one PNG per method plus one with all of them side by side.
   A segmentation model works on one window of `config.patch_size` centred on
   the target structure (the ground truth's target-class voxels; the

@@ -229,7 +229,8 @@ def test_every_bad_case_is_reported_before_preparation_stops(tmp_path):
   with pytest.raises(InputError) as error:
     datasets.load_source("nnunet_raw", "train", str(tmp_path / "data"), manual_dir=str(raw))
   assert [line.split(":")[0] for line in error.value.details] == ["bad case a", "bad case t"]
-  assert error.value.details[1] == "bad case t: channel 0 (CT) file imagesTs/t_0000.nii.gz is missing"
+  assert error.value.details[1] == ("bad case t: channel 0 (CT) file imagesTs/t_0000.nii.gz is "
+                                    "missing")
   assert str(error.value).startswith(f"2 bad cases in {raw} (a, t; first: case a: label: ")
   assert sorted(_split(tmp_path / "data", "nnunet_raw", raw, skip_bad_cases=True)) == ["b", "c"]
   meta = _metadata(tmp_path / "data", "nnunet_raw", raw, skip_bad_cases=True)

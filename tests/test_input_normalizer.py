@@ -54,8 +54,8 @@ def test_every_consumer_applies_the_same_normalizer(fields):
   [(_, seen, _)] = loaders.classification_images(source, **classification.data_options(config))
   np.testing.assert_allclose(seen[..., 0], expected, rtol=1e-6)
   source = [{"image": image, "label": np.int64(1)}]
-  [(_, seen, _)] = loaders.classification_images(
-      source, **classification.data_options(ml_collections.ConfigDict({**config, "in_channels": 2})))
+  rgb_like = ml_collections.ConfigDict({**config, "in_channels": 2})
+  [(_, seen, _)] = loaders.classification_images(source, **classification.data_options(rgb_like))
   np.testing.assert_allclose(seen, both, rtol=1e-6)
 
 

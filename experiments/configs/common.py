@@ -32,7 +32,8 @@ def dataset_options(builder: str) -> ml_collections.ConfigDict:
   name (the names not set keep the named dataset's values).
   """
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-  from medjax.data.builders import datasets, folder_datasets  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from medjax.data.builders import datasets, folder_datasets
   del datasets  # imported to register the builders
   cls = tfds.builder_cls(builder.partition("/")[0])
   example = cls.BUILDER_CONFIGS[0]
