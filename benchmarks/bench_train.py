@@ -10,8 +10,8 @@ memory, peak host RSS, device memory_stats (GPU/TPU), the input pipeline's
 batches/s alone, sliding-window inference volumes/min, and with --torch the
 same U-Net step in PyTorch in the same process with the ratio.
 
-The 3D U-Net of shared/PERF.md (features 16-32-64-128, 3x3x3 everywhere, batch 2
-of 64^3, 2 classes, soft Dice, Adam):
+The baseline 3D U-Net of benchmarks/PERF_BASELINE.md (features 16-32-64-128, 3x3x3
+everywhere, batch 2 of 64^3, 2 classes, soft Dice, Adam):
   python -m benchmarks.bench_train --config=experiments/configs/unet3d_synthetic.py \
       --set model.features=16,32,64,128 --set model.kernel_sizes=None \
       --set model.pool_sizes=None --set patch_size=64,64,64 --set global_batch_size=2 \

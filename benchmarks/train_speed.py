@@ -41,15 +41,12 @@ import ml_collections
 import numpy as np
 
 from benchmarks import torch_unet
-from medjax import parallel
-from medjax.data.pipeline import augment
 from medjax.errors import InputError
 from medjax.inference.run_predictor import window_predictor
 from medjax.train import compile_cache, config_check, loop, tasks
 from medjax.train.config_data import load_split
 from medjax.train.model_factory import build_model
-from medjax.train.optim import make_optimizer
-from medjax.train.step import make_train_step, supervised_loss
+from medjax.train.step import supervised_loss
 
 spread = torch_unet.spread
 
@@ -123,25 +120,16 @@ def saved_residual_bytes(config: ml_collections.ConfigDict, model, loss_fn, vari
 
 
 def time_train_step(config: ml_collections.ConfigDict, *, steps: int, warmup: int = 1) -> dict:
-  """Compile (cold, warm cache) and step times of the config's training step (see module doc)."""
-  task = tasks.get_task(config.task)
-  dp = parallel.DataParallel(config.parallel)
-  if config.global_batch_size % dp.num_devices:
-    raise InputError(f"config.global_batch_size={config.global_batch_size}: expected a multiple "
-                     f"of the number of devices ({dp.num_devices})")
-  model = build_model(config, training=True)
-  loss_fn = loop.build_loss(config)
-  tx, _ = make_optimizer(config.optimizer, config.num_steps)
+  """Compile (cold, warm cache) and step times of the config's training step (see module doc).
+
+  The model, loss, optimizer, augmentation, initial state and SPMD step are the
+  training loop's own (`medjax.train.loop.setup`)."""
   t0 = time.perf_counter()
-  state = loop.init_state(config, model, tx, task.input_shape(config))
+  run = loop.setup(config)
   init_s = time.perf_counter() - t0  # parameter initialisation, its compile included
+  task, dp, model, loss_fn, state = run.task, run.dp, run.model, run.loss_fn, run.state
   params = int(sum(np.prod(p.shape) for p in jax.tree.leaves(state.params)))
-  augmentation = augment.from_config(config.get("augment"), spacing=config.spacing,
-                                     spatial_dims=len(config.patch_size))
-  step_fn = dp.spmd(make_train_step(model, loss_fn, seed=config.seed,
-                                    objective=task.objective(config, loss_fn),
-                                    augmentation=augmentation),
-                    batch_argnums=(1,), donate_argnums=(0,))
+  step_fn = run.train_step
   dstate = dp.replicate(state)
   batch = dp.shard_batch(_random_batch(config, task, config.seed))
   out: dict[str, Any] = {"params": params, "num_devices": dp.num_devices, "init_s": init_s}

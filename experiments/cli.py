@@ -19,7 +19,10 @@ EXIT_BAD_INPUT = 2
 
 
 def exit_with_error(error: object) -> NoReturn:
-  """Prints the first line of `error` (an exception or a message) as `error: ...` on stderr and exits with status 2."""
+  """Prints the first line of `error` (an exception or a message) as `error: ...` on stderr and
+  exits with status 2; an `InputError`'s `details` (one line per bad item) come first."""
+  for line in getattr(error, "details", ()):
+    print(line, file=sys.stderr)
   print(f"error: {error}".splitlines()[0], file=sys.stderr, flush=True)
   sys.exit(EXIT_BAD_INPUT)
 

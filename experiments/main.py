@@ -6,10 +6,15 @@ r"""Train and evaluate one experiment.
 Multi-host: pass --coordinator_address=HOST:PORT --num_processes=N
 --process_id=I (or set MEDJAX_COORDINATOR_ADDRESS / MEDJAX_NUM_PROCESSES /
 MEDJAX_PROCESS_ID). Re-running the same command resumes the run.
+
+Exit status: 0 when the run is trained and evaluated; 2 for bad input (one
+`error:` line); 143 (128 + SIGTERM) when SIGTERM stopped it after saving a
+checkpoint (the warning says which step), so `main && predict` stops there.
 """
 from __future__ import annotations
 
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -42,6 +47,8 @@ def main(argv):
     run.train_and_evaluate(config, FLAGS.workdir)
   except (InputError, loop.NonFiniteLossError) as e:
     cli.exit_with_error(e)
+  except loop.TrainingStopped as e:  # saved, and warned with the step; not finished
+    sys.exit(e.exit_status)
 
 
 if __name__ == "__main__":

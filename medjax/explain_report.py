@@ -2,7 +2,8 @@
 
 * `explain_case(workdir, case, ...)`: loads the run (`restore.load_run`),
   finds the case by its id in the test split, normalises it as training does
-  (`transforms.normalize_ct_channels`), runs the `medjax.explain` methods and
+  (`config_data.input_normalizer`, through the predictor's `channel_normalizer`),
+  runs the `medjax.explain` methods and
   writes one PNG per method plus one with all of them side by side.
   A segmentation model works on one window of `config.patch_size` centred on
   the target structure (the ground truth's target-class voxels; the
@@ -232,8 +233,8 @@ def load_case(config, case: str) -> tuple[np.ndarray, Optional[np.ndarray]]:
   `config.label_map` (None for an image-level label)."""
   example = find_case(config_data.load_split(config, "test"), case)
   raw = transforms.check_image(example["image"], case)
-  image = transforms.normalize_ct_channels(raw[..., None] if raw.ndim == len(config.patch_size)
-                                           else raw).astype(np.float32)
+  image = run_predictor.channel_normalizer(config)(
+      raw[..., None] if raw.ndim == len(config.patch_size) else raw)
   label = np.asarray(example["label"]) if np.ndim(example.get("label")) else None
   if label is not None and config.get("label_map"):
     label = np.asarray(config.label_map, np.int32)[label]

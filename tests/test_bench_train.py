@@ -56,7 +56,7 @@ def test_perf_unet_has_the_same_parameters_in_both_frameworks():
   variables = jax.eval_shape(lambda x: UNet(num_classes=2, **model_cfg).init(jax.random.key(0), x), x)
   medjax_count = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(variables["params"]))
   net = torch_unet.build_unet(model_cfg, in_channels=1, num_classes=2)
-  assert medjax_count == torch_unet.count_parameters(net) == 1_400_578  # shared/PERF.md
+  assert medjax_count == torch_unet.count_parameters(net) == 1_400_578  # PERF_BASELINE.md
 
 
 def test_torch_flag_without_torch_is_one_line_error(monkeypatch):

@@ -202,8 +202,10 @@ def test_failed_prepare_leaves_nothing_and_loses_nothing(tmp_path):
   before = _split(data, "nnunet_raw", good)
   with pytest.raises(InputError) as error:
     datasets.load_source("nnunet_raw", "train", str(data), manual_dir=str(bad))
-  assert str(error.value) == ("case case_b: channel 1 (T2) has 1 NaN/inf voxel(s); expected "
-                              "finite intensities")
+  reason = "case case_b: channel 1 (T2) has 1 NaN/inf voxel(s); expected finite intensities"
+  assert str(error.value) == (f"1 bad case in {bad} (case_b; first: {reason}); fix or remove it, "
+                              "or leave it out with dataset_kwargs.skip_bad_cases=True")
+  assert error.value.details == (f"bad case case_b: {reason[len('case case_b: '):]}",)
   prepared = _prepared(data / "nnunet_raw")
   assert len(prepared) == 1 and prepared[0].startswith("folder_good_")  # nothing of "bad" is left
   assert not [p for p in os.listdir(data / "nnunet_raw" / prepared[0]) if p.startswith("incomplete")]
@@ -214,4 +216,23 @@ def test_failed_prepare_leaves_nothing_and_loses_nothing(tmp_path):
   skipping = _split(data, "nnunet_raw", bad, skip_bad_cases=True)
   meta = _metadata(data, "nnunet_raw", bad, skip_bad_cases=True)
   assert sorted(skipping) == meta["cases"]["train"] == ["case_a", "case_c"]
-  assert meta["skipped"] == [{"case": "case_b", "reason": str(error.value)}]
+  assert meta["skipped"] == [{"case": "case_b", "reason": reason}]
+
+
+def test_every_bad_case_is_reported_before_preparation_stops(tmp_path):
+  """As nnU-Net's integrity check: one detail line per bad case (training and test), then one
+  error; with skip_bad_cases all of them are left out and listed."""
+  raw = tmp_path / "raw"
+  writers.write_nnunet_raw(str(raw), ("a", "b", "c"), channel_names=("CT",), test_cases=("t",))
+  (raw / "labelsTr" / "a.nii.gz").write_bytes(b"not a NIfTI file")
+  os.remove(raw / "imagesTs" / "t_0000.nii.gz")
+  with pytest.raises(InputError) as error:
+    datasets.load_source("nnunet_raw", "train", str(tmp_path / "data"), manual_dir=str(raw))
+  assert [line.split(":")[0] for line in error.value.details] == ["bad case a", "bad case t"]
+  assert error.value.details[1] == ("bad case t: channel 0 (CT) file imagesTs/t_0000.nii.gz is "
+                                    "missing")
+  assert str(error.value).startswith(f"2 bad cases in {raw} (a, t; first: case a: label: ")
+  assert sorted(_split(tmp_path / "data", "nnunet_raw", raw, skip_bad_cases=True)) == ["b", "c"]
+  meta = _metadata(tmp_path / "data", "nnunet_raw", raw, skip_bad_cases=True)
+  assert [s["case"] for s in meta["skipped"]] == ["a", "t"]
+  assert meta["cases"] == {"train": ["b", "c"]}

@@ -169,4 +169,4 @@ def test_the_task_checks_the_label_range_against_the_config(cases):
   with pytest.raises(InputError, match="config.normalization='minmax': expected one of 'ct_window', 'none'"):
     config_check.validate(config)
   config.normalization = "none"
-  assert config_data.normalizer(config) is transforms.keep_intensities
+  assert config_data.input_normalizer(config) is transforms.keep_intensities

@@ -27,7 +27,7 @@ error" traceback (JAX_PLATFORMS unset) or absl warnings (JAX_PLATFORMS=cpu) on
 stderr. `install_tools` puts them into a side folder (`tools_dir()`), and
 `tools_env` gives the environment of a child process that sees them.
 
-Reference for the method: `shared/tools/compile_sm90.py` (issue 13).
+The method and its tools: `benchmarks/PERF_BASELINE.md` (compile checks).
 """
 from __future__ import annotations
 

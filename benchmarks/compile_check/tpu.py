@@ -25,7 +25,7 @@ metadata server answers). `install_tools` puts it into a side folder and the che
 runs in a child process that sees it, with `JAX_PLATFORMS=cpu` and
 `TPU_SKIP_MDS_QUERY=1` (the compile-only client needs no TPU and no network).
 
-Reference for the method: `shared/tools/compile_tpu.py` (issue 13).
+The method: `benchmarks/PERF_BASELINE.md` (compile checks).
 """
 from __future__ import annotations
 

@@ -1,11 +1,57 @@
 """Fields every experiment config shares: optimisation, logging, parallelism, evaluation.
 
 Each experiment file calls `base_config()` and sets its data, model and loss;
-size or hardware variants override a few fields.
+size or hardware variants override a few fields. `config.dataset_kwargs` holds
+every option of the dataset's builder (`dataset_options`), so each can be set
+on the command line (`--config.dataset_kwargs.shape=(16,32,32)`).
 """
+import dataclasses
+
 import ml_collections
+from ml_collections import config_dict
 
 from medjax.data.pipeline import augment
+
+
+def _is_named_values(value) -> bool:
+  """A tuple of `(name, value)` pairs, e.g. `split_sizes=(("train", 24), ...)`."""
+  return (isinstance(value, tuple) and bool(value) and
+          all(isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) for p in value))
+
+
+def dataset_options(builder: str) -> ml_collections.ConfigDict:
+  """Every option of the TFDS builder `builder` (e.g. "synthetic_organs", "nnunet_raw"),
+  unset: the `dataset_kwargs` of a config.
+
+  One field per field of the builder's config dataclass (TFDS's own fields aside)
+  and per load-time option of a folder dataset (`fold`, `num_folds`), each None
+  (the named dataset's own value: `medjax.train.config_data.dataset_kwargs`
+  passes only the fields set) and typed like the option, so that
+  `--config.dataset_kwargs.FIELD=VALUE` is accepted; an option made of
+  `(name, value)` pairs (`split_sizes`) is a section with one such field per
+  name (the names not set keep the named dataset's values).
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from medjax.data.builders import datasets, folder_datasets
+  del datasets  # imported to register the builders
+  cls = tfds.builder_cls(builder.partition("/")[0])
+  example = cls.BUILDER_CONFIGS[0]
+  tfds_fields = {f.name for f in dataclasses.fields(tfds.core.BuilderConfig)}
+  options = ml_collections.ConfigDict()
+  for field in dataclasses.fields(example):
+    if field.name in tfds_fields:
+      continue
+    value = getattr(example, field.name)
+    if _is_named_values(value):
+      options[field.name] = ml_collections.ConfigDict(
+          {name: config_dict.placeholder(type(v)) for name, v in value})
+    else:
+      options[field.name] = config_dict.placeholder(type(value))
+  if cls.name in folder_datasets.BUILDERS:
+    for name in folder_datasets.LOAD_TIME_KWARGS:
+      options[name] = config_dict.placeholder(int)
+  return options
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -15,7 +61,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Data: TFDS builder generated locally into data_dir (nothing is downloaded).
   c.dataset = "synthetic_organs/3d"
   c.data_dir = "~/.cache/medjax/datasets"
-  c.dataset_kwargs = ml_collections.ConfigDict()
+  c.dataset_kwargs = dataset_options("synthetic_organs")  # None: the named dataset's value
   c.num_classes = 3
   c.class_names = ("background", "organ", "tumour")
   c.label_map = ()  # e.g. (0, 1, 1): organ incl. tumour; (0, 0, 1): tumour only

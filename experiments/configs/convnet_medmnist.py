@@ -44,7 +44,9 @@ def get_config(variant: str = "pneumoniamnist") -> ml_collections.ConfigDict:
                      "multi-label classification task (not available)")
   c = common.patch_classification_2d()
   c.dataset = f"medmnist/{flag}"
-  c.dataset_kwargs = ml_collections.ConfigDict({"manual_dir": "", "size": size})
+  c.dataset_kwargs = common.dataset_options("medmnist")
+  c.dataset_kwargs.manual_dir = ""
+  c.dataset_kwargs.size = size
   c.num_classes = info.num_classes
   c.class_names = tuple(f"class_{i}" for i in range(info.num_classes))
   c.in_channels = info.channels

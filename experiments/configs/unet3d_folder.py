@@ -23,9 +23,16 @@ plan are written to the workdir (`splits.json`, `plan.json`);
 `python -m experiments.predict --workdir=RUN ...` applies the plan to new
 images and writes predictions on their own grid.
 
-Runtime and result: depends on the dataset; a real CT dataset at nnU-Net's
-patch size needs an accelerator (this is not a CPU-sized run). The `:smoke`
-variant (a few steps, tiny model) is what the tests run on a generated folder.
+Runtime and result: depends on the dataset; the plan is nnU-Net's, sized for a
+GPU (brain-MR-sized cases of 24x256x256 at 5x0.94x0.94 mm plan 20x224x224
+patches and features 32..320). After its first logged steps every run prints
+its time per step and the time projected to `num_steps` (compilation not
+counted). CPU-sized: `--config.patch_size=(20,128,128)
+--config.model.features=(16,32,64,128)` (the plan's first four levels; about
+3.4 GB of host memory), or a smaller plan with
+`--config.dataset_kwargs.max_patch_voxels=N` (prepares the folder again).
+The `:smoke` variant (a few steps, tiny model) is what the tests run on a
+generated folder.
 """
 import ml_collections
 
@@ -37,10 +44,13 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   model, 2 folds (for folders with few cases)."""
   c = common.base_config()
   c.dataset = "nnunet_raw"  # | "decathlon" | "lits"
+  # Every option of the folder builders (medjax.data.builders.folder_datasets.FolderConfig);
+  # unset (None): ndim 3, and the plan's patch_size and patch budget (max_patch_voxels).
+  c.dataset_kwargs = common.dataset_options("nnunet_raw")
   c.dataset_kwargs.manual_dir = ""
   c.dataset_kwargs.fold = 0
   c.dataset_kwargs.num_folds = 5
-  c.dataset_kwargs.skip_bad_cases = False  # True: leave bad cases out (listed in the prepared metadata)
+  c.dataset_kwargs.skip_bad_cases = False  # True: leave bad cases out (printed, skipped_cases.json)
   # Empty: from the prepared dataset (config_data.resolve_dataset).
   c.num_classes = 0
   c.class_names = ()

@@ -59,8 +59,8 @@ def window_predictor(config: ml_collections.ConfigDict, model: nn.Module, variab
   """The trained network of `config` over whole raw images `(*S, C)` -> `(*S, K)`.
 
   Each channel is normalised as the training pipeline does
-  (`config_data.normalizer`: the CT window, or nothing for images normalised
-  already), then the image is predicted with windows of
+  (`config_data.input_normalizer`: the CT window, a fixed window, or nothing
+  for images normalised already), then the image is predicted with windows of
   `config.patch_size` and `config.eval`'s overlap, blending and batch size.
   `mirror_axes` (default `config.eval.mirror_axes`) are flipped for
   test-time augmentation.
@@ -93,12 +93,9 @@ def window_predictor(config: ml_collections.ConfigDict, model: nn.Module, variab
 
 
 def channel_normalizer(config: ml_collections.ConfigDict) -> Callable[[np.ndarray], np.ndarray]:
-  """Raw image `(*S, C)` -> network input `(*S, C)` float32: `config_data.normalizer(config)`
-  of each channel (for the CT window, `transforms.normalize_ct_channels`)."""
-  normalize = config_data.normalizer(config)
-  if normalize is transforms.normalize_ct:
-    return transforms.normalize_ct_channels
-  return lambda image: np.stack([normalize(image[..., c]) for c in range(image.shape[-1])], -1)
+  """Raw image `(*S, C)` -> network input `(*S, C)` float32: `config_data.input_normalizer`
+  of each channel, as in training."""
+  return transforms.per_channel(config_data.input_normalizer(config))
 
 
 @dataclasses.dataclass(frozen=True)

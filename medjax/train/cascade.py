@@ -67,10 +67,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   predictors = []
   for stage, stage_config in zip(STAGES, configs):
     stage_dir = loop.prepare_workdir(stage_config, workdir.stage(stage))
-    result = loop.train(stage_config, stage_dir,
+    result = loop.train(stage_config, stage_dir,  # SIGTERM: loop.TrainingStopped
                         train_source=_train_source(stage, stage_config))
-    if result["stopped"]:
-      return {}
     predictors.append(window_predictor(stage_config, build_model(stage_config, training=False),
                                        result["state"].variables()))
   t1 = time.perf_counter()

@@ -1,8 +1,9 @@
 """JAX's persistent compilation cache, set up once at the start of a run.
 
-XLA compiles the training step on the first call (15 s for the 3D U-Net of
-`shared/PERF.md` on a 2-core CPU); with the cache on, the executable is written
-to disk and a second launch of the same config loads it instead of compiling.
+XLA compiles the training step on the first call (15 s for the baseline 3D
+U-Net of `benchmarks/PERF_BASELINE.md` on a 2-core CPU); with the cache on, the
+executable is written to disk and a second launch of the same config loads it
+instead of compiling.
 On by default (`config.compilation_cache=True`) under the user's cache
 directory, `~/.cache/medjax/jax_cache` (or `$MEDJAX_COMPILATION_CACHE_DIR`,
 which the test suite points at a temporary folder), or

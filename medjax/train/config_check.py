@@ -47,7 +47,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise InputError(f"config.foreground_fraction={config.foreground_fraction}: expected a value in [0, 1]")
   if not 0.0 <= float(config.eval.overlap) < 1.0:
     raise InputError(f"config.eval.overlap={config.eval.overlap}: expected a value in [0, 1)")
-  config_data.normalizer(config)  # an unknown config.normalization
+  config_data.input_normalizer(config)  # an unknown config.normalization, or a clash
   if config.get("cached_cases") is not None and int(config.cached_cases) < 1:
     raise InputError(f"config.cached_cases={config.cached_cases}: expected at least 1 decoded case")
   if len(config.class_names) != config.num_classes:

@@ -1,14 +1,19 @@
 """The data a config names: `load_split(config, "train" | "validation" | "test")`
-(a folder dataset's cross-validation fold, `splits.json`, `plan.json`), the
+(a folder dataset's cross-validation fold, `splits.json`, `plan.json`, the
+skipped bad cases), the builder options it sets (`dataset_kwargs`), the
 config fields a folder dataset's plan fills in (`resolve_dataset`), and how
-images are normalised and checked (`normalizer`, `patch_options`)."""
+images are normalised and checked (`input_normalizer`, `patch_options`).
+
+`input_normalizer(config)` is the one intensity normalisation of a network's
+input: segmentation training and evaluation, classification, the predictor
+(`medjax.inference.run_predictor`) and the explanations
+(`medjax.explain_report`) all apply it to each channel."""
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import ml_collections
-import numpy as np
 
 from medjax import data  # its subpackages load on first use: TFDS only when a split is read
 from medjax.data.builders import raw_layouts, splits
@@ -17,16 +22,31 @@ from medjax.errors import InputError
 from medjax.train.workdir import Workdir
 
 
-def normalizer(config: ml_collections.ConfigDict) -> Callable[[np.ndarray], np.ndarray]:
-  """The per-channel intensity normalisation `config.normalization` names
-  (`transforms.NORMALIZATIONS`), the same in training and prediction:
-  "ct_window" (default) clips each image to [-200, 300] HU and z-scores it
-  with its own statistics; "none" takes images normalised already (a folder
-  dataset's, by its plan at prepare time)."""
+def input_normalizer(config: ml_collections.ConfigDict) -> transforms.Normalize:
+  """The intensity normalisation of one channel `(*S)` -> float32 `(*S)` of every input
+  the network of `config` sees, in training, evaluation, prediction and explanation.
+
+  `config.intensity_stats=(mean, std)` (patch classifiers, MedMNIST): every image
+  clipped to [-200, 300] and `(x - mean) / std` (`transforms.fixed_window`).
+  Else `config.normalization` (`transforms.NORMALIZATIONS`): "ct_window"
+  (default) clips each image to [-200, 300] HU and z-scores it with its own
+  statistics; "none" takes images normalised already (a folder dataset's, by
+  its plan at prepare time).
+
+  Raises:
+    InputError: an unknown `config.normalization`, or one other than "ct_window"
+      together with `config.intensity_stats`.
+  """
   name = config.get("normalization", "ct_window")
   if name not in transforms.NORMALIZATIONS:
     raise InputError(f"config.normalization={name!r}: expected one of "
                      f"{', '.join(map(repr, transforms.NORMALIZATIONS))}")
+  stats = config.get("intensity_stats")
+  if stats:
+    if name != "ct_window":
+      raise InputError(f"config.intensity_stats={tuple(stats)} and config.normalization={name!r}: "
+                       "a fixed window takes raw intensities; set one of them")
+    return transforms.fixed_window(*stats)
   return transforms.NORMALIZATIONS[name]
 
 
@@ -40,7 +60,7 @@ def patch_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The keyword arguments of `pipeline.train_batches` that follow from the
   config beyond its patch fields: the normalisation, the label range check
   and `config.cached_cases` (decoded cases kept in memory)."""
-  options = {"normalize": normalizer(config), "num_classes": label_classes(config)}
+  options = {"normalize": input_normalizer(config), "num_classes": label_classes(config)}
   if config.get("cached_cases") is not None:
     options["cache_size"] = int(config.cached_cases)
   return options
@@ -52,13 +72,21 @@ def is_folder_dataset(config: ml_collections.ConfigDict) -> bool:
   return config.dataset.partition("/")[0] in raw_layouts.LAYOUTS
 
 
-def _dataset_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  return config.dataset_kwargs.to_dict() if config.get("dataset_kwargs") else {}
+def dataset_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The builder options `config.dataset_kwargs` sets: its fields without those left
+  unset (None, the named dataset's own value), also inside a section such as
+  `split_sizes`."""
+  def set_only(value):
+    if isinstance(value, dict):
+      value = {k: set_only(v) for k, v in value.items() if v is not None}
+      return {k: v for k, v in value.items() if v != {}}
+    return value
+  return set_only(config.dataset_kwargs.to_dict()) if config.get("dataset_kwargs") else {}
 
 
 def folder_builder(config: ml_collections.ConfigDict):
   """The prepared builder of a folder dataset (prepared on first use, once per `manual_dir`)."""
-  kwargs = _dataset_kwargs(config)
+  kwargs = dataset_kwargs(config)
   return data.builders.datasets.prepare(config.dataset, config.data_dir, **kwargs)
 
 
@@ -85,7 +113,7 @@ def folder_splits(config: ml_collections.ConfigDict, metadata: dict) -> dict[str
   `validation`; `test` is the prepared `test` split (the folder's
   labelled `imagesTs`/`labelsTs`) when there is one, else the validation fold.
   """
-  kwargs = _dataset_kwargs(config)
+  kwargs = dataset_kwargs(config)
   fold, num_folds = int(kwargs.get("fold", 0)), int(kwargs.get("num_folds", 5))
   cases = metadata["cases"]
   train, validation = splits.kfold(cases["train"], num_folds=num_folds, fold=fold)
@@ -160,12 +188,14 @@ def load_split(config: ml_collections.ConfigDict, split: str, *,
   with `config.dataset_kwargs` (e.g. `manual_dir`, shape overrides).
 
   A folder dataset (`is_folder_dataset`) is split by `folder_splits`; with
-  `workdir`, its split (`splits.json`) and its plan (`plan.json`, applied by
-  `medjax.inference.run_predictor` to new images) are written there.
+  `workdir`, its split (`splits.json`), its plan (`plan.json`, applied by
+  `medjax.inference.run_predictor` to new images) and the bad cases the
+  dataset left out (`skipped_cases.json`, `dataset_kwargs.skip_bad_cases`) are
+  written there, and each skipped case is printed with its reason.
   """
   if not is_folder_dataset(config):
     return data.builders.datasets.load_source(config.dataset, split, config.data_dir,
-                                     **_dataset_kwargs(config))
+                                     **dataset_kwargs(config))
   if split not in ("train", "validation", "test"):
     raise InputError(f"split {split!r} of {config.dataset}: expected train, validation or test")
   builder = folder_builder(config)
@@ -174,6 +204,10 @@ def load_split(config: ml_collections.ConfigDict, split: str, *,
   if workdir is not None:
     workdir.write_plan(metadata["plan"])
     workdir.write_splits(chosen)
+    workdir.write_skipped_cases(metadata["skipped"])
+    for bad in metadata["skipped"]:
+      print(f"skipped case {bad['case']}: {data.builders.folder_datasets.case_problem(bad)}",
+            flush=True)
   stored = "test" if split == "test" and chosen["test_from"] == "test" else "train"
   position = {case: i for i, case in enumerate(metadata["cases"][stored])}
   return Subset(builder.as_data_source(split=stored), [position[c] for c in chosen[split]])

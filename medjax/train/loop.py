@@ -1,10 +1,14 @@
 """`train_and_evaluate(config, workdir)`: one run of one task, resumable.
 
 Order of work: check the config (and the workdir's earlier run), build the
-model, loss and optimizer, restore the latest checkpoint if there is one,
-train on the task's batches with one jitted SPMD step over all devices, save
-checkpoints every `checkpoint_every` steps and on SIGTERM, then let the task
-evaluate on the test split and write its outputs (`eval.json`, `report/`).
+model, loss and optimizer (`setup`, which the training benchmark shares),
+restore the latest checkpoint if there is one, train on the task's batches
+with one jitted SPMD step over all devices, save checkpoints every
+`checkpoint_every` steps and on SIGTERM (then stop with `TrainingStopped`, so
+the launcher exits non-zero), then let the task evaluate on the test split and
+write its outputs (`eval.json`, `report/`). After the first logged step past
+the compiling one, the run prints its time per step and the time projected to
+`num_steps`.
 
 The loop knows no task names: `config.task` names a `medjax.train.tasks.Task`,
 which owns the batches, the evaluation and the report. Runs made of several
@@ -13,9 +17,11 @@ entered through `medjax.train.run`).
 """
 from __future__ import annotations
 
+import dataclasses
+import signal
 import sys
 import time
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +46,14 @@ from medjax.train.writer import MetricWriter
 
 class NonFiniteLossError(RuntimeError):
   """The loss became NaN/inf; the last good checkpoint is kept."""
+
+
+class TrainingStopped(Exception):
+  """SIGTERM stopped training after saving the state; re-running the same command
+  resumes. `exit_status` is what a launcher exits with (128 + SIGTERM, as a shell
+  reports a process the signal ended), so `main && predict` does not go on."""
+
+  exit_status = 128 + signal.SIGTERM
 
 
 # Options of the Dice family that a config may set once for a sweep over
@@ -75,6 +89,80 @@ def init_state(config: ml_collections.ConfigDict, model, tx, input_shape: Sequen
     return jax.device_get(state)
 
 
+@dataclasses.dataclass
+class Setup:
+  """What one run of `config` trains with (`setup`).
+
+  Attributes:
+    task: the `tasks.Task` of `config.task`.
+    dp: the `parallel.DataParallel` over every device (`config.parallel`).
+    model: the training-mode model; loss_fn: `build_loss(config)`.
+    tx, schedule: the optax optimizer and its learning-rate schedule.
+    augmentation: the on-device augmentation (`config.augment`), or None.
+    state: the host `TrainState` at step 0 (fresh, or warm-started).
+    train_step: the jitted SPMD step `(replicated state, sharded batch) -> (state, metrics)`.
+  """
+  task: Any
+  dp: parallel.DataParallel
+  model: Any
+  loss_fn: Callable
+  tx: Any
+  schedule: Callable[[int], Any]
+  augmentation: Any
+  state: TrainState
+  train_step: Callable
+
+
+def setup(config: ml_collections.ConfigDict, *, warm: bool = True) -> Setup:
+  """Everything a run of `config` trains with, before any data is read (`Setup`);
+  shared by `train` and `benchmarks.train_speed`.
+
+  Args:
+    warm: take the initial parameters from `config.init_from` (`init_state`);
+      a run resuming from its own checkpoint passes False.
+  Raises:
+    InputError: `config.global_batch_size` is not a multiple of the device count.
+  """
+  task = tasks.get_task(config.task)
+  dp = parallel.DataParallel(config.parallel)
+  if config.global_batch_size % dp.num_devices:
+    raise InputError(f"config.global_batch_size={config.global_batch_size}: expected a multiple "
+                     f"of the number of devices ({dp.num_devices})")
+  model = build_model(config, training=True)
+  loss_fn = build_loss(config)
+  augmentation = augment.from_config(config.get("augment"), spacing=config.spacing,
+                                     spatial_dims=len(config.patch_size))
+  tx, schedule = make_optimizer(config.optimizer, config.num_steps)
+  state = init_state(config, model, tx, task.input_shape(config), warm=warm)
+  train_step = dp.spmd(make_train_step(model, loss_fn, seed=config.seed,
+                                       objective=task.objective(config, loss_fn),
+                                       augmentation=augmentation),
+                       batch_argnums=(1,), donate_argnums=(0,))
+  return Setup(task, dp, model, loss_fn, tx, schedule, augmentation, state, train_step)
+
+
+def duration(seconds: float) -> str:
+  """`seconds` for a person: "8.2 s", "42 s", "3 min 5 s", "2 h 14 min"."""
+  if seconds < 10:
+    return f"{seconds:.1f} s"
+  if seconds < 60:
+    return f"{seconds:.0f} s"
+  if seconds < 3600:
+    return f"{int(seconds // 60)} min {int(seconds % 60)} s"
+  return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60)} min"
+
+
+def projection_line(*, compiled_step: int, step: int, seconds: float, num_steps: int) -> str:
+  """The time per step measured over steps `compiled_step + 1 .. step` (`seconds` in all;
+  the compiling step `compiled_step` excluded) and the run time it projects."""
+  first = compiled_step + 1
+  per_step = seconds / (step - compiled_step)
+  steps = f"step {first}" if first == step else f"steps {first}-{step}"
+  return (f"time per step: {per_step:.3g} s ({steps}; step {compiled_step} compiles and is not "
+          f"counted): {num_steps} steps take about {duration(per_step * num_steps)}, the "
+          f"{num_steps - step} left about {duration(per_step * (num_steps - step))}")
+
+
 class Progress:
   """Training progress: a tqdm bar on a terminal; redirected to a file (or with
   `config.progress_bar=False`), one plain line per log interval instead."""
@@ -95,6 +183,15 @@ class Progress:
     if self._lines:
       print(f"step {step}/{self.total}: loss {loss:.4f}, {rate:.2f} steps/s", flush=True)
 
+  def note(self, text: str) -> None:
+    """One line for the user, above the bar when there is one."""
+    if not self.enabled:
+      return
+    if self._bar.disable:
+      print(text, flush=True)
+    else:
+      self._bar.write(text)
+
   def close(self) -> None:
     self._bar.close()
 
@@ -102,33 +199,31 @@ class Progress:
 def train(config: ml_collections.ConfigDict, workdir, *,
           train_source: Optional[Sequence[dict]] = None) -> dict:
   """Trains until `config.num_steps` (resuming from the workdir) and returns
-  `{"state": host TrainState, "stopped": bool}`.
+  `{"state": host TrainState}`.
 
   Args:
     train_source: the training cases; default `config`'s train split (a
       cascade's second stage passes its organ crops here).
+  Raises:
+    TrainingStopped: SIGTERM arrived; the state was saved at the step reached.
+    NonFiniteLossError: the loss became NaN/inf; the last good checkpoint is kept.
   """
   workdir = Workdir.of(workdir)
-  task = tasks.get_task(config.task)
   is_writer = jax.process_index() == 0
-  dp = parallel.DataParallel(config.parallel)
-  if config.global_batch_size % dp.num_devices:
-    raise InputError(f"config.global_batch_size={config.global_batch_size}: expected a multiple "
-                     f"of the number of devices ({dp.num_devices})")
-  model = build_model(config, training=True)
-  loss_fn = build_loss(config)
-  augmentation = augment.from_config(config.get("augment"), spacing=config.spacing,
-                                     spatial_dims=len(config.patch_size))
-  tx, schedule = make_optimizer(config.optimizer, config.num_steps)
   ckpt = workdir.checkpointer(every=config.checkpoint_every)
   start = ckpt.latest_step() or 0
-  state = init_state(config, model, tx, task.input_shape(config), warm=not start)
+  try:
+    run = setup(config, warm=not start)
+  except BaseException:
+    ckpt.close()
+    raise
+  task, dp, state = run.task, run.dp, run.state
   if start:
     state = ckpt.restore(state)
     print(f"resumed {workdir.path} at step {start}", flush=True)
   if start >= config.num_steps or workdir.read_stopped():
     ckpt.close()
-    return {"state": state, "stopped": False}
+    return {"state": state}
 
   callbacks = (list(task.callbacks(config, workdir, start_step=start))
                if train_source is None else [])
@@ -137,14 +232,11 @@ def train(config: ml_collections.ConfigDict, workdir, *,
   batches = task.train_batches(config, source, start_step=start,
                                process_index=jax.process_index(),
                                process_count=jax.process_count())
-  step_fn = dp.spmd(make_train_step(model, loss_fn, seed=config.seed,
-                                    objective=task.objective(config, loss_fn),
-                                    augmentation=augmentation),
-                    batch_argnums=(1,), donate_argnums=(0,))
   dstate = dp.replicate(state)
   writer = MetricWriter(workdir) if is_writer else None
-  stopped = False
+  stopped_at = None
   t_log, n_log = time.perf_counter(), 0
+  t_compiled, projected = None, False
   progress = Progress(config, start, enabled=is_writer)
   last, reason = start, "num_steps"
   for callback in callbacks:
@@ -152,13 +244,15 @@ def train(config: ml_collections.ConfigDict, workdir, *,
   try:
     with StopRequest() as stop:
       for step, batch in zip(range(start + 1, config.num_steps + 1), batches):
-        dstate, metrics = step_fn(dstate, dp.shard_batch(batch))
+        dstate, metrics = run.train_step(dstate, dp.shard_batch(batch))
         metrics = jax.tree.map(lambda x: np.asarray(x).reshape(-1)[0], metrics)
         if not metrics["finite"]:
           raise NonFiniteLossError(
               f"non-finite loss ({metrics['loss']}) at step {step}: training stopped; the last "
               f"good checkpoint (step {ckpt.latest_step()}) is kept in {workdir.checkpoint_dir} "
               f"(try a lower optimizer.learning_rate or optimizer.grad_clip_norm)")
+        if step == start + 1:
+          t_compiled = time.perf_counter()  # the first step of a process compiles the step
         n_log += 1
         last = step
         progress.step()
@@ -167,9 +261,14 @@ def train(config: ml_collections.ConfigDict, workdir, *,
           rate = n_log / (now - t_log)
           t_log, n_log = now, 0
           progress.log(step, float(metrics["loss"]), rate)
+          if not projected and step > start + 1:
+            projected = True
+            progress.note(projection_line(compiled_step=start + 1, step=step,
+                                          seconds=now - t_compiled, num_steps=config.num_steps))
           if writer:
             writer.write(step, {"loss": metrics["loss"], "grad_norm": metrics["grad_norm"],
-                                "learning_rate": float(schedule(step - 1)), "steps_per_sec": rate})
+                                "learning_rate": float(run.schedule(step - 1)),
+                                "steps_per_sec": rate})
         state_fn = lambda: dp.unreplicate(dstate)  # noqa: E731  (copied when a callback asks)
         reasons = [callback.after_step(step, state_fn, writer) for callback in callbacks]
         reasons = [r for r in reasons if r]
@@ -183,7 +282,7 @@ def train(config: ml_collections.ConfigDict, workdir, *,
           break
         if stop.requested:
           reason = "sigterm"
-          stopped = True
+          stopped_at = step
           logging.warning("SIGTERM: saved step %d; re-run the same command to resume", step)
           break
   finally:
@@ -193,7 +292,9 @@ def train(config: ml_collections.ConfigDict, workdir, *,
       callback.on_train_end(last, reason)
     if writer:
       writer.close()
-  return {"state": dp.unreplicate(dstate), "stopped": stopped}
+  if stopped_at is not None:
+    raise TrainingStopped(f"SIGTERM: saved step {stopped_at}; re-run the same command to resume")
+  return {"state": dp.unreplicate(dstate)}
 
 
 def prepare_workdir(config: ml_collections.ConfigDict, workdir) -> Workdir:
@@ -234,6 +335,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
 
   A config with a `cascade` section is refused here: it is two runs, see
   `medjax.train.run.train_and_evaluate`.
+
+  Raises:
+    TrainingStopped: SIGTERM stopped training (the state is saved; nothing evaluated).
   """
   if "cascade" in config:
     raise InputError("config.cascade: a cascade is two runs; run it with "
@@ -243,8 +347,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   task = tasks.get_task(config.task)
   t0 = time.perf_counter()
   result = train(config, workdir)
-  if result["stopped"]:
-    return {}
   t1 = time.perf_counter()
   evaluation = task.evaluate(config, build_model(config, training=False),
                              result["state"].variables(),

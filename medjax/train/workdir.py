@@ -14,6 +14,7 @@ A workdir holds everything about one run:
 | `postprocessing.json` | the segmentation task | rules chosen on validation (`medjax.postprocess`) |
 | `plan.json` | `config_data.load_split` (folder datasets) | the dataset's preprocessing plan (`medjax.data.preprocessing.planning`), applied by `predictor` |
 | `splits.json` | `config_data.load_split` (folder datasets) | the case ids of train / validation / test (fold, num_folds) |
+| `skipped_cases.json` | `config_data.load_split` (folder datasets) | the bad cases left out (`skip_bad_cases`): `[{"case", "reason"}]` |
 | `stage1/`, `stage2/` | a cascade | one ordinary workdir per stage |
 | `stopped.json` | the loop | a callback ended training before `num_steps` (step, reason): the run is done |
 | `mlperf.log` | `medjax.mlperf.run` | MLPerf `mllog` events of an MLPerf run (`mlperf_resumed_at_<step>.log` for a resumed one) |
@@ -43,6 +44,7 @@ TENSORBOARD = "tensorboard"
 REPORT = "report"
 PLAN = "plan.json"
 SPLITS = "splits.json"
+SKIPPED_CASES = "skipped_cases.json"
 POSTPROCESSING = "postprocessing.json"
 EVAL_CSV = "eval.csv"
 STOPPED = "stopped.json"
@@ -252,6 +254,18 @@ class Workdir:
   def read_splits(self) -> dict:
     """`splits.json`; InputError naming the path if unreadable."""
     return _read_json(self.splits_path, "the data splits")
+
+  @property
+  def skipped_cases_path(self) -> str:
+    return self.file(SKIPPED_CASES)
+
+  def write_skipped_cases(self, skipped: list) -> str:
+    """The bad cases the dataset left out, `[{"case": id, "reason": str}]` (may be empty)."""
+    return atomic_write_json(self.skipped_cases_path, skipped)
+
+  def read_skipped_cases(self) -> list:
+    """`skipped_cases.json`; InputError naming the path if unreadable."""
+    return _read_json(self.skipped_cases_path, "the skipped cases")
 
   def read_eval(self) -> dict:
     """`eval.json`; InputError naming the path if missing or unreadable."""

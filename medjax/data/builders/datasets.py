@@ -18,6 +18,12 @@ Real datasets: builders of real data read their files from a local
 `manual_dir` (nothing is downloaded at run time); pass
 `load_source(name, split, data_dir, manual_dir="/path/to/files")`, which is
 forwarded as `tfds.download.DownloadConfig(manual_dir=...)`.
+
+TFDS warns each time a builder of a derived config is opened ("Using custom
+data configuration ...", and before it is prepared "Variant folder ... has no
+dataset_info.json"): a folder run opens its builder a dozen times. `get_builder`
+installs `TfdsNoticeFilter` on the logger TFDS writes to, which drops exactly
+those two notices; every other warning passes.
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ import contextlib
 import dataclasses
 import fcntl
 import hashlib
+import logging
 import os
 from typing import Any, Iterator, Optional, Sequence
 
@@ -32,6 +39,27 @@ import tensorflow_datasets as tfds
 
 from medjax.data.builders import folder_datasets, kits19, medmnist, synthetic_organs  # noqa: F401  (registers the builders)
 from medjax.errors import InputError
+
+
+class TfdsNoticeFilter(logging.Filter):
+  """Drops the notices TFDS logs whenever a builder of a derived config is opened."""
+
+  NOTICES = ("Using custom data configuration", "has no dataset_info.json")
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not any(notice in message for notice in self.NOTICES)
+
+
+TFDS_LOGGER = "absl"  # tensorflow_datasets logs through absl.logging
+_NOTICE_FILTER = TfdsNoticeFilter()
+
+
+def quiet_tfds_notices() -> None:
+  """Installs `TfdsNoticeFilter` on TFDS's logger (once)."""
+  logger = logging.getLogger(TFDS_LOGGER)
+  if _NOTICE_FILTER not in logger.filters:
+    logger.addFilter(_NOTICE_FILTER)
 
 
 @contextlib.contextmanager
@@ -46,12 +74,15 @@ def _file_lock(path: str) -> Iterator[None]:
 
 
 def _config_with_overrides(name: str, overrides: dict[str, Any]) -> tuple[str, Any]:
-  """("dataset", derived config) for config-field overrides such as `shape=`.
+  """("dataset", derived config) for config-field overrides such as `shape=`, or
+  (`name`, None) when every override is the named config's value.
 
   Lets a config file or flag shrink a dataset (`dataset_kwargs.shape`,
   `dataset_kwargs.split_sizes`, ...) without building config objects: the
   derived config is named `<config>_<digest of the overrides>`, so each
-  variant is prepared into its own folder.
+  variant is prepared into its own folder. A dict given for a field made of
+  `(name, value)` pairs (`split_sizes={"train": 50}`) replaces the named
+  config's values of those names only.
   """
   dataset, _, config_name = name.partition("/")
   cls = tfds.builder_cls(dataset)
@@ -64,6 +95,7 @@ def _config_with_overrides(name: str, overrides: dict[str, Any]) -> tuple[str, A
   if unknown:
     raise InputError(f"dataset {name!r}: unknown config fields {unknown}; expected some of "
                      f"{sorted(fields - {'name', 'version', 'release_notes', 'supported_versions', 'description', 'tags'})}")
+  overrides = {k: _merge_named_values(getattr(base, k), v) for k, v in overrides.items()}
   try:
     config = dataclasses.replace(base, **overrides)
   except (TypeError, ValueError) as error:
@@ -71,13 +103,25 @@ def _config_with_overrides(name: str, overrides: dict[str, Any]) -> tuple[str, A
   # Digest of the normalised fields that differ from the named config: [16, 24, 24] and
   # (16, 24, 24) are one variant, and spelling out a default (`skip_bad_cases=False`)
   # does not prepare a second copy.
-  values = repr(sorted((k, getattr(config, k)) for k in overrides
-                       if k == "manual_dir" or getattr(config, k) != getattr(base, k)))
+  differ = [k for k in overrides if k == "manual_dir" or getattr(config, k) != getattr(base, k)]
+  if not differ:
+    return name, None
+  values = repr(sorted((k, getattr(config, k)) for k in differ))
   digest = hashlib.sha1(values.encode()).hexdigest()[:8]
   if "manual_dir" in overrides:  # a local folder's dataset: named after the folder too
     return dataset, dataclasses.replace(
         config, name=f"{base.name}_{folder_datasets.config_name(config.manual_dir, digest)}")
   return dataset, dataclasses.replace(config, name=f"{base.name}_{digest}")
+
+
+def _merge_named_values(base_value: Any, value: Any) -> Any:
+  """`value`, or for a dict over a tuple of `(name, value)` pairs the pairs updated by it."""
+  if not (isinstance(value, dict) and isinstance(base_value, tuple)
+          and all(isinstance(p, tuple) and len(p) == 2 for p in base_value)):
+    return value
+  merged = dict(base_value)
+  merged.update(value)
+  return merged
 
 
 def _reads_manual_dir(name: str) -> bool:
@@ -104,6 +148,7 @@ def get_builder(name: str, data_dir: str, *, manual_dir: Optional[str] = None,
   config folder; the load-time options `fold` and `num_folds` are ignored
   here (`medjax.data.builders.splits` applies them to the prepared ``train`` split).
   """
+  quiet_tfds_notices()
   data_dir = os.path.expanduser(data_dir)
   if _reads_manual_dir(name):
     builder_kwargs = {k: v for k, v in builder_kwargs.items()
@@ -115,7 +160,9 @@ def get_builder(name: str, data_dir: str, *, manual_dir: Optional[str] = None,
   try:
     if overrides:
       builder_kwargs = {k: v for k, v in builder_kwargs.items() if k in builder_args}
-      name, builder_kwargs["config"] = _config_with_overrides(name, overrides)
+      name, config = _config_with_overrides(name, overrides)
+      if config is not None:
+        builder_kwargs["config"] = config
     return tfds.builder(name, data_dir=data_dir, **builder_kwargs)
   except InputError:
     raise

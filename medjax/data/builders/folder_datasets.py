@@ -35,12 +35,15 @@ Prepared once per `manual_dir`: `datasets.load_source` names the builder
 config after the absolute `manual_dir` and the other build options
 (`skip_bad_cases`, `patch_size`, ...), so two folders never share a
 prepared dataset, and a later call reuses the prepared one (edit the raw
-files? delete the prepared folder, or it stays as first prepared). A failed
-preparation (a bad case without `skip_bad_cases`) raises a one-line
-`InputError` naming the case and leaves nothing behind (TFDS writes into an
+files? delete the prepared folder, or it stays as first prepared). Every
+case is checked before preparation stops: bad cases without `skip_bad_cases`
+raise one `InputError` (`bad_cases_error`) whose `details` name each bad case
+with its reason (one line each, as nnU-Net's dataset integrity check), so a
+folder is fixed in one pass; it leaves nothing behind (TFDS writes into an
 ``incomplete.*`` folder that is removed); datasets prepared before are
-untouched. With `skip_bad_cases=True` a bad case is left out and listed
-with its reason in `prepared_metadata(builder)["skipped"]`.
+untouched. With `skip_bad_cases=True` the bad cases are left out and listed
+with their reasons in `prepared_metadata(builder)["skipped"]` (a run prints
+them and writes them to its workdir, `config_data.load_split`).
 """
 from __future__ import annotations
 
@@ -106,6 +109,23 @@ def prepared_metadata(builder: tfds.core.DatasetBuilder) -> dict[str, Any]:
   return {key: metadata[key] for key in ("plan", "fingerprint", "skipped", "dataset", "cases")}
 
 
+def case_problem(bad: dict[str, str]) -> str:
+  """The reason of a bad case `{"case", "reason"}` without its leading `case <id>: `."""
+  return bad["reason"].removeprefix(f"case {bad['case']}: ")
+
+
+def bad_cases_error(manual_dir: str, bad: list[dict[str, str]]) -> InputError:
+  """The error of a folder with bad cases (`{"case", "reason"}` each), as nnU-Net's
+  dataset integrity check reports them: one detail line per case, then one line."""
+  ids = ", ".join(b["case"] for b in bad)
+  count = f"{len(bad)} bad case{'s' if len(bad) > 1 else ''}"
+  return InputError(
+      f"{count} in {manual_dir} ({ids}; first: {bad[0]['reason']}); fix or remove "
+      f"{'them' if len(bad) > 1 else 'it'}, or leave {'them' if len(bad) > 1 else 'it'} out "
+      "with dataset_kwargs.skip_bad_cases=True",
+      details=[f"bad case {b['case']}: {case_problem(b)}" for b in bad])
+
+
 class _FolderBuilder(tfds.core.ShardBasedBuilder, skip_registration=True):
   """Shared by the three layouts; `LAYOUT` names the `raw_layouts` reader."""
 
@@ -151,7 +171,7 @@ class _FolderBuilder(tfds.core.ShardBasedBuilder, skip_registration=True):
     kept: dict[str, list[raw_layouts.RawCase]] = {"train": [], "test": []}
     test = dataset.test if dataset.test_labelled else ()
     for split, cases in (("train", dataset.training), ("test", test)):
-      for case in cases:
+      for case in cases:  # every case is checked, so that one report lists every bad one
         try:
           loaded = self._read(case, dataset)  # one case in memory at a time
           if split == "train":
@@ -159,11 +179,11 @@ class _FolderBuilder(tfds.core.ShardBasedBuilder, skip_registration=True):
                 loaded.image, loaded.label, loaded.spacing, name=f"case {case.case_id}"))
           del loaded
         except InputError as error:
-          if not config.skip_bad_cases:
-            raise
           skipped.append({"case": case.case_id, "reason": str(error)})
           continue
         kept[split].append(case)
+    if skipped and not config.skip_bad_cases:
+      raise bad_cases_error(config.manual_dir, skipped)
     if not kept["train"]:
       raise InputError(f"{config.manual_dir}: every training case was skipped as bad "
                        f"(first: {skipped[0]['reason'] if skipped else 'none'})")

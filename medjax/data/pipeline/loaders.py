@@ -31,7 +31,7 @@ import numpy as np
 from medjax.data.pipeline import case_cache, patches, transforms
 from medjax.errors import InputError
 
-Normalize = Callable[[np.ndarray], np.ndarray]
+Normalize = transforms.Normalize
 _case_id = case_cache.case_id
 
 
@@ -238,7 +238,8 @@ def classification_images(source: Sequence[dict[str, Any]], *, label_key: str = 
   """Every image of `source` in order, for training or evaluation.
 
   `channels`: 1 for images stored without a channel axis (`(*S)`, grey), else the size of
-  their last axis (`(*S, C)`, e.g. 3 for RGB), every channel normalised alike.
+  their last axis (`(*S, C)`, e.g. 3 for RGB); `normalize` is applied to each channel
+  (as in segmentation and prediction).
 
   Yields:
     `(case id, float32 image (*S, C) normalised, image-level label)`; the
@@ -261,15 +262,8 @@ def classification_images(source: Sequence[dict[str, Any]], *, label_key: str = 
     if channels > 1 and (image.ndim < 2 or image.shape[-1] != channels):
       raise InputError(f"{name}: image of shape {image.shape}; expected {channels} channels "
                        "on its last axis (config.in_channels)")
-    image = normalize(image)
-    yield name, (image if channels > 1 else image[..., None]).astype(np.float32), int(target)
+    yield name, transforms.per_channel(normalize)(image if channels > 1 else image[..., None]), \
+        int(target)
 
 
-def fixed_window(mean: float, std: float, clip: tuple[float, float] = (-200.0, 300.0)) -> Normalize:
-  """`normalize_ct` with fixed statistics: every image clipped to `clip` HU, then
-  `(x - mean) / std`. For small patches, whose own statistics would erase
-  their HU level (which tells muscle from organ)."""
-  if not std > 0:
-    raise InputError(f"intensity std={std}: expected > 0")
-  return functools.partial(transforms.normalize_ct, clip=tuple(clip), mean=float(mean),
-                           std=float(std))
+fixed_window = transforms.fixed_window

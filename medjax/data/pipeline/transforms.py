@@ -5,7 +5,8 @@ Nature Methods 2021): clip to an intensity window, then z-score.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import functools
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -36,14 +37,33 @@ def keep_intensities(image: np.ndarray) -> np.ndarray:
   return np.asarray(image, np.float32)
 
 
+# One channel `(*S)` -> float32 `(*S)`.
+Normalize = Callable[[np.ndarray], np.ndarray]
+
 # `config.normalization` -> the per-channel normalisation of training and prediction.
 NORMALIZATIONS = {"ct_window": normalize_ct, "none": keep_intensities}
 
 
-def normalize_ct_channels(image: np.ndarray) -> np.ndarray:
-  """`normalize_ct` of each channel of `(*S, C)`: a network's input, as in training."""
-  image = np.asarray(image)
-  return np.stack([normalize_ct(image[..., c]) for c in range(image.shape[-1])], axis=-1)
+def fixed_window(mean: float, std: float, clip: tuple[float, float] = (-200.0, 300.0)) -> Normalize:
+  """`normalize_ct` with fixed statistics: every image clipped to `clip` HU, then
+  `(x - mean) / std`. For small patches, whose own statistics would erase
+  their HU level (which tells muscle from organ)."""
+  if not std > 0:
+    raise InputError(f"intensity std={std}: expected > 0")
+  return functools.partial(normalize_ct, clip=tuple(clip), mean=float(mean), std=float(std))
+
+
+def per_channel(normalize: Normalize) -> Callable[[np.ndarray], np.ndarray]:
+  """`normalize` applied to each channel of a channels-last image `(*S, C)` -> float32 `(*S, C)`."""
+  def apply(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    return np.stack([np.asarray(normalize(image[..., c]), np.float32)
+                     for c in range(image.shape[-1])], axis=-1)
+  return apply
+
+
+normalize_ct_channels = per_channel(normalize_ct)
+normalize_ct_channels.__doc__ = "`normalize_ct` of each channel of `(*S, C)` (`per_channel`)."
 
 
 def random_flip(rng: np.random.Generator, image: np.ndarray, label: np.ndarray,

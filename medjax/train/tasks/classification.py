@@ -12,7 +12,7 @@ from medjax import calibration, uncertainty
 from medjax.data.pipeline import loaders
 from medjax.errors import InputError
 from medjax.inference.run_predictor import check_uncertainty_config, tta_axes
-from medjax.train import evaluate, report
+from medjax.train import config_data, evaluate, report
 from medjax.train.config_data import load_split
 from medjax.train.step import make_predict_fn
 from medjax.train.tasks.base import Task
@@ -103,11 +103,8 @@ def fit_image_temperature(predict_batch, config: ml_collections.ConfigDict, sour
 
 def data_options(config: ml_collections.ConfigDict) -> dict:
   """`label_key` (default "lesion"), `channels` (`config.in_channels`: 3 for RGB) and the
-  intensity normalisation: per-image z-score, or the fixed `(mean, std)` of
-  `config.intensity_stats` (patches)."""
-  options = {"label_key": config.get("label_key", "lesion"),
-             "channels": int(config.get("in_channels", 1))}
-  stats = config.get("intensity_stats")
-  if stats:
-    options["normalize"] = loaders.fixed_window(*stats)
-  return options
+  intensity normalisation of every channel, `config_data.input_normalizer`: the fixed
+  `(mean, std)` window of `config.intensity_stats` (patches), else a per-image z-score."""
+  return {"label_key": config.get("label_key", "lesion"),
+          "channels": int(config.get("in_channels", 1)),
+          "normalize": config_data.input_normalizer(config)}

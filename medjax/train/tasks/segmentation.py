@@ -21,9 +21,10 @@ import ml_collections
 import numpy as np
 
 from medjax import calibration, postprocess
-from medjax.data.pipeline import loaders, transforms
+from medjax.data.pipeline import loaders
 from medjax.errors import InputError
-from medjax.inference.run_predictor import check_uncertainty_config, run_segmenter
+from medjax.inference.run_predictor import (channel_normalizer, check_uncertainty_config,
+                                            run_segmenter)
 from medjax.train import evaluate, report, config_data
 from medjax.train.config_data import load_split
 from medjax.train.tasks.base import Task
@@ -87,7 +88,7 @@ def score_cases(segmenter, config: ml_collections.ConfigDict, source: Sequence[d
   evaluation = evaluate.score_segmentation(
       segmenter, loaders.eval_cases(source, normalize=_raw), tuple(config.class_names),
       label_map=tuple(config.get("label_map") or ()), surface=config.eval.surface_metrics,
-      keep=int(config.eval.report_cases), display=transforms.normalize_ct_channels, trust=trust,
+      keep=int(config.eval.report_cases), display=channel_normalizer(config), trust=trust,
       postprocessor=postprocessor)
   if record is not None:
     validation = record["validation"]
