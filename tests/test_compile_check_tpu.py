@@ -1,10 +1,10 @@
 """`python -m benchmarks.compile_check --target tpu-v5e`: the Pallas kernels compiled
 for a TPU v5e by libtpu's compile-only client on this CPU machine.
 
-The regression case is the 3D U-Net's 128^3 3x3x3 32->32 layer, float32 and bfloat16, forward and
-backward (issue 13): while the Mosaic conv held whole padded 130x130 planes in
-VMEM it failed with `RESOURCE_EXHAUSTED: CompileTimeScopedVmemOom`; the
-halo-blocked kernel compiles. libtpu is installed by
+The case checked is the 3D U-Net's 128^3 3x3x3 32->32 layer, float32 and bfloat16,
+forward and backward: a Mosaic conv holding whole padded 130x130 planes in VMEM
+fails there with `RESOURCE_EXHAUSTED: CompileTimeScopedVmemOom`; the halo-blocked
+kernel must compile. libtpu is installed by
 `python -m benchmarks.compile_check --target tpu-v5e --install_tools` (`.ci/run`
 does it); without it the compile test fails saying so (never a silent skip), and
 the launcher's one-line error is checked.

@@ -203,7 +203,7 @@ def test_gpu_tiles_narrow_the_channel_block_of_underfilled_layers():
   programs = lambda c, c_out, q, n: n * -(-q // c.block_q) * (c_out // c.block_co)
   deep = config_lib.gpu_config(128, 256, q_total=8 * 8 * 8, dtype_bytes=4, batch=2)
   assert (deep.block_q, deep.block_co) == (64, 16)
-  assert programs(deep, 256, 512, 2) == 256  # was 2 * 8 * 4 = 64 with 64-channel blocks
+  assert programs(deep, 256, 512, 2) == 256  # 64-channel blocks would give 2 * 8 * 4 = 64
   big = config_lib.gpu_config(32, 32, q_total=130 * 130 * 128, dtype_bytes=4, batch=2)
   assert (big.block_q, big.block_co) == (128, 32)
   assert programs(big, 32, 130 * 130 * 128, 2) >= config_lib.MIN_PROGRAMS

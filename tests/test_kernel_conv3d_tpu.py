@@ -2,8 +2,8 @@
 interpreter on CPU: forced row and depth tiles (overlapping input windows, a
 padded last tile) equal the reference convolution, forward and, through
 `conv3d(backend="pallas_tpu")`, both gradients; `plan` keeps the U-Net 128^3
-layer within the VMEM budget (before the tiling it held whole 130x130 planes and
-failed to compile for TPU v5e, issue 13)."""
+layer within the VMEM budget (whole 130x130 planes exceed a TPU v5e's scoped VMEM
+at compile time)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
