@@ -27,6 +27,7 @@ def _launch(*flags, env=None):
                         timeout=900, env=env)
 
 
+@pytest.mark.e2e
 def test_unet_128_conv_compiles_for_v5e(tmp_path):
   try:
     compile_check_tpu.tools_env()
@@ -44,6 +45,7 @@ def test_unet_128_conv_compiles_for_v5e(tmp_path):
   assert "TPU v5 lite" in proc.stdout and "2 cases: 0 failing (0 VMEM OOM)" in proc.stdout
 
 
+@pytest.mark.e2e
 def test_missing_tools_is_one_line(tmp_path):
   env = dict(os.environ, MEDJAX_TPU_CHECK_TOOLS=str(tmp_path / "none"))
   proc = _launch("--only", "unet3d_128_l0_32to32", env=env)

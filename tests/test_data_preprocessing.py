@@ -170,6 +170,7 @@ def test_bad_input_names_the_case():
                             "crop_box": [[0, 4]] * 3})
 
 
+@pytest.mark.e2e
 def test_prepare_memory_bench_runs_in_a_subprocess():
   from benchmarks.memory import prepare
   image, label = prepare.synthetic_case((4, 32, 32), (0.8, 0.7, 0.7))

@@ -11,9 +11,11 @@ import pytest
 
 from medjax_kernels.conv3d import conv3d, pallas_tpu, reference
 
+from helpers import normal
+
 
 def _rand(shape, seed, dtype=jnp.float32):
-  return jax.random.normal(jax.random.PRNGKey(seed), shape, jnp.float32).astype(dtype)
+  return normal(shape, seed, dtype)
 
 
 def test_tiles_match_reference():
