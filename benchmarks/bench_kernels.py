@@ -1,50 +1,25 @@
 """Kernel microbenchmarks: conv3d, soft-Dice statistics, 2x up-convolution.
 
   python -m benchmarks.bench_kernels [--ops conv3d,soft_dice,upconv] [--dtype float32]
-      [--json out.json] [--shapes small|all] [--reps 10]
+      [--json out.json] [--shapes small|all] [--reps 10] [--filter NAME] [--torch]
 
-First measures the device's peak in the same process (a large matmul ->
-TFLOP/s; a large copy -> GB/s), then for each named shape and implementation:
-compile time, median time over `--reps` runs after a warm-up with the
-interquartile range and min/max, achieved TFLOP/s and GB/s with the percentage
-of the measured peaks, and the speedup over the XLA baseline measured in the
-same process. `fwd` times the forward pass, `fwd+bwd` the forward pass plus
-the gradients of every differentiable input. With `--torch`, each conv3d layer
-also in PyTorch on the same device (cuDNN on a GPU, oneDNN on a CPU), channels-last
-3D, in the same dtype (`benchmarks.torch_conv3d`).
-
-On CPU it compares XLA formulations (the Pallas kernels only run in the
-interpreter there, which is never timed): conv3d `lax` (`lax.conv` + epilogue,
-autodiff) vs `xla` (the per-direction im2col/shifted-matmul mix of
-`medjax_kernels.conv_xla`); `upconv2x` (one matmul + depth-to-space) vs
-`lax.conv_transpose`; soft-Dice `reference` (autodiff) vs
-`soft_dice_stats(kernels="xla")`. On GPU/TPU it compares the Pallas
-kernels with the XLA baseline.
+Prints the device's measured peaks and one table row per shape, implementation
+and direction (median with quartiles and range, TFLOP/s, GB/s, % of peak, speedup
+over the XLA baseline of the same run); the measurements are
+`benchmarks.kernel_speed.bench_kernels`. Bad flags: one `error:` line, exit 2.
 """
 from __future__ import annotations
 
-import time
-from typing import Callable
+from absl import flags
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-from absl import app, flags
-
-from benchmarks import torch_conv3d
-from benchmarks.torch_unet import spread
+from benchmarks import kernel_speed
 from experiments import cli
-from medjax import layers
-from medjax.train.workdir import atomic_write_json
-from medjax_kernels.conv3d import (api as conv3d_api, bench_shapes as conv3d_shapes, reference as
-                                   conv3d_reference)
-from medjax_kernels.soft_dice import (api as sd_api, bench_shapes as sd_shapes, reference as
-                                      sd_reference)
+from medjax.errors import InputError
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("ops", ["conv3d", "soft_dice", "upconv"],
+flags.DEFINE_list("ops", list(kernel_speed.OPS),
                   "ops to benchmark, in this order: conv3d, soft_dice, upconv")
-flags.DEFINE_string("dtype", "float32", "float32 or bfloat16")
+flags.DEFINE_enum("dtype", "float32", list(kernel_speed.DTYPES), "input dtype")
 flags.DEFINE_string("json", None, "write the rows to this JSON file (rewritten after each row)")
 flags.DEFINE_enum("shapes", "small", ["small", "all"], "shape set")
 flags.DEFINE_integer("reps", 10, "timed runs per measurement (after one warm-up)")
@@ -53,203 +28,14 @@ flags.DEFINE_bool("torch", False, "conv3d: also time the layer in PyTorch (cuDNN
                   "oneDNN on a CPU; benchmarks.torch_conv3d)")
 
 
-def time_fn(fn: Callable, args, reps: int) -> dict:
-  """Compile time, then `reps` timed calls after a warm-up (seconds)."""
-  t0 = time.perf_counter()
-  compiled = jax.jit(fn).lower(*args).compile()
-  compile_s = time.perf_counter() - t0
-  jax.block_until_ready(compiled(*args))
-  times = []
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    jax.block_until_ready(compiled(*args))
-    times.append(time.perf_counter() - t0)
-  return dict(compile_s=compile_s, **spread(times, prefix=""))
-
-
-def measure_peak(reps: int) -> dict:
-  """Peak matmul TFLOP/s and copy GB/s of the default device, measured now."""
-  accel = jax.default_backend() != "cpu"
-  n = 8192 if accel else 2048
-  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-  b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
-  mm = time_fn(lambda a, b: a @ b, (a, b), reps)
-  # Copy bandwidth: the best over a few sizes (on CPU the smaller ones run from
-  # cache, as do many of the small benchmark shapes).
-  best, best_size = 0.0, 0
-  for size in ((1 << 28,) if accel else (1 << 20, 1 << 22, 1 << 24)):
-    x = jax.random.normal(jax.random.PRNGKey(2), (size,), jnp.float32)
-    cp = time_fn(lambda x: x * 1.0001 + 1.0, (x,), reps)
-    if 2 * size * 4 / cp["min_s"] > best:
-      best, best_size = 2 * size * 4 / cp["min_s"], size
-  return dict(matmul_tflops=2 * n ** 3 / mm["min_s"] / 1e12,
-              copy_gbs=best / 1e9, matmul_n=n, copy_bytes=best_size * 4)
-
-
-def grad_fn(f: Callable, argnums) -> Callable:
-  """fwd + gradients of `sum(f(...) * dy)` wrt `argnums` (dy: the last argument)."""
-  def loss(*args):
-    *a, dy = args
-    return jnp.sum(f(*a).astype(jnp.float32) * dy.astype(jnp.float32))
-  return jax.grad(loss, argnums=argnums)
-
-
-def row(op, name, dtype, impl, direction, timing, flop, nbytes, peak):
-  t = timing["median_s"]
-  return dict(op=op, shape=name, dtype=dtype, implementation=impl, direction=direction,
-              **timing, tflops=flop / t / 1e12, gbs=nbytes / t / 1e9,
-              pct_peak_flops=100 * flop / t / 1e12 / peak["matmul_tflops"],
-              pct_peak_bw=100 * nbytes / t / 1e9 / peak["copy_gbs"])
-
-
-def bench_conv3d(shapes, dtype, reps, peak, emit, torch_baseline=False):
-  accel = jax.default_backend() != "cpu"
-  switch = "pallas" if accel else "xla"
-  impls = {"lax": None, switch: switch}
-  for name, spec in shapes.items():
-    x, w, b, r, s = conv3d_shapes.make_inputs(spec, dtype)
-    dy = jax.random.normal(jax.random.PRNGKey(9), conv3d_shapes.out_shape(spec)).astype(dtype)
-    kw = dict(activation=spec["activation"], stride=spec["stride"], padding=spec["padding"])
-    for direction in ("fwd", "fwd+bwd"):
-      base = None
-      for impl, kernels in impls.items():
-        if kernels is None:
-          f = lambda x, w, b, r, s: conv3d_reference.conv3d(x, w, b, prelu_slope=s, residual=r, **kw)
-        else:
-          f = lambda x, w, b, r, s, k=kernels: conv3d_api.conv3d(
-              x, w, b, prelu_slope=s, residual=r, kernels=k, **kw)
-        args = (x, w, b, r, s)
-        if direction == "fwd+bwd":
-          argnums = (0, 1, 2) + ((3,) if r is not None else ()) + ((4,) if s is not None else ())
-          f, args = grad_fn(f, argnums), args + (dy,)
-        timing = time_fn(f, args, reps)
-        bwd = direction == "fwd+bwd"
-        rr = row("conv3d", name, dtype, impl, direction, timing, conv3d_shapes.flops(spec, bwd),
-                 conv3d_shapes.bytes_moved(spec, dtype, bwd), peak)
-        base = base or rr["median_s"]
-        rr["speedup_vs_xla"] = base / rr["median_s"]
-        emit(rr)
-      if torch_baseline:
-        bwd = direction == "fwd+bwd"
-        timing = torch_conv3d.time_torch(spec, dtype, direction, reps)
-        rr = row("conv3d", name, dtype, "torch", direction, timing,
-                 conv3d_shapes.flops(spec, bwd), conv3d_shapes.bytes_moved(spec, dtype, bwd),
-                 peak)
-        rr["speedup_vs_xla"] = base / rr["median_s"]
-        emit(rr)
-
-
-UPCONV_SMALL = {"cpu_unet_up1_64to32_8x16x16": ((2, 8, 16, 16, 64), 32),
-                "cpu_unet_up0_32to16_16x32x32": ((2, 16, 32, 32, 32), 16)}
-UPCONV_ALL = {**UPCONV_SMALL,
-              "unet3d_128_up2_256to128_16^3": ((2, 16, 16, 16, 256), 128),
-              "unet3d_128_up1_128to64_32^3": ((2, 32, 32, 32, 128), 64),
-              "unet3d_128_up0_64to32_64^3": ((2, 64, 64, 64, 64), 32)}
-
-
-def bench_upconv(shapes, dtype, reps, peak, emit):
-  conv_t = lambda x, w: jax.lax.conv_transpose(
-      x, w, (2, 2, 2), "VALID", dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
-  for name, (x_shape, c_out) in shapes.items():
-    x = jax.random.normal(jax.random.PRNGKey(0), x_shape).astype(dtype)
-    w = (jax.random.normal(jax.random.PRNGKey(1), (2, 2, 2, x_shape[-1], c_out)) * 0.1).astype(dtype)
-    y_shape = (x_shape[0],) + tuple(2 * d for d in x_shape[1:4]) + (c_out,)
-    dy = jax.random.normal(jax.random.PRNGKey(2), y_shape).astype(dtype)
-    flop = 2.0 * np.prod(x_shape) * 8 * c_out
-    nbytes = (np.prod(x_shape) + np.prod(y_shape) + 8 * x_shape[-1] * c_out) * jnp.dtype(dtype).itemsize
-    for direction in ("fwd", "fwd+bwd"):
-      base = None
-      for impl, f in (("lax.conv_transpose", conv_t), ("upconv2x", layers.upconv2x)):
-        args = (x, w)
-        bwd = direction == "fwd+bwd"
-        if bwd:
-          f, args = grad_fn(f, (0, 1)), args + (dy,)
-        rr = row("upconv", name, dtype, impl, direction, time_fn(f, args, reps),
-                 flop * (3 if bwd else 1), nbytes * (2 if bwd else 1), peak)
-        base = base or rr["median_s"]
-        rr["speedup_vs_xla"] = base / rr["median_s"]
-        emit(rr)
-
-
-def bench_soft_dice(which, dtype, reps, peak, emit):
-  accel = jax.default_backend() != "cpu"
-  shapes = [s for s in sd_shapes.SHAPES if s[3] == dtype]
-  if which == "small":  # CPU-sized: the 3D shapes at 48^3 instead of 96^3/128^3
-    shapes = [(f"{n.split('_')[0]}_48^3_b2_k{k}_{dt}", (2, 48, 48, 48), k, dt)
-              for n, shape, k, dt in shapes if len(shape) == 4 and n.startswith("unet3d")]
-  for name, shape, k, dt in shapes:
-    logits, labels = sd_shapes.make_inputs(shape, k, dt)
-    switch = "pallas" if accel else "xla"
-    impls = {"reference": lambda l, y: sd_reference.soft_dice_stats(l, y),
-             switch: lambda l, y, k=switch: sd_api.soft_dice_stats(l, y, kernels=k)}
-    for direction in ("fwd", "fwd+bwd"):
-      base = None
-      bwd = direction == "fwd+bwd"
-      for impl, f in impls.items():
-        if bwd:
-          f = jax.grad(lambda l, y, f=f: sum(jnp.sum(t) for t in f(l, y)))
-        nbytes = sd_shapes.bytes_moved(shape, k, dt, backward=bwd)
-        voxels = np.prod(shape)
-        rr = row("soft_dice", name, dt, impl, direction, time_fn(f, (logits, labels), reps),
-                 voxels * k * (10.0 if bwd else 6.0), nbytes, peak)
-        base = base or rr["median_s"]
-        rr["speedup_vs_xla"] = base / rr["median_s"]
-        emit(rr)
-
-
-HEADER = ("| op | shape | dtype | impl | dir | median ms | IQR ms | min–max ms | compile s "
-          "| TFLOP/s | GB/s | % peak FLOP | % peak BW | speedup |")
-
-
-def print_row(r):
-  ms = lambda s: 1e3 * s
-  print(f"| {r['op']} | {r['shape']} | {r['dtype']} | {r['implementation']} | {r['direction']} "
-        f"| {ms(r['median_s']):.1f} | {ms(r['p25_s']):.1f}–{ms(r['p75_s']):.1f} "
-        f"| {ms(r['min_s']):.1f}–{ms(r['max_s']):.1f} | {r['compile_s']:.2f} "
-        f"| {r['tflops']:.3f} | {r['gbs']:.1f} | {r['pct_peak_flops']:.1f} "
-        f"| {r['pct_peak_bw']:.1f} | {r['speedup_vs_xla']:.2f}× |", flush=True)
-
-
-OPS = ("conv3d", "soft_dice", "upconv")
-
-
-def main(argv):
+def main(argv) -> None:
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  unknown = sorted(set(FLAGS.ops) - set(OPS))
-  if unknown:
-    cli.exit_with_error(f"--ops: unknown {', '.join(unknown)}; expected some of {', '.join(OPS)}")
-  peak = measure_peak(FLAGS.reps)
-  print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}")
-  print(f"peak: matmul {peak['matmul_tflops']:.3f} TFLOP/s (f32 {peak['matmul_n']}^2), "
-        f"copy {peak['copy_gbs']:.1f} GB/s")
-  print(HEADER)
-  print("|" + "---|" * 14)
-  rows = []
-
-  def write():
-    if FLAGS.json:
-      atomic_write_json(FLAGS.json, dict(peak=peak, backend=jax.default_backend(),
-                                         jax=jax.__version__,
-                                         device=jax.devices()[0].device_kind, rows=rows))
-
-  def emit(r):  # print, and rewrite the JSON after every row: a run cut short keeps its rows
-    rows.append(r)
-    print_row(r)
-    write()
-
-  select = lambda d: {k: v for k, v in d.items() if not FLAGS.filter or FLAGS.filter in k}
-  for op in FLAGS.ops:  # in the order given
-    if op == "conv3d":  # "all": the networks' layers first, the CPU-sized ones last
-      shapes = (conv3d_shapes.SMALL if FLAGS.shapes == "small" else
-                {**conv3d_shapes.UNET3D, **conv3d_shapes.VNET, **conv3d_shapes.SMALL})
-      bench_conv3d(select(shapes), FLAGS.dtype, FLAGS.reps, peak, emit, FLAGS.torch)
-    elif op == "upconv":
-      bench_upconv(select(UPCONV_SMALL if FLAGS.shapes == "small" else UPCONV_ALL),
-                   FLAGS.dtype, FLAGS.reps, peak, emit)
-    else:
-      bench_soft_dice(FLAGS.shapes, FLAGS.dtype, FLAGS.reps, peak, emit)
-  write()
+    cli.exit_with_error(f"unexpected arguments: {' '.join(argv[1:])}")
+  try:
+    kernel_speed.bench_kernels(FLAGS.ops, dtype=FLAGS.dtype, shapes=FLAGS.shapes, reps=FLAGS.reps,
+                               name_filter=FLAGS.filter, torch=FLAGS.torch, json_path=FLAGS.json)
+  except InputError as e:
+    cli.exit_with_error(e)
 
 
 if __name__ == "__main__":

@@ -32,12 +32,11 @@ with its error.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-from typing import Any, Optional
+from typing import Any
 
-from absl import app, flags
+from absl import flags
 
 from experiments import cli
 from medjax.errors import InputError
@@ -105,7 +104,6 @@ def step_flops(patch: int = 128, batch: int = 2, filters=(32, 64, 128, 256, 320)
 
 def child(spec_json: str) -> int:
   """Compiles the step for one target in this process (it sees the compile-only tools)."""
-  import jax
   from jax.experimental import topologies
   from benchmarks import mlperf_step
   from benchmarks.compile_check import whole

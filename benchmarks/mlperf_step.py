@@ -30,7 +30,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from benchmarks.torch_unet import spread
+from benchmarks.timing import spread
 from experiments.configs import mlperf_unet3d_kits19
 from medjax import parallel
 from medjax.train import loop
@@ -124,7 +124,7 @@ def bench_medjax(config: ml_collections.ConfigDict, *, steps: int = 5, warmup: i
   return {"framework": "medjax", "jax": jax.__version__, "device": device.device_kind,
           "kernels": config.kernels, "dtype": config.dtype, "patch": config.patch_size[0],
           "batch": int(config.global_batch_size), "compile_s": compile_s, "step_s": med,
-          **spread(times), "samples_per_s": int(config.global_batch_size) / med,
+          **spread(times, prefix="step_"), "samples_per_s": int(config.global_batch_size) / med,
           "loss": float(np.asarray(metrics["loss"]).reshape(-1)[0]),
           "compiled_memory": _memory(compiled),
           "peak_device_bytes": stats.get("peak_bytes_in_use")}

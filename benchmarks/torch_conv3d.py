@@ -5,20 +5,20 @@ entry in PyTorch (cuDNN on a GPU, oneDNN on a CPU): `torch.nn.functional.conv3d`
 with bias, the residual added, then the activation (PReLU with its per-channel
 slope), on channels-last 3D tensors (`torch.channels_last_3d`, the layout cuDNN's
 fastest 3D kernels take and the one medjax's `(N, D, H, W, C)` arrays have) in the
-benchmark's dtype. `time_torch` times the forward pass, or the forward pass plus
-the gradients of every input (`sum(y * dy)` backwards), the way `bench_kernels`
-times JAX: a warm-up, then the median and spread of `reps` runs, each synchronised.
+benchmark's dtype. `layer_call` gives the forward pass, or the forward pass plus
+the gradients of every input (`sum(y * dy)` backwards), as a call that
+`benchmarks.timing.measure` times the way it times JAX.
 
 PyTorch is optional (`torch_unet.require_torch`).
 """
 from __future__ import annotations
 
-import time
 from typing import Any, Callable
 
 import numpy as np
 
-from benchmarks.torch_unet import require_torch, spread
+from benchmarks import timing
+from benchmarks.torch_unet import require_torch
 
 
 def _device(torch) -> Any:
@@ -74,35 +74,26 @@ def conv_fn(spec: dict) -> Callable[..., Any]:
   return f
 
 
-def time_torch(spec: dict, dtype: str, direction: str, reps: int) -> dict[str, float]:
-  """Timing dict as `bench_kernels.time_fn` returns it (`compile_s`: the first call)."""
+def layer_call(spec: dict, dtype: str, direction: str) -> tuple[Callable[[], Any], Callable]:
+  """`(call, sync)` for `benchmarks.timing.measure`: `call()` runs the layer forward
+  ("fwd", without autograd) or forward plus the gradients of every input ("fwd+bwd",
+  `sum(y * dy)` backwards) on fixed inputs; `sync` waits for the device."""
   torch = require_torch()
   t = make_inputs(spec, dtype)
   f = conv_fn(spec)
   args = [t["x"], t["w"], t["b"], t["r"], t["s"]]
-  sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
   if direction == "fwd":
-    def run():
+    def call():
       with torch.no_grad():
         return f(*args)
   else:
     leaves = [a.detach().requires_grad_(True) if a is not None else None for a in args]
 
-    def run():
+    def call():
       for a in leaves:
         if a is not None:
           a.grad = None
       y = f(*leaves)
       y.backward(t["dy"])
       return y
-  t0 = time.perf_counter()
-  run()
-  sync()
-  first = time.perf_counter() - t0
-  times = []
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    run()
-    sync()
-    times.append(time.perf_counter() - t0)
-  return dict(compile_s=first, **spread(times, prefix=""))
+  return call, timing.torch_sync(torch)

@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.torch_unet import require_torch, spread
+from benchmarks.timing import spread
+from benchmarks.torch_unet import require_torch
 
 
 def build_unet3d(in_channels: int = 1, n_class: int = 3, filters=(32, 64, 128, 256, 320)):
@@ -208,7 +209,7 @@ def bench_step(*, patch: int = 128, batch: int = 2, steps: int = 5, warmup: int 
   med = float(np.median(times))
   return {"framework": "pytorch", "torch": torch.__version__, "device": str(dev),
           "dtype": "bfloat16 autocast" if use_amp else "float32", "patch": patch, "batch": batch,
-          "step_s": med, "step_spread": spread(times), "samples_per_s": batch / med,
+          "step_s": med, "step_spread": spread(times, prefix="step_"), "samples_per_s": batch / med,
           "peak_device_bytes": (int(torch.cuda.max_memory_allocated()) if dev.type == "cuda"
                                 else None),
           "parameters": count_parameters(model)}

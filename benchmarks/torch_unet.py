@@ -12,11 +12,11 @@ PyTorch is optional: it is imported when a function here is called, and
 """
 from __future__ import annotations
 
-import time
 from typing import Any, Sequence
 
 import numpy as np
 
+from benchmarks import timing
 from medjax.errors import InputError
 
 
@@ -154,29 +154,18 @@ def time_training(model_cfg: dict, loss_cfg: dict, *, in_channels: int, num_clas
                 include_background=bool(loss_cfg.get("include_background", True)),
                 batch=bool(loss_cfg.get("batch", False)))
 
-  def step() -> float:
-    t0 = time.perf_counter()
+  def step():
     opt.zero_grad(set_to_none=True)
     loss = soft_dice_ce(model(x), y, **kwargs)
     loss.backward()
     opt.step()
-    loss.detach().item()
-    return time.perf_counter() - t0
+    return loss.detach().item()  # waits for the step
 
   model.train()
-  first = step()
-  for _ in range(warmup):
-    step()
-  times = np.asarray([step() for _ in range(steps)])
-  return dict(first_step_s=first, **spread(times), steps=steps,
+  # the first step, then `warmup` more, untimed (timing.measure reports the first alone)
+  measured = timing.measure(step, reps=steps, warmup=1 + warmup, sync=timing.torch_sync(torch),
+                            prefix="step_")
+  return dict(**measured, steps=steps,
               params=count_parameters(model), threads=torch.get_num_threads(),
               torch_version=torch.__version__, loss=name)
 
-
-def spread(times: np.ndarray, prefix: str = "step_") -> dict:
-  """Median, quartiles and range of timed runs (seconds), keys `<prefix>median_s`,
-  `<prefix>p25_s`, `<prefix>p75_s`, `<prefix>min_s`, `<prefix>max_s`."""
-  t = np.asarray(times, np.float64)
-  return {f"{prefix}median_s": float(np.median(t)), f"{prefix}p25_s": float(np.percentile(t, 25)),
-          f"{prefix}p75_s": float(np.percentile(t, 75)), f"{prefix}min_s": float(t.min()),
-          f"{prefix}max_s": float(t.max())}

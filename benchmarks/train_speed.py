@@ -40,15 +40,13 @@ import jax
 import ml_collections
 import numpy as np
 
-from benchmarks import torch_unet
+from benchmarks import timing, torch_unet
 from medjax.errors import InputError
 from medjax.inference.run_predictor import window_predictor
 from medjax.train import compile_cache, config_check, loop, tasks
 from medjax.train.config_data import load_split
 from medjax.train.model_factory import build_model
 from medjax.train.step import supervised_loss
-
-spread = torch_unet.spread
 
 
 def apply_sets(config: ml_collections.ConfigDict, sets: Sequence[str]) -> None:
@@ -156,18 +154,15 @@ def time_train_step(config: ml_collections.ConfigDict, *, steps: int, warmup: in
 
   def run_step():
     nonlocal dstate
-    t0 = time.perf_counter()
     dstate, metrics = compiled(dstate, batch)
-    jax.block_until_ready(metrics)
-    return time.perf_counter() - t0
+    return metrics
 
-  out["first_step_s"] = run_step()
-  for _ in range(warmup):
-    run_step()
-  times = np.asarray([run_step() for _ in range(steps)])
+  # the first step, then `warmup` more, untimed; `measure` waits for each step's metrics
+  out.update(timing.measure(run_step, reps=steps, warmup=1 + warmup, prefix="step_"))
+  median = out["step_median_s"]
   voxels = int(config.global_batch_size) * int(np.prod(config.patch_size))
-  out.update(spread(times), steps=steps, steps_per_s=1.0 / float(np.median(times)),
-             voxels_per_step=voxels, voxels_per_s=voxels / float(np.median(times)))
+  out.update(steps=steps, steps_per_s=1.0 / median, voxels_per_step=voxels,
+             voxels_per_s=voxels / median)
   out["state"] = dp.unreplicate(dstate)
   return out
 
@@ -203,16 +198,17 @@ def time_inference(config: ml_collections.ConfigDict, variables: dict, *, volume
   if count < 2:
     return {"volumes": 0, "volumes_per_min": None}
   predictor = window_predictor(config, build_model(config, training=False), variables)
-  times, shapes = [], []
-  for i in range(count):
-    image = np.asarray(source[i]["image"], np.float32)[..., None]
-    t0 = time.perf_counter()
-    np.asarray(predictor(image))
-    if i:
-      times.append(time.perf_counter() - t0)
-      shapes.append(list(image.shape[:-1]))
-  median = float(np.median(times))
-  return {"volumes": len(times), "volume_shapes": shapes, "seconds_per_volume_median": median,
+  images = (np.asarray(source[i]["image"], np.float32)[..., None] for i in range(count))
+  shapes = []
+
+  def predict_next():
+    image = next(images)
+    shapes.append(list(image.shape[:-1]))
+    return predictor(image)
+
+  _, times = timing.timed_calls(predict_next, reps=count - 1, warmup=1, sync=np.asarray)
+  median = timing.spread(times)["median_s"]
+  return {"volumes": len(times), "volume_shapes": shapes[1:], "seconds_per_volume_median": median,
           "seconds_per_volume": [float(t) for t in times], "volumes_per_min": 60.0 / median}
 
 

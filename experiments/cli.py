@@ -11,7 +11,7 @@ Every launcher in `experiments/` defines its flags at import, has a
 from __future__ import annotations
 
 import sys
-from typing import Callable, NoReturn
+from typing import Callable, NoReturn, Sequence, Type
 
 from absl import app, flags
 
@@ -25,6 +25,20 @@ def exit_with_error(error: object) -> NoReturn:
     print(line, file=sys.stderr)
   print(f"error: {error}".splitlines()[0], file=sys.stderr, flush=True)
   sys.exit(EXIT_BAD_INPUT)
+
+
+def parse_numbers(flag: str, values: Sequence[str], kind: Type = int) -> tuple:
+  """The items of a comma-separated list flag (`flags.DEFINE_list`) as numbers of `kind`.
+
+  Raises:
+    InputError: an item that is not such a number, naming the flag (one line).
+  """
+  from medjax.errors import InputError  # pylint: disable=import-outside-toplevel
+  try:
+    return tuple(kind(v) for v in values)
+  except ValueError:
+    raise InputError(f"--{flag}={','.join(values)}: expected comma-separated "
+                     f"{'integers' if kind is int else 'numbers'}") from None
 
 
 def run(main: Callable[[list[str]], object]) -> None:

@@ -284,23 +284,9 @@ def cpu_plan(window: Sequence[int], c_in: int, c_out: int, macs: float = float("
              strides: Sequence[int] | None = None) -> Plan:
   """The formulation per direction on CPU, from the window, channels and strides.
 
-  Measured on a 2-core AMD EPYC with AVX-512 (jax 0.10.2, quiet machine,
-  2026-11-26), ms per direction, batch 2, median of 5 (`lax` = XLA's conv):
-
-  ========================  ====================  =================  ================
-  layer                     forward lax/i2cl/os   dx lax/shift/os    dw lax/i2cl/os
-  ========================  ====================  =================  ================
-  64^3 16->16 k3            266 / 338 / 139       256 / 288 / 144    464 / 361 / 247
-  64^3 32->16 k3            505 / 647 / 208       277 / 554 / 259    913 / 587 / 451
-  32^3 32->32 k3             60 /  88 /  48        64 /  75 /  45    126 /  97 /  82
-  32^3 64->32 k3            128 / 166 /  68        73 / 152 /  86    258 / 209 / 114
-  16^3 64->64 k3             18 /  26 /   6        18 /  10 /   8     39 /  27 /  12
-  16^3 128->64 k3            36 /  46 /  13        20 /  40 /  31     69 /  59 /  39
-  32^3 16->16 k5            133 / 165 /  62       138 / 210 /  60    274 / 195 / 109
-  2D 8x128^2 32->16 k3        7 /  74 /  31         5 /  46 /  27     10 /  70 /  43
-  ========================  ====================  =================  ================
-
-  (i2cl = `im2col_last`, shift = `shifted`, os = `outshift`.)
+  The rule follows the per-layer timings of every formulation in each direction
+  on a 2-core x86 CPU (the U-Net and V-Net layers at 16^3-64^3, batch 2;
+  `benchmarks/RESULTS.md`, "The CPU convolution rule"):
 
   * fewer than `SMALL_CONV_MACS` multiply-adds (`macs`): the XLA conv every way
     (compile time dominates).

@@ -216,9 +216,9 @@ def _unet_weight_map_one(labels: np.ndarray, w0: float, sigma: float,
 def _kernels(kernels: str, implementation: Optional[str]) -> str:
   """The `kernels` switch, given as such or by its deprecated name `implementation=`.
 
-  `implementation=` was the name of the switch in the Dice losses before it was
-  called `kernels` from the config to the kernel; it is still accepted, with a
-  DeprecationWarning. Giving both, with different values, is an error.
+  `implementation=` is accepted as a deprecated name of the switch, with a
+  DeprecationWarning (`kernels` is its name from the config down to the kernel).
+  Giving both, with different values, is an error.
   """
   if implementation is not None:
     if kernels not in ("auto", implementation):

@@ -1,57 +1,33 @@
-"""Test set-up: 4 fake CPU devices (for the data-parallel tests), float32 defaults."""
+"""Test set-up: 4 fake CPU devices (for the data-parallel tests), a compilation cache and a
+dataset folder shared by the whole run. Functions the tests share: `tests/helpers.py`."""
 import os
 
-# Must happen before JAX initialises its backends.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+# Must happen before JAX initialises its backends. XLA's CPU backend compiles without LLVM's
+# optimisations (-O0): the tests check values, not speed, and most of their programs run for
+# milliseconds after a compile of seconds, which -O0 makes about twice as fast (the suite's
+# CPU time, `benchmarks/RESULTS.md` "Test suite"). Launchers
+# started by the tests inherit the flags (`helpers.launcher_env`); the benchmarks and every
+# run outside the tests compile at XLA's default level.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4 "
+                      "--xla_backend_optimization_level=0")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Runs started by the tests (in process and in subprocesses) cache compiled programs in a
 # temporary folder, never in the user's ~/.cache/medjax/jax_cache.
 import tempfile  # noqa: E402
 os.environ.setdefault("MEDJAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="medjax_jax_cache_"))
 
-
-# ----------------------------------------------------------------------------- model test helpers
-# Shared by tests/test_models_*.py (`from conftest import _init_apply, ...`).
-# Imported after the environment above is set, so JAX still sees it.
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 
-def _abstract_init(model, shape, **kw):
-  """Variables as ShapeDtypeStructs (nothing allocated) and the output shape."""
-  x = jax.ShapeDtypeStruct(shape, jnp.float32)
-  variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, **kw), x)
-  out = jax.eval_shape(lambda v, x: model.apply(v, x, **kw), variables, x)
-  return variables, out
-
-
-def _key(seed: int):
-  # "rbg" keys: XLA compiles threefry random bits slowly on CPU (~1 s per
-  # initialised tensor), RngBitGenerator ~6x faster; the models don't care.
-  return jax.random.key(seed, impl="rbg")
-
-
-def _normal(shape, seed: int = 0) -> jax.Array:
-  return jnp.asarray(np.random.default_rng(seed).normal(size=shape), jnp.float32)
-
-
-def _init(model, x, **kw):
-  """Jitted init (one compilation instead of one per op: much faster on CPU)."""
-  return jax.jit(lambda x: model.init(_key(1), x, **kw))(x)
-
-
-def _apply(model, variables, x, **kw):
-  return jax.jit(lambda v, x: model.apply(v, x, **kw))(variables, x)
-
-
-def _init_apply(model, x, **kw):
-  """Init and apply in one compiled program: `(variables, model.apply(variables, x, **kw))`."""
-  def f(x):
-    variables = model.init(_key(1), x)
-    return variables, model.apply(variables, x, **kw)
-  return jax.jit(f)(x)
-
-
-def _count(variables) -> int:
-  return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(variables["params"]))
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> str:
+  """One TFDS `data_dir` for the whole test run: each synthetic dataset (and each smoke
+  variant of one) is generated once, by the first test that loads it, and read by all the
+  others. With pytest-xdist the workers share it: `datasets.prepare` takes a file lock, so
+  one worker prepares while the others wait."""
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):  # basetemp/popen-gwN: the run's folder is its parent
+    root = root.parent
+  path = root / "datasets"
+  path.mkdir(exist_ok=True)
+  return str(path)

@@ -134,7 +134,9 @@ def test_training_with_augmentation_under_shard_map_lowers_the_loss():
   aug = dataclasses.replace(augment.Augmentation(), elastic_p=0.3, mirror_axes=(0, 1))
   model = UNet(spatial_dims=2, features=(4, 8), num_classes=2)
   dp = parallel.DataParallel("shard_map")
-  variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 1)), train=False)
+  # one compiled program (eager init compiles every initialiser alone), the same key
+  variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(
+      jnp.zeros((1, 16, 16, 1)))
   state = dp.replicate(jax.device_get(TrainState.create(params=variables["params"],
                                                         batch_stats={}, tx=optax.adam(1e-2))))
   ce = lambda logits, y: optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()

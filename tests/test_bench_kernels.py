@@ -36,6 +36,7 @@ def test_torch_layer_equals_the_reference(spec):
   np.testing.assert_allclose(got, np.asarray(want), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.e2e
 def test_bench_kernels_times_the_torch_baseline(tmp_path):
   """One small layer: the XLA rows and the PyTorch rows, forward and forward + backward, with
   the speed-up against the `lax` baseline of the same run; the ops in the order given."""

@@ -17,11 +17,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 
 
-def test_bench_train_writes_its_json_on_the_smoke_config(tmp_path):
+@pytest.mark.e2e
+def test_bench_train_writes_its_json_on_the_smoke_config(tmp_path, data_dir):
   out = tmp_path / "bench.json"
   cmd = [sys.executable, "-m", "benchmarks.bench_train",
          f"--config={REPO}/experiments/configs/unet3d_synthetic.py:smoke",
-         f"--set=data_dir={tmp_path / 'data'}", "--set=num_steps=20", "--dtype=bfloat16",
+         f"--set=data_dir={data_dir}", "--set=num_steps=20", "--dtype=bfloat16",
          "--steps=2", "--input_batches=3", "--inference_volumes=1", f"--json={out}"]
   if HAVE_TORCH:  # the baseline is optional; with torch installed it is exercised too
     cmd.append("--torch")

@@ -23,9 +23,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def cascade_run(tmp_path_factory):
+def cascade_run(tmp_path_factory, data_dir):
   config = cascade_synthetic.get_config("smoke")
-  config.data_dir = str(tmp_path_factory.mktemp("data"))
+  config.data_dir = data_dir
   config.num_steps = 2
   config.eval.report_cases = 1
   workdir = tmp_path_factory.mktemp("cascade")
@@ -33,6 +33,7 @@ def cascade_run(tmp_path_factory):
   return {"config": config, "workdir": workdir, "results": results}
 
 
+@pytest.mark.e2e
 def test_cascade_trains_both_stages_and_scores_the_joint_map(cascade_run):
   workdir, results = cascade_run["workdir"], cascade_run["results"]
   assert {"dice/organ", "dice/tumour", "per_case"} <= set(results)
@@ -52,6 +53,7 @@ def test_cascade_trains_both_stages_and_scores_the_joint_map(cascade_run):
   assert any(n.startswith(f"case_0_{first}") for n in os.listdir(workdir / "report"))
 
 
+@pytest.mark.e2e
 def test_loaded_cascade_reproduces_the_evaluation(cascade_run):
   """`load_predictor` on the cascade workdir segments a test case as the evaluation did."""
   config, workdir = cascade_run["config"], cascade_run["workdir"]
@@ -70,6 +72,7 @@ def test_loaded_cascade_reproduces_the_evaluation(cascade_run):
   assert dice == pytest.approx(scored.get("raw", scored)["dice/organ"], abs=1e-6)
 
 
+@pytest.mark.e2e
 def test_predict_accepts_a_cascade_workdir(cascade_run, tmp_path):
   workdir = cascade_run["workdir"]
   image, _ = organ_ct.make_volume(7, shape=(16, 32, 32))

@@ -2,12 +2,15 @@
 import subprocess
 import sys
 
+import pytest
+
 
 def _launch(*args):
   return subprocess.run([sys.executable, "-m", "experiments.predict", *args],
                         capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.e2e
 def test_help_lists_the_flags():
   result = _launch("--help")
   text = result.stdout + result.stderr
@@ -15,6 +18,7 @@ def test_help_lists_the_flags():
   assert "--workdir" in text and "--postprocess" in text
 
 
+@pytest.mark.e2e
 def test_an_unknown_flag_is_one_error_line():
   result = _launch("--no_such_flag=1")
   assert result.returncode == 2

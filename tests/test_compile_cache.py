@@ -7,11 +7,6 @@ from experiments.configs import unet3d_synthetic
 from medjax.train import compile_cache, run
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("datasets"))
-
-
 @pytest.fixture
 def cache_events():
   """Counts JAX's `/jax/compilation_cache/*` monitoring events while a test runs."""
@@ -36,6 +31,7 @@ def _config(data_dir, cache_dir, enabled=True):
   return c
 
 
+@pytest.mark.e2e
 def test_first_run_fills_the_cache_and_second_run_hits_it(tmp_path, data_dir, cache_events):
   cache = tmp_path / "jax_cache"
   try:

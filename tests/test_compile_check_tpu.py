@@ -1,10 +1,10 @@
 """`python -m benchmarks.compile_check --target tpu-v5e`: the Pallas kernels compiled
 for a TPU v5e by libtpu's compile-only client on this CPU machine.
 
-The regression case is the 3D U-Net's 128^3 3x3x3 32->32 layer, float32 and bfloat16, forward and
-backward (issue 13): while the Mosaic conv held whole padded 130x130 planes in
-VMEM it failed with `RESOURCE_EXHAUSTED: CompileTimeScopedVmemOom`; the
-halo-blocked kernel compiles. libtpu is installed by
+The case checked is the 3D U-Net's 128^3 3x3x3 32->32 layer, float32 and bfloat16,
+forward and backward: a Mosaic conv holding whole padded 130x130 planes in VMEM
+fails there with `RESOURCE_EXHAUSTED: CompileTimeScopedVmemOom`; the halo-blocked
+kernel must compile. libtpu is installed by
 `python -m benchmarks.compile_check --target tpu-v5e --install_tools` (`.ci/run`
 does it); without it the compile test fails saying so (never a silent skip), and
 the launcher's one-line error is checked.
@@ -27,6 +27,7 @@ def _launch(*flags, env=None):
                         timeout=900, env=env)
 
 
+@pytest.mark.e2e
 def test_unet_128_conv_compiles_for_v5e(tmp_path):
   try:
     compile_check_tpu.tools_env()
@@ -44,6 +45,7 @@ def test_unet_128_conv_compiles_for_v5e(tmp_path):
   assert "TPU v5 lite" in proc.stdout and "2 cases: 0 failing (0 VMEM OOM)" in proc.stdout
 
 
+@pytest.mark.e2e
 def test_missing_tools_is_one_line(tmp_path):
   env = dict(os.environ, MEDJAX_TPU_CHECK_TOOLS=str(tmp_path / "none"))
   proc = _launch("--only", "unet3d_128_l0_32to32", env=env)

@@ -24,11 +24,7 @@ CONFIGS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("datasets"))
-
-
+@pytest.mark.e2e
 @pytest.mark.parametrize("module,variant,metric", CONFIGS,
                          ids=[f"{m.__name__.split('.')[-1]}:{v}" for m, v, _ in CONFIGS])
 def test_config_trains_one_step(module, variant, metric, tmp_path, data_dir):

@@ -144,6 +144,7 @@ def test_rgb_flag_feeds_the_classification_pipeline_with_three_channels(tmp_path
                                          label_key="label", channels=3))
 
 
+@pytest.mark.e2e
 def test_an_rgb_flag_trains_and_evaluates(tmp_path):
   """`convnet_medmnist.py:pathmnist,smoke` end to end on a small random RGB file: the
   ConvNet's first kernel takes 3 channels, and the test images are scored."""

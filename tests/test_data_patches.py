@@ -22,8 +22,7 @@ def default_2d():
 
 
 @pytest.fixture(scope="module")
-def tiny_splits(tmp_path_factory):
-  data_dir = str(tmp_path_factory.mktemp("patches"))
+def tiny_splits(data_dir):
   return {split: [s[i] for i in range(len(s))]
           for split in ("train", "validation", "test")
           for s in [datasets.load_source("synthetic_organs/patches2d", split, data_dir, **TINY)]}

@@ -170,11 +170,12 @@ def test_bad_input_names_the_case():
                             "crop_box": [[0, 4]] * 3})
 
 
+@pytest.mark.e2e
 def test_prepare_memory_bench_runs_in_a_subprocess():
-  from benchmarks import prepare_memory
-  image, label = prepare_memory.synthetic_case((4, 32, 32), (0.8, 0.7, 0.7))
+  from benchmarks.memory import prepare
+  image, label = prepare.synthetic_case((4, 32, 32), (0.8, 0.7, 0.7))
   assert image.dtype == np.int16 and image.min() == -1000 and 1 in label and 0 in label
-  result = prepare_memory.measure((4, 32, 32), (0.8, 0.7, 0.7), (1.6, 1.4, 0.7))
+  result = prepare.measure((4, 32, 32), (0.8, 0.7, 0.7), (1.6, 1.4, 0.7))
   assert result["preprocessed_shape"] == [2, 16, 32] and result["float32_bytes"] == 4 * 32 * 32 * 4
   assert result["peak_rss_bytes"] >= result["rss_before_bytes"] > result["input_bytes"]
   assert result["traced_peak_bytes"] >= 2 * 16 * 32 * 4  # at least the float32 output

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from conftest import _init_apply, _normal
+from helpers import init_apply, normal
 
 from experiments.configs import convnet_synthetic2d, soft_tree_patches
 from medjax.errors import InputError
@@ -28,8 +28,8 @@ def _log_softmax(x):
 
 def test_leaf_probabilities_sum_to_one_and_the_max_path_is_the_most_probable_leaf():
   model = SoftDecisionTree(depth=3, num_classes=3)
-  x = 3.0 * _normal((16, 6, 6, 1), 0)
-  variables, (out, aux) = _init_apply(model, x, return_aux=True)
+  x = 3.0 * normal((16, 6, 6, 1), 0)
+  variables, (out, aux) = init_apply(model, x, return_aux=True)
   leaf = np.asarray(aux["leaf_probs"])
   assert leaf.shape == (16, 8)
   np.testing.assert_allclose(leaf.sum(-1), 1.0, rtol=1e-5)
@@ -89,9 +89,9 @@ def test_alpha_one_is_the_hard_label_cross_entropy_and_needs_no_teacher():
 
 def test_tree_objective_adds_the_balance_regulariser_to_the_leaf_loss():
   model = SoftDecisionTree(depth=2, num_classes=3)
-  x = _normal((6, 4, 4, 1), 0)
-  teacher = 2.0 * np.asarray(_normal((6, 3), 1))
-  _, (out, aux) = _init_apply(model, x, return_aux=True)
+  x = normal((6, 4, 4, 1), 0)
+  teacher = 2.0 * np.asarray(normal((6, 3), 1))
+  _, (out, aux) = init_apply(model, x, return_aux=True)
   objective = distillation.distillation_objective(
       _config(model="soft_tree", balance=0.3, soft_loss="leaf", temperature=2.0), _ce)
   assert objective.apply_kwargs == {"return_aux": True}
@@ -110,10 +110,9 @@ def test_tree_objective_adds_the_balance_regulariser_to_the_leaf_loss():
 # ----------------------------------------------------------------------------- end to end
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, data_dir):
   """A 1-step ConvNet teacher on the smoke patches, then a 2-step distilled tree."""
   root = tmp_path_factory.mktemp("distillation")
-  data_dir = str(root / "datasets")
   teacher = convnet_synthetic2d.get_config("patches,smoke")
   teacher.data_dir = data_dir
   teacher.num_steps = 1
@@ -127,6 +126,7 @@ def runs(tmp_path_factory):
   return {"root": root, "data_dir": data_dir, "results": results, "student": student}
 
 
+@pytest.mark.e2e
 def test_distilled_tree_run_writes_eval_json_and_tree_pngs(runs):
   tree = runs["root"] / "tree"
   saved = json.loads((tree / "eval.json").read_text())
@@ -146,6 +146,7 @@ def test_distilled_tree_run_writes_eval_json_and_tree_pngs(runs):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.e2e
 def test_the_teacher_is_restored_once_per_checkpoint(runs, monkeypatch):
   """Training batches and evaluation share one restored teacher; a new checkpoint in the
   teacher's workdir restores it again."""
@@ -168,6 +169,7 @@ def test_the_teacher_is_restored_once_per_checkpoint(runs, monkeypatch):
   assert len(calls) == 2
 
 
+@pytest.mark.e2e
 def test_the_tree_trains_as_a_plain_classifier(runs, tmp_path):
   """`task=classification`, `model.name=soft_tree`: mixture CE, no teacher."""
   c = soft_tree_patches.get_config("hard,smoke")
@@ -182,6 +184,7 @@ def test_the_tree_trains_as_a_plain_classifier(runs, tmp_path):
   assert len(rows) == 2 and all(np.isfinite(r["loss"]) for r in rows)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("make_teacher, student_change, expected", [
     (lambda root: str(root / "no_such_run"), {}, "no such folder"),
     (lambda root: str(root / "datasets"), {}, "config.json: missing"),

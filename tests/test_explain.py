@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import _init, _normal
+from helpers import init, normal
 from experiments.configs import unet2d_synthetic
 from medjax import explain, explain_report
 from medjax.errors import InputError
@@ -39,14 +39,14 @@ class LooksAtOneRegion(nn.Module):
 def _convnet(size=16, **kw):
   kw.setdefault("dense", (8,))
   model = ConvNet(variant="lenet", lenet_features=(3, 4), num_classes=3, **kw)
-  x = _normal((2, size, size, 1), seed=3)
-  return model, _init(model, x), x
+  x = normal((2, size, size, 1), seed=3)
+  return model, init(model, x), x
 
 
 def test_saliency_of_a_linear_model_is_its_weights():
   model = Linear()
-  x = _normal((2, 4, 5, 2))
-  variables = _init(model, x)
+  x = normal((2, 4, 5, 2))
+  variables = init(model, x)
   grad = explain.saliency(model, variables, x, target_class=1)
   weights = variables["params"]["Dense_0"]["kernel"][:, 1].reshape(4, 5, 2)
   assert grad.shape == x.shape
@@ -89,8 +89,8 @@ def test_segmentation_target_and_integrated_gradients_completeness_over_a_region
   small against the swings of f along the path (-0.011..0.021), and the quadrature needs
   400 trapezoid steps to get within 2 % (measured 0.7 %; 57 % off at 96 steps)."""
   model = UNet(spatial_dims=2, features=(4, 8), num_classes=3)
-  x = _normal((2, 16, 16, 1), seed=7)
-  variables = _init(model, x)
+  x = normal((2, 16, 16, 1), seed=7)
+  variables = init(model, x)
   logits = model.apply(variables, x, train=False)
   region = np.asarray(jnp.argmax(logits, -1) == 1)
   assert region.any(axis=(1, 2)).tolist() == [True, False]
@@ -127,8 +127,8 @@ def test_grad_cam_with_global_average_pooling_is_the_class_activation_map():
                                               (3, "bottleneck", (1, 4, 4, 4))])
 def test_grad_cam_of_unet_layers_is_non_negative_at_the_layer_shape(dims, layer, shape):
   model = UNet(spatial_dims=dims, features=(4, 8), num_classes=2)
-  x = _normal((1, 16, 16, 1) if dims == 2 else (1, 8, 8, 8, 1), seed=1)
-  variables = _init(model, x)
+  x = normal((1, 16, 16, 1) if dims == 2 else (1, 8, 8, 8, 1), seed=1)
+  variables = init(model, x)
   cam = explain.grad_cam(model, variables, x, layer=layer, target_class=1,
                          mask=np.ones(x.shape[:-1], bool))
   assert cam.shape == shape
@@ -140,7 +140,7 @@ def test_grad_cam_default_layer_and_unknown_layer_error():
   model, variables, x = _convnet()
   assert explain.default_layer(explain.spatial_layers(model, variables, x)) == "conv1"
   unet = UNet(spatial_dims=2, features=(4, 8), num_classes=2)
-  unet_variables = _init(unet, x)
+  unet_variables = init(unet, x)
   layers = explain.spatial_layers(unet, unet_variables, x)
   assert layers["bottleneck"] == (2, 8, 8, 8)
   assert explain.default_layer(layers) == "bottleneck"
@@ -154,8 +154,8 @@ def test_grad_cam_default_layer_and_unknown_layer_error():
 
 def test_occlusion_is_non_zero_only_where_the_model_looks():
   model = LooksAtOneRegion()
-  x = _normal((2, 16, 16, 1), seed=2)
-  variables = _init(model, x)
+  x = normal((2, 16, 16, 1), seed=2)
+  variables = init(model, x)
   heat = np.asarray(explain.occlusion(model, variables, x, patch=4, target_class=1,
                                       batch_size=5))
   assert heat.shape == (2, 16, 16)
@@ -185,10 +185,10 @@ def test_bad_target_and_arguments_are_input_errors():
 # --- the launcher on a real (one-step) run ----------------------------------------------------
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def run_dir(tmp_path_factory, data_dir):
   root = tmp_path_factory.mktemp("explain")
   config = unet2d_synthetic.get_config("smoke")
-  config.data_dir = str(root / "datasets")
+  config.data_dir = data_dir
   config.num_steps = 1
   config.eval.surface_metrics = False
   config.eval.report_cases = 0
@@ -202,6 +202,7 @@ def _explain(*flags):
                         capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.e2e
 def test_launcher_writes_one_png_per_method(run_dir, tmp_path):
   out = tmp_path / "pngs"
   result = _explain(f"--workdir={run_dir}", "--case=test_00001", f"--output={out}")
@@ -215,6 +216,7 @@ def test_launcher_writes_one_png_per_method(run_dir, tmp_path):
   assert sorted(os.listdir(out)) == sorted(os.path.basename(p) for p in printed)
 
 
+@pytest.mark.e2e
 def test_launcher_unknown_case_is_one_line_exit_2(run_dir, tmp_path):
   result = _explain(f"--workdir={run_dir}", "--case=test_99999", f"--output={tmp_path}")
   assert result.returncode == 2
@@ -224,6 +226,7 @@ def test_launcher_unknown_case_is_one_line_exit_2(run_dir, tmp_path):
   assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.e2e
 def test_unknown_method_or_layer_of_a_run_is_one_line_listing_what_exists(run_dir, tmp_path):
   with pytest.raises(InputError, match="unknown method lime; expected some of saliency"):
     explain_report.explain_case(run_dir, "test_00000", methods=["grad_cam", "lime"])

@@ -93,6 +93,7 @@ def test_predict_volume_applies_the_plan_and_returns_the_native_grid():
                                                    spacing=(3.0, 0.7, 0.9), affine=affine))
 
 
+@pytest.mark.e2e
 def test_unet3d_folder_trains_on_an_nnunet_raw_folder_and_predicts_on_the_input_grid(tmp_path):
   raw = tmp_path / "Dataset007_Tiny"
   cases = ("case_a", "case_b", "case_c", "case_d")

@@ -8,6 +8,8 @@ import os
 import shlex
 import subprocess
 
+import pytest
+
 from benchmarks import train_speed
 from medjax.train import config_check, tasks
 
@@ -23,6 +25,7 @@ def _dry_run(tmp_path):
   return json.loads(out.read_text()), proc
 
 
+@pytest.mark.e2e
 def test_dry_run_writes_every_step(tmp_path):
   result, proc = _dry_run(tmp_path)
   steps = result["steps"]
@@ -42,6 +45,7 @@ def test_dry_run_writes_every_step(tmp_path):
   assert proc.stderr.count("== ") == len(steps)  # each command printed
 
 
+@pytest.mark.e2e
 def test_training_commands_are_valid_configs(tmp_path):
   result, _ = _dry_run(tmp_path)
   for name, s in result["steps"].items():
@@ -83,6 +87,7 @@ def test_mlperf_step_command_is_valid(tmp_path):
   assert type(build_model(config)).__name__ == "MLPerfUNet3D"
 
 
+@pytest.mark.e2e
 def test_unknown_argument_is_one_line():
   proc = subprocess.run([SCRIPT, "--bogus"], capture_output=True, text=True, timeout=30)
   assert proc.returncode == 2

@@ -3,6 +3,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from experiments import host_allocator as ha
 
 GLIBC = (2, 36)
@@ -37,6 +39,7 @@ def _launcher_tunables(**env):
                         capture_output=True, text=True, check=True).stdout.strip()
 
 
+@pytest.mark.e2e
 def test_a_launcher_runs_with_the_tunable_on_this_machine():
   clean = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "MEDJAX_HUGEPAGES")}
   expected = ha.tuned_environment(clean, ha.glibc_version(), ha.thp_mode())

@@ -19,21 +19,23 @@ from medjax_kernels import conv_xla
 from medjax_kernels.conv3d import api, conv3d, reference
 from medjax_kernels.dispatch import CUSTOM_CALLS, export_for
 
+from helpers import normal, uniform
+
 COMPILED = os.environ.get("MEDJAX_KERNEL_TESTS") == "compiled"
 TOL = {jnp.float32: 5e-3 if COMPILED else 1e-5, jnp.bfloat16: 2e-2}
 
 
 def _inputs(x_shape, k, c_out, dtype, activation, residual, stride, padding, seed):
-  ks = jax.random.split(jax.random.PRNGKey(seed), 6)
+  seeds = [6 * seed + i for i in range(6)]
   c_in = x_shape[-1]
-  x = jax.random.normal(ks[0], x_shape, jnp.float32).astype(dtype)
-  w = (jax.random.normal(ks[1], (k,) * 3 + (c_in, c_out)) / np.sqrt(k ** 3 * c_in)).astype(dtype)
-  b = jax.random.normal(ks[2], (c_out,), jnp.float32)
-  s = jax.random.uniform(ks[3], (c_out,), minval=0.1, maxval=0.4) if activation == "prelu" else None
+  x = normal(x_shape, seeds[0], dtype)
+  w = normal((k,) * 3 + (c_in, c_out), seeds[1], dtype, scale=1 / np.sqrt(k ** 3 * c_in))
+  b = normal((c_out,), seeds[2])
+  s = uniform((c_out,), seeds[3], 0.1, 0.4) if activation == "prelu" else None
   out_shape = jax.eval_shape(lambda x, w: reference.conv3d(x, w, stride=stride, padding=padding),
                              x, w).shape
-  r = jax.random.normal(ks[4], out_shape, jnp.float32).astype(dtype) if residual else None
-  dy = jax.random.normal(ks[5], out_shape, jnp.float32).astype(dtype)
+  r = normal(out_shape, seeds[4], dtype) if residual else None
+  dy = normal(out_shape, seeds[5], dtype)
   return x, w, b, r, s, dy
 
 
@@ -203,7 +205,7 @@ def test_gpu_tiles_narrow_the_channel_block_of_underfilled_layers():
   programs = lambda c, c_out, q, n: n * -(-q // c.block_q) * (c_out // c.block_co)
   deep = config_lib.gpu_config(128, 256, q_total=8 * 8 * 8, dtype_bytes=4, batch=2)
   assert (deep.block_q, deep.block_co) == (64, 16)
-  assert programs(deep, 256, 512, 2) == 256  # was 2 * 8 * 4 = 64 with 64-channel blocks
+  assert programs(deep, 256, 512, 2) == 256  # 64-channel blocks would give 2 * 8 * 4 = 64
   big = config_lib.gpu_config(32, 32, q_total=130 * 130 * 128, dtype_bytes=4, batch=2)
   assert (big.block_q, big.block_co) == (128, 32)
   assert programs(big, 32, 130 * 130 * 128, 2) >= config_lib.MIN_PROGRAMS

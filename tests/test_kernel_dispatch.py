@@ -22,6 +22,8 @@ from medjax import layers, losses, models
 from medjax_kernels import dispatch
 from medjax_kernels.dispatch import CUSTOM_CALLS, export_for
 
+from helpers import init
+
 # The Pallas interpreter lowers a kernel's grid to a stablehlo.while loop of dynamic
 # slices; the compiled kernels are one custom call each, and nothing else in these
 # programs loops.
@@ -66,7 +68,7 @@ def data():
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal(X_SHAPE), jnp.float32)
   labels = jnp.asarray(rng.integers(0, 2, X_SHAPE[:-1]), jnp.int32)
-  params = jax.jit(lambda x: _model("xla").init(jax.random.PRNGKey(0), x, train=False))(x)
+  params = init(_model("xla"), x, seed=0, train=False)
   return params, x, labels
 
 

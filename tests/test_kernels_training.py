@@ -4,6 +4,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from experiments.configs import unet3d_synthetic
 from medjax.train import loop
@@ -21,8 +22,8 @@ def _losses(workdir, data_dir, kernels):
   return [r["loss"] for r in rows], results
 
 
-def test_pallas_kernels_train_like_xla(tmp_path):
-  data_dir = str(tmp_path / "data")
+@pytest.mark.e2e
+def test_pallas_kernels_train_like_xla(tmp_path, data_dir):
   xla, xla_eval = _losses(str(tmp_path / "xla"), data_dir, "xla")
   pallas, pallas_eval = _losses(str(tmp_path / "pallas"), data_dir, "pallas")
   assert len(xla) == len(pallas) == 3

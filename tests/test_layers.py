@@ -10,6 +10,8 @@ from medjax import layers
 from medjax_kernels import conv_xla as conv_xla_lib
 from medjax_kernels.dispatch import CUSTOM_CALLS, export_for
 
+from helpers import normal
+
 RTOL = 1e-5
 
 
@@ -34,10 +36,10 @@ def _close(a, b, rtol=RTOL):
 
 
 def _inputs(x_shape, w_shape, seed=0):
-  kx, kw, kd = jax.random.split(jax.random.PRNGKey(seed), 3)
-  x = jax.random.normal(kx, x_shape, jnp.float32)
-  w = jax.random.normal(kw, w_shape, jnp.float32) / np.sqrt(np.prod(w_shape[:-1]))
-  return x, w, kd
+  """x, w (scaled by 1/sqrt(fan-in)) and a seed for further draws (`normal(shape, kd + i)`)."""
+  x = normal(x_shape, 3 * seed)
+  w = normal(w_shape, 3 * seed + 1, scale=1 / np.sqrt(np.prod(w_shape[:-1])))
+  return x, w, 3 * seed + 2
 
 
 def _fwd_and_grads(f):
@@ -50,7 +52,7 @@ def _fwd_and_grads(f):
 
 def _check_fwd_grads(f, x, w, strides, padding, kd):
   ref = lambda x, w: _lax_conv(x, w, strides, padding)
-  dy = jax.random.normal(kd, jax.eval_shape(ref, x, w).shape, jnp.float32)
+  dy = normal(jax.eval_shape(ref, x, w).shape, kd)
   for got, want in zip(_fwd_and_grads(f)(x, w, dy), _fwd_and_grads(ref)(x, w, dy)):
     _close(got, want)
 
@@ -113,8 +115,8 @@ def test_outshift_forward_strided():
 @pytest.mark.parametrize("activation", [None, "prelu"])  # relu, leaky: test_kernel_conv3d
 def test_conv_bias_residual_activation(activation):
   x, w, kd = _inputs((2, 4, 5, 6, 3), (3, 3, 3, 3, 4))
-  b = jax.random.normal(kd, (4,))
-  r = jax.random.normal(jax.random.fold_in(kd, 1), (2, 4, 5, 6, 4))
+  b = normal((4,), kd)
+  r = normal((2, 4, 5, 6, 4), kd + 1)
   slope = jnp.full((4,), 0.2)
   for kernels in ("xla", "auto"):
     y = layers.conv(x, w, b, strides=(1, 1, 1), padding="SAME", activation=activation,
@@ -159,7 +161,7 @@ def test_conv_xla_lowers_to_lax_conv_off_cpu():
 @pytest.mark.parametrize("nd", [2, 3])
 def test_upconv2x_equals_conv_transpose_and_flax(nd):
   x, w, kd = _inputs((2,) + (3, 4, 5)[:nd] + (3,), (2,) * nd + (3, 4))
-  b = jax.random.normal(kd, (4,))
+  b = normal((4,), kd)
   sp = "DHW"[-nd:]
   dn = (f"N{sp}C", f"{sp}IO", f"N{sp}C")
   ref = lambda x, w: jax.lax.conv_transpose(x, w, (2,) * nd, "VALID", dimension_numbers=dn,
@@ -169,7 +171,7 @@ def test_upconv2x_equals_conv_transpose_and_flax(nd):
   y = layers.upconv2x(x, w, b)
   _close(y, ref(x, w) + b)
   _close(y, flax_f(x, w))
-  dy = jax.random.normal(jax.random.fold_in(kd, 2), y.shape)
+  dy = normal(y.shape, kd + 2)
   g = jax.vjp(lambda x, w: layers.upconv2x(x, w, b), x, w)[1](dy)
   g_ref = jax.vjp(flax_f, x, w)[1](dy)
   _close(g[0], g_ref[0])
@@ -183,10 +185,10 @@ def test_upconv2x_equals_conv_transpose_and_flax(nd):
 def test_conv_pallas_3d_equals_xla():
   """kernels="pallas" (the Triton kernel, interpreted on CPU) = kernels="xla"."""
   x, w, kd = _inputs((1, 4, 5, 6, 3), (3, 3, 3, 3, 4))
-  b = jax.random.normal(kd, (4,))
+  b = normal((4,), kd)
   f = lambda k: (lambda x, w: layers.conv(x, w, b, strides=(1, 1, 1), padding="SAME",
                                           activation="relu", kernels=k))
-  dy = jax.random.normal(jax.random.fold_in(kd, 3), (1, 4, 5, 6, 4))
+  dy = normal((1, 4, 5, 6, 4), kd + 3)
   for got, want in zip(_fwd_and_grads(f("pallas"))(x, w, dy), _fwd_and_grads(f("xla"))(x, w, dy)):
     _close(got, want)
 

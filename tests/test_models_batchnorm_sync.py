@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from conftest import _key
+from helpers import key
 from medjax.models import FCN, ConvNet, ResNet, VNet
 
 
@@ -22,7 +22,7 @@ def test_bn_axis_name_reaches_batchnorm(model, shape):
   # Traced (not compiled): with bn_axis_name="data" the train-mode BatchNorm
   # reduces over the named axis, which is unbound outside shard_map/pmap/vmap.
   x = jax.ShapeDtypeStruct(shape, jnp.float32)
-  variables = jax.eval_shape(lambda x: model.init(_key(0), x), x)
+  variables = jax.eval_shape(lambda x: model.init(key(0), x), x)
   synced = model.clone(bn_axis_name="data")
   train = lambda v, x: synced.apply(v, x, train=True, mutable=["batch_stats"])
   with pytest.raises(NameError, match="data"):

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import _abstract_init, _apply, _count, _init, _init_apply, _key, _normal
+from helpers import abstract_init, apply, count, init, init_apply, key, normal
 from medjax.models import (MLP, ConvNet, perceptron_fit, perceptron_predict,
                            perceptron_update)
 
@@ -16,35 +16,35 @@ from medjax.models import (MLP, ConvNet, perceptron_fit, perceptron_predict,
 def test_lenet5_param_count_and_shape():
   model = ConvNet.lenet5()
   x = jnp.zeros((2, 32, 32, 1))
-  variables, y = _init_apply(model, x)
+  variables, y = init_apply(model, x)
   # C1 6*(25+1)=156, C3 16*(150+1)=2,416, F5 400*120+120=48,120, F6 120*84+84=10,164, out 84*10+10=850
-  assert _count(variables) == 61_706
+  assert count(variables) == 61_706
   assert y.shape == (2, 10)
 
 
 def test_vgg16_param_count():
-  variables, out = _abstract_init(ConvNet.vgg16(), (1, 224, 224, 3))
-  assert _count(variables) == 138_357_544
+  variables, out = abstract_init(ConvNet.vgg16(), (1, 224, 224, 3))
+  assert count(variables) == 138_357_544
   assert out.shape == (1, 1000)
 
 
 def test_small_vgg_with_batchnorm_runs():
   model = ConvNet(variant="vgg", num_classes=4, vgg_blocks=((4, 1), (8, 2)), dense=(16,),
                   norm="batch", dropout=0.5)
-  x = _normal((3, 16, 16, 1), 0)
-  _, (y, _) = _init_apply(model, x, train=True, mutable=["batch_stats"],
-                          rngs={"dropout": _key(2)})
+  x = normal((3, 16, 16, 1), 0)
+  _, (y, _) = init_apply(model, x, train=True, mutable=["batch_stats"],
+                          rngs={"dropout": key(2)})
   assert y.shape == (3, 4)
 
 
 def test_convnet_global_max_pool_is_size_free_and_equals_max_of_features():
   model = ConvNet(variant="vgg", num_classes=2, vgg_blocks=((4, 1), (8, 1)), dense=(),
                   global_pool="max")
-  x = _normal((2, 16, 16, 1), 0)
-  v, y = _init_apply(model, x)
+  x = normal((2, 16, 16, 1), 0)
+  v, y = init_apply(model, x)
   # Dense head sees the 8 channels: 8 * 2 + 2 parameters, whatever the input size.
   assert v["params"]["head"]["kernel"].shape == (8, 2)
-  y_big = _apply(model, v, _normal((2, 40, 24, 1), 1))
+  y_big = apply(model, v, normal((2, 40, 24, 1), 1))
   assert y_big.shape == (2, 2)
   # The head is linear in max over space of the last block's (pooled) features.
   params = v["params"]
@@ -57,28 +57,28 @@ def test_convnet_global_max_pool_is_size_free_and_equals_max_of_features():
   expected = h.max(axis=(1, 2)) @ params["head"]["kernel"] + params["head"]["bias"]
   np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-5)
   with pytest.raises(ValueError, match="global_pool"):
-    _init(ConvNet(variant="vgg", vgg_blocks=((4, 1),), global_pool="median"), x)
+    init(ConvNet(variant="vgg", vgg_blocks=((4, 1),), global_pool="median"), x)
 
 
 # ----------------------------------------------------------------------------- MLP, perceptron
 
 def test_mlp_single_layer_and_deep():
-  x = _normal((5, 4, 4, 1), 0)
+  x = normal((5, 4, 4, 1), 0)
   single = MLP(hidden=(), num_classes=3)
-  v, y = _init_apply(single, x)
-  assert _count(v) == 16 * 3 + 3  # logistic regression on 16 pixels
+  v, y = init_apply(single, x)
+  assert count(v) == 16 * 3 + 3  # logistic regression on 16 pixels
   np.testing.assert_allclose(y,
                              x.reshape(5, -1) @ v["params"]["head"]["kernel"]
                              + v["params"]["head"]["bias"], rtol=1e-5, atol=1e-6)
   deep = MLP(hidden=(32, 16), num_classes=2, activation="sigmoid", dropout=0.5)
-  v = _init(deep, x)
-  assert _count(v) == (16 * 32 + 32) + (32 * 16 + 16) + (16 * 2 + 2)
-  y_eval = _apply(deep, v, x)
-  y_train = _apply(deep, v, x, train=True, rngs={"dropout": _key(3)})
+  v = init(deep, x)
+  assert count(v) == (16 * 32 + 32) + (32 * 16 + 16) + (16 * 2 + 2)
+  y_eval = apply(deep, v, x)
+  y_train = apply(deep, v, x, train=True, rngs={"dropout": key(3)})
   assert y_eval.shape == y_train.shape == (5, 2)
   assert not np.allclose(y_eval, y_train)
   step = MLP(hidden=(4,), num_classes=1, activation="step")
-  assert _init_apply(step, x)[1].shape == (5, 1)
+  assert init_apply(step, x)[1].shape == (5, 1)
 
 
 def test_perceptron_update_rule():

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import _abstract_init, _count
+from helpers import abstract_init, count
 from medjax.models import MLPerfUNet3D
 
 torch = pytest.importorskip("torch")
@@ -18,8 +18,8 @@ from benchmarks import torch_mlperf_unet3d as ref  # noqa: E402
 
 def test_parameter_count_equals_reference():
   reference = ref.build_unet3d(1, 3)
-  variables, out = _abstract_init(MLPerfUNet3D(), (1, 32, 32, 32, 1))
-  assert _count(variables) == ref.count_parameters(reference) == 31_190_243
+  variables, out = abstract_init(MLPerfUNet3D(), (1, 32, 32, 32, 1))
+  assert count(variables) == ref.count_parameters(reference) == 31_190_243
   assert out.shape == (1, 32, 32, 32, 3)
 
 
@@ -49,4 +49,4 @@ def test_forward_equals_reference(kernels):
 
 def test_spatial_size_must_divide():
   with pytest.raises(ValueError, match="multiple of 32"):
-    _abstract_init(MLPerfUNet3D(), (1, 32, 32, 48, 1))
+    abstract_init(MLPerfUNet3D(), (1, 32, 32, 48, 1))

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import _abstract_init, _apply, _count, _init, _normal
+from helpers import abstract_init, apply, count, init, normal
 from medjax import features
 from medjax.models import ResNet, ResNet18, ResNet34, ResNet50, UNet
 
@@ -16,8 +16,8 @@ from medjax.models import ResNet, ResNet18, ResNet34, ResNet50, UNet
 def test_resnet_param_counts_match_torchvision():
   for ctor, expected in ((ResNet18, 11_689_512), (ResNet34, 21_797_672),
                          (ResNet50, 25_557_032)):
-    variables, out = _abstract_init(ctor(num_classes=1000), (1, 224, 224, 3))
-    assert _count(variables) == expected, ctor.__name__
+    variables, out = abstract_init(ctor(num_classes=1000), (1, 224, 224, 3))
+    assert count(variables) == expected, ctor.__name__
     assert out.shape == (1, 1000)
 
 
@@ -34,13 +34,13 @@ def test_resnet3d_backbone_shapes_abstract():
 def _small_resnet():
   model = ResNet(stage_sizes=(1, 1, 1, 1), num_classes=3, width=4, stem_kernel=3,
                  stem_pool=False)
-  x = _normal((6, 16, 16, 2), 0)
-  return model, _init(model, x), x
+  x = normal((6, 16, 16, 2), 0)
+  return model, init(model, x), x
 
 
 def test_resnet_return_features_and_extract():
   model, variables, x = _small_resnet()
-  logits, feats = _apply(model, variables, x, return_features=True)
+  logits, feats = apply(model, variables, x, return_features=True)
   assert logits.shape == (6, 3)
   assert {k: v.shape[-1] for k, v in feats.items()} == {
       "stem": 4, "stage1": 4, "stage2": 8, "stage3": 16, "stage4": 32, "pooled": 32}
@@ -54,8 +54,8 @@ def test_resnet_return_features_and_extract():
 
 def test_extract_from_unet_block():
   model = UNet(spatial_dims=2, features=(4, 8, 16), num_classes=2)
-  x = _normal((3, 16, 16, 1), 0)
-  variables = _init(model, x)
+  x = normal((3, 16, 16, 1), 0)
+  variables = init(model, x)
   assert features.extract(model, variables, x, layer="bottleneck").shape == (3, 16)
 
 
@@ -77,10 +77,10 @@ def test_resnet_torch_padding_same_params_and_odd_size_equivalence():
   at 32x32 they do not (tests/test_weights_torchvision.py: torch's outputs)."""
   same = ResNet(stage_sizes=(1, 1, 1, 1), num_classes=3, width=4)
   torch_pad = same.clone(padding="torch")
-  variables, _ = _abstract_init(ResNet18(num_classes=1000, padding="torch"), (1, 224, 224, 3))
-  assert _count(variables) == 11_689_512
-  x33 = _normal((2, 33, 33, 3), 3)
-  abstract, _ = _abstract_init(same, x33.shape)  # random values without compiling init
+  variables, _ = abstract_init(ResNet18(num_classes=1000, padding="torch"), (1, 224, 224, 3))
+  assert count(variables) == 11_689_512
+  x33 = normal((2, 33, 33, 3), 3)
+  abstract, _ = abstract_init(same, x33.shape)  # random values without compiling init
   rng = np.random.default_rng(0)
   variables = jax.tree_util.tree_map_with_path(
       lambda path, s: (0.5 + rng.random(s.shape) if path[-1].key == "var"
@@ -91,4 +91,4 @@ def test_resnet_torch_padding_same_params_and_odd_size_equivalence():
   a, b = both(variables, x33[:, :32, :32])
   assert float(jnp.abs(a - b).max()) > 1e-4
   with pytest.raises(ValueError, match="padding='reflect'"):
-    _abstract_init(same.clone(padding="reflect"), (1, 32, 32, 3))
+    abstract_init(same.clone(padding="reflect"), (1, 32, 32, 3))

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from conftest import _init, _init_apply, _normal
+from helpers import init, init_apply, normal
 from medjax.models import (SoftDecisionTree, balance_regularizer, distillation_loss,
                            leaf_distillation_loss)
 
@@ -15,8 +15,8 @@ from medjax.models import (SoftDecisionTree, balance_regularizer, distillation_l
 
 def test_soft_tree_outputs_a_distribution():
   model = SoftDecisionTree(depth=3, num_classes=4)
-  x = _normal((8, 4, 4, 1), 0)
-  variables, (out, aux) = _init_apply(model, x, return_aux=True)
+  x = normal((8, 4, 4, 1), 0)
+  variables, (out, aux) = init_apply(model, x, return_aux=True)
   assert out.shape == (8, 4)
   np.testing.assert_allclose(jnp.exp(out).sum(-1), 1.0, rtol=1e-5)
   np.testing.assert_allclose(aux["leaf_probs"].sum(-1), 1.0, rtol=1e-5)
@@ -40,9 +40,9 @@ def test_balance_regularizer_minimal_at_even_splits():
 
 def test_soft_tree_distillation_reduces_loss():
   model = SoftDecisionTree(depth=2, num_classes=3)
-  x = _normal((64, 6), 0)
-  teacher = 3.0 * x @ _normal((6, 3), 1)
-  params = _init(model, x)["params"]
+  x = normal((64, 6), 0)
+  teacher = 3.0 * x @ normal((6, 3), 1)
+  params = init(model, x)["params"]
 
   def loss_fn(p):
     out, aux = model.apply({"params": p}, x, return_aux=True)

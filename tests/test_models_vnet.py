@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import _abstract_init, _apply, _count, _init_apply, _key, _normal
+from helpers import abstract_init, apply, count, init_apply, key, normal
 from medjax.models import VNet
 
 
@@ -29,17 +29,17 @@ def test_vnet_default_param_count_and_shape():
   #   head 1x1x1 32*2+2                                    =         66
   #   decoder total                                        = 32,309,346
   # total                                                  = 65,175,314
-  variables, out = _abstract_init(VNet(), (1, 32, 32, 32, 1))
-  assert _count(variables) == 65_175_314
+  variables, out = abstract_init(VNet(), (1, 32, 32, 32, 1))
+  assert count(variables) == 65_175_314
   assert out.shape == (1, 32, 32, 32, 2)
 
 
 def test_vnet_small_2d_batchnorm_dropout_train_step():
   model = VNet(num_classes=3, features=(4, 8, 16), encoder_convs=(1, 2, 2),
                decoder_convs=(2, 1), spatial_dims=2, norm="batch", dropout=0.1)
-  x = _normal((2, 16, 16, 1), 0)
-  _, (y, state) = _init_apply(model, x, train=True, mutable=["batch_stats"],
-                              rngs={"dropout": _key(2)})
+  x = normal((2, 16, 16, 1), 0)
+  _, (y, state) = init_apply(model, x, train=True, mutable=["batch_stats"],
+                              rngs={"dropout": key(2)})
   assert y.shape == (2, 16, 16, 3) and bool(jnp.all(jnp.isfinite(y)))
   assert "batch_stats" in state
 
@@ -48,11 +48,11 @@ def test_vnet_input_residual_tiles_input():
   # With zero conv weights and biases, the input stage is PReLU(0 + tiled input).
   model = VNet(num_classes=2, in_channels=2, features=(4, 8), encoder_convs=(1, 1),
                decoder_convs=(1,), spatial_dims=2)
-  x = _normal((1, 4, 4, 2), 0)
+  x = normal((1, 4, 4, 2), 0)
   variables = jax.eval_shape(lambda x: model.init(jax.random.key(1), x), x)
   params = jax.tree.map(lambda p: jnp.zeros(p.shape, p.dtype), variables["params"])
   params["enc0"]["conv0"]["prelu_slope"] = jnp.full((4,), 0.25)
-  _, state = _apply(model, {"params": params}, x, capture_intermediates=True,
+  _, state = apply(model, {"params": params}, x, capture_intermediates=True,
                     mutable=["intermediates"])
   enc0 = state["intermediates"]["enc0"]["__call__"][0]
   tiled = jnp.concatenate([x, x], axis=-1)
@@ -61,6 +61,6 @@ def test_vnet_input_residual_tiles_input():
 
 def test_vnet_rejects_bad_sizes():
   with pytest.raises(ValueError, match="divisible by 16"):
-    _abstract_init(VNet(), (1, 30, 32, 32, 1))
+    abstract_init(VNet(), (1, 30, 32, 32, 1))
   with pytest.raises(ValueError, match=r"expects \(N, \*S, 1\)"):
-    _abstract_init(VNet(), (1, 32, 32, 32, 2))
+    abstract_init(VNet(), (1, 32, 32, 32, 2))

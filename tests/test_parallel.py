@@ -3,12 +3,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import pytest
 
 from medjax import parallel
 from medjax.models import UNet
 from medjax.train.state import TrainState
 from medjax.train.step import make_train_step
+
+from helpers import init
 
 
 def _ce(logits, labels):
@@ -28,7 +29,7 @@ def _run(mode, *, norm=None, dropout=0.0, steps=3, devices=None, x=None, tx=None
                bn_axis_name="data", dropout=dropout)
   xd, y = _data()
   x = xd if x is None else x
-  variables = model.init(jax.random.key(0), jnp.asarray(x[:1]), train=False)
+  variables = init(model, jnp.asarray(x[:1]), seed=0, train=False)
   state = TrainState.create(params=variables["params"],
                             batch_stats=variables.get("batch_stats", {}), tx=tx or optax.adam(1e-2))
   step = dp.spmd(make_train_step(model, _ce, seed=0), donate_argnums=(0,))

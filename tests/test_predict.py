@@ -29,10 +29,10 @@ SHAPE = (16, 32, 32)
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def run_dir(tmp_path_factory, data_dir):
   """A smoke run trained for 2 steps, with BatchNorm (so batch_stats are restored too)."""
   c = unet3d_synthetic.get_config("smoke")
-  c.data_dir = str(tmp_path_factory.mktemp("data"))
+  c.data_dir = data_dir
   c.num_steps = 2
   c.model.norm = "batch"
   c.eval.report_cases = 0
@@ -81,6 +81,7 @@ def predicted(run_dir, tmp_path_factory):
           "series": str(series), "uids": uids, "hu": hu}
 
 
+@pytest.mark.e2e
 def test_load_run_restores_the_trained_parameters(run_dir):
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   config, model, variables = restore.load_run(run_dir)
@@ -97,6 +98,7 @@ def test_load_run_restores_the_trained_parameters(run_dir):
   assert out.shape == (1, 8, 16, 16, 3)
 
 
+@pytest.mark.e2e
 def test_load_run_names_a_bad_workdir(tmp_path, run_dir):
   with pytest.raises(InputError, match=str(tmp_path / "missing")):
     restore.load_run(str(tmp_path / "missing"))
@@ -110,6 +112,7 @@ def test_load_run_names_a_bad_workdir(tmp_path, run_dir):
     restore.load_run(str(tmp_path))
 
 
+@pytest.mark.e2e
 def test_predict_writes_segmentations_equal_to_in_process_inference(run_dir, predicted):
   result, output = predicted["result"], predicted["output"]
   assert result.returncode == 2, result.stderr  # the corrupt files
@@ -149,6 +152,7 @@ def test_predict_writes_segmentations_equal_to_in_process_inference(run_dir, pre
     np.testing.assert_allclose(saved.sum(-1), 1.0, atol=3e-5)
 
 
+@pytest.mark.e2e
 def test_predict_reports_a_corrupt_file_in_one_line_and_keeps_the_rest(predicted):
   result, output = predicted["result"], predicted["output"]
   errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
@@ -165,6 +169,7 @@ def test_predict_reports_a_corrupt_file_in_one_line_and_keeps_the_rest(predicted
   assert (output / "keep.nii.gz").read_bytes() == b"written before"
 
 
+@pytest.mark.e2e
 def test_predict_dicom_series_writes_nifti_on_its_geometry_and_a_dicom_seg(predicted):
   output, series = predicted["output"] / "patient1", predicted["series"]
   source = io.read_image(series)
@@ -189,6 +194,7 @@ def test_predict_dicom_series_writes_nifti_on_its_geometry_and_a_dicom_seg(predi
   np.testing.assert_array_equal(masks[..., 1], labels == 2)
 
 
+@pytest.mark.e2e
 def test_predict_writes_per_case_json_with_class_volumes(run_dir, predicted):
   output = predicted["output"]
   for name, spacing in [("case0", (2.5, 0.8, 0.8)), ("patient1/ct", DICOM_SPACING)]:
@@ -208,6 +214,7 @@ def test_predict_writes_per_case_json_with_class_volumes(run_dir, predicted):
   assert summary["input"] == predicted["series"]
 
 
+@pytest.mark.e2e
 def test_predictor_checks_nan_and_warns_on_spacing(run_dir, tmp_path):
   predictor = load_predictor(run_dir, mirror=True)
   assert predictor.segmenter.predictor.mirror_axes == (0, 1, 2)
@@ -241,6 +248,7 @@ def test_find_inputs_and_case_names(tmp_path):
     predict_files.find_inputs(str(tmp_path / "nope"))
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("flags,expected", [
     ([], "--workdir"),  # the flag is missing
     (["--workdir={missing}"], "{missing}"),  # the folder is missing
@@ -386,6 +394,7 @@ def test_write_nifti_channels_puts_the_class_axis_last_in_2d_and_3d(tmp_path):
     io.write_nifti(tmp_path / "bad.nii.gz", probs2d[..., 0], np.eye(4), channels=True)
 
 
+@pytest.mark.e2e
 def test_predict_uncertainty_writes_the_entropy_of_the_deterministic_prediction(run_dir, tmp_path):
   image, _ = organ_ct.make_volume(2, shape=SHAPE)
   io.write_nifti(tmp_path / "scan.nii.gz", image, _affine(0.0))

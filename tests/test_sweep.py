@@ -13,20 +13,15 @@ from medjax.sweep import grid as grid_lib
 from medjax.sweep import runner as runner_lib
 from medjax.train.workdir import Workdir
 
+from helpers import launcher_env
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "experiments", "configs", "unet3d_synthetic.py")
 
 
-def _env():
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"  # global batch 4 of the smoke config
-  env["JAX_PLATFORMS"] = "cpu"
-  env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-  return env
-
-
-def _sweep_cli(*flags, timeout=240):
-  return subprocess.run([sys.executable, "-m", "experiments.sweep", *flags], cwd=REPO, env=_env(),
+def _sweep_cli(*flags, timeout=240):  # 4 devices: the smoke config's global batch of 4
+  return subprocess.run([sys.executable, "-m", "experiments.sweep", *flags], cwd=REPO,
+                        env=launcher_env(4),
                         capture_output=True, text=True, timeout=timeout)
 
 
@@ -68,6 +63,7 @@ def test_cells_rejects_no_seeds_and_set_of_a_swept_field(tmp_path):
     grid_lib.parse_sets(["loss.name=ce"], ["loss.name"])
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("flags,expected", [
     (["--sweep=loss.name"], "expected FIELD=VALUE"),
     (["--sweep=loss.name="], "non-empty"),
@@ -163,7 +159,8 @@ def test_a_run_that_ends_without_eval_json_is_a_failure(tmp_path):
   assert outcomes[0].status == "failed" and "eval.json" in outcomes[0].message
 
 
-def test_end_to_end_smoke_sweep(tmp_path):
+@pytest.mark.e2e
+def test_end_to_end_smoke_sweep(tmp_path, data_dir):
   """One real run (loss.name=dice) plus one finished run (gdl: a hand-made eval.json, skipped).
 
   dice/gdl rather than ce: the config's loss options (batch Dice) are options of the Dice losses.
@@ -172,7 +169,7 @@ def test_end_to_end_smoke_sweep(tmp_path):
   _write_eval(str(workdir / "loss.name=gdl" / "seed_0"),
               **{"dice/organ": 0.25, "dice/tumour": 0.125, "hd95/organ": 7.0})
   result = _sweep_cli(f"--config={CONFIG}:smoke", "--sweep=loss.name=dice,gdl", "--seeds=1",
-                      "--set=num_steps=2", f"--set=data_dir={tmp_path / 'data'}",
+                      "--set=num_steps=2", f"--set=data_dir={data_dir}",
                       "--set=eval.report_cases=0", f"--workdir={workdir}")
   assert result.returncode == 0, result.stderr[-3000:]
   assert "1 of 2 run(s) already finished" in result.stdout

@@ -137,10 +137,10 @@ def test_unknown_method_is_one_line_error():
 # ------------------------------------------------------------------ a smoke run with MC dropout
 
 @pytest.fixture(scope="module")
-def mc_run(tmp_path_factory):
+def mc_run(tmp_path_factory, data_dir):
   """2-step smoke run with dropout 0.1, evaluated with 3 MC-dropout samples and calibration."""
   c = unet3d_synthetic.get_config("smoke")
-  c.data_dir = str(tmp_path_factory.mktemp("data"))
+  c.data_dir = data_dir
   c.num_steps = 2
   c.model.dropout = 0.1
   c.eval.uncertainty = "mc_dropout"
@@ -153,6 +153,7 @@ def mc_run(tmp_path_factory):
   return c, workdir, results
 
 
+@pytest.mark.e2e
 def test_evaluation_with_mc_dropout_and_calibration_writes_the_keys(mc_run):
   _, workdir, results = mc_run
   with open(os.path.join(workdir, "eval.json")) as f:
@@ -169,6 +170,7 @@ def test_evaluation_with_mc_dropout_and_calibration_writes_the_keys(mc_run):
   assert results["ece"] == saved["ece"]
 
 
+@pytest.mark.e2e
 def test_predictor_entropy_map_and_ensemble_of_identical_members(mc_run):
   config, workdir, _ = mc_run
   image = np.random.default_rng(4).normal(0.0, 100.0, size=(12, 20, 20)).astype(np.float32)
@@ -184,6 +186,7 @@ def test_predictor_entropy_map_and_ensemble_of_identical_members(mc_run):
     load_ensemble([workdir])
 
 
+@pytest.mark.e2e
 def test_predict_uncertainty_uses_mc_dropout_when_the_model_has_dropout(mc_run, tmp_path):
   _, workdir, _ = mc_run
   image = np.random.default_rng(5).normal(0.0, 100.0, size=(12, 20, 20)).astype(np.float32)
@@ -200,6 +203,7 @@ def test_predict_uncertainty_uses_mc_dropout_when_the_model_has_dropout(mc_run, 
   assert float(np.abs(entropy - deterministic).max()) > 1e-4  # the dropout masks were sampled
 
 
+@pytest.mark.e2e
 def test_predict_folder_with_several_workdirs_segments_with_their_ensemble(mc_run, tmp_path):
   """`--workdir=a,b`: the deep ensemble's labels and the entropy of its mean probabilities
   (two identical members: the single run's deterministic prediction); no post-processing

@@ -1,9 +1,7 @@
 """Warm start (init_from, mapping, shape errors), frozen stages, lr multipliers, transfer tasks."""
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 import pytest
 from flax import traverse_util
 
@@ -12,11 +10,6 @@ from medjax.errors import InputError
 from medjax.train import loop, optim, warm_start
 from medjax.train.model_factory import build_model
 from medjax.train.workdir import Workdir
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("datasets"))
 
 
 def tiny_config(data_dir, **overrides) -> ml_collections.ConfigDict:
@@ -67,6 +60,7 @@ def fresh_three_class(data_dir):
   return initial_state(tiny_config(data_dir, **THREE))
 
 
+@pytest.mark.e2e
 def test_init_from_workdir_copies_params_and_keeps_a_new_head_fresh(data_dir, source_run,
                                                                     fresh_three_class):
   workdir, params, stats = source_run
@@ -86,6 +80,7 @@ def test_init_from_workdir_copies_params_and_keeps_a_new_head_fresh(data_dir, so
     np.testing.assert_array_equal(value, stats[key])
 
 
+@pytest.mark.e2e
 def test_shape_mismatch_is_one_line_error_naming_the_path(data_dir, source_run,
                                                          fresh_three_class):
   config = tiny_config(data_dir, init_from=source_run[0], **THREE)
@@ -115,6 +110,7 @@ def test_npz_with_prefix_mapping_and_missing_source(tmp_path):
     warm_start.load_source(str(tmp_path / "missing.npz"))
 
 
+@pytest.mark.e2e
 def test_frozen_stages_keep_params_and_batch_norm_statistics(data_dir, source_run, tmp_path):
   workdir, params, stats = source_run
   config = tiny_config(data_dir, task="finetune", init_from=workdir, num_steps=3,
@@ -135,6 +131,7 @@ def test_frozen_stages_keep_params_and_batch_norm_statistics(data_dir, source_ru
       assert not np.array_equal(value, stats[key]), key
 
 
+@pytest.mark.e2e
 def test_linear_probe_trains_only_the_head(data_dir, source_run, tmp_path):
   workdir, params, stats = source_run
   config = tiny_config(data_dir, task="linear_probe", init_from=workdir, num_steps=2,
@@ -216,6 +213,7 @@ def test_torchvision_layout_file_goes_through_medjax_weights(tmp_path):
   assert not any(k.startswith("params/head") for k in flat_vars)
 
 
+@pytest.mark.e2e
 def test_a_resumed_run_does_not_read_init_from_again(data_dir, source_run, tmp_path):
   """The workdir's own checkpoint wins: a resume works even after the source is gone."""
   import shutil

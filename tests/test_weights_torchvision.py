@@ -14,7 +14,7 @@ import torch
 from safetensors.numpy import save_file
 from torch import nn
 
-from conftest import _abstract_init, _apply
+from helpers import abstract_init, apply
 from medjax.errors import InputError
 from medjax.models import ConvNet, ResNet, ResNet18, ResNet34, ResNet50
 from medjax.weights import (adapt_input_channels, apply_slicewise, inflate_to_3d, load_state_dict,
@@ -163,11 +163,11 @@ def test_resnet18_matches_torch(tmp_path, torch_resnet18, nchw_input):
   variables = resnet_variables(path, model)
   assert set(variables) == {"params", "batch_stats"}
   expected = _torch_logits(torch_resnet18, nchw_input)
-  got = np.asarray(_apply(model, variables, _nhwc(nchw_input)))
+  got = np.asarray(apply(model, variables, _nhwc(nchw_input)))
   assert np.abs(expected).max() > 0.1  # not a degenerate all-zero comparison
   np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
   # medjax's default "SAME" padding shifts every strided conv by a pixel: visibly different
-  same = np.asarray(_apply(ResNet18(num_classes=10), variables, _nhwc(nchw_input)))
+  same = np.asarray(apply(ResNet18(num_classes=10), variables, _nhwc(nchw_input)))
   assert np.abs(same - expected).max() > 1e-2
 
 
@@ -179,7 +179,7 @@ def test_resnet18_one_channel_sums_first_conv(torch_resnet18, nchw_input):
   assert variables["params"]["stem"]["unit"]["conv"]["kernel"].shape == (7, 7, 1, 64)
   grey = nchw_input[:, :1]
   expected = _torch_logits(torch_resnet18, np.repeat(grey, 3, axis=1))
-  np.testing.assert_allclose(np.asarray(_apply(model, variables, _nhwc(grey))), expected,
+  np.testing.assert_allclose(np.asarray(apply(model, variables, _nhwc(grey))), expected,
                              atol=1e-4, rtol=0)
 
 
@@ -191,7 +191,7 @@ def test_resnet18_inflated_3d_on_depth_constant_volume(torch_resnet18, nchw_inpu
   state = _state_numpy(torch_resnet18)
   model3d = ResNet18(num_classes=10, padding="torch", spatial_dims=3)
   variables = resnet_variables(state, model3d, in_channels=1)
-  abstract, _ = _abstract_init(model3d, (1, 16, 32, 32, 1))
+  abstract, _ = abstract_init(model3d, (1, 16, 32, 32, 1))
   assert jax.tree.map(jnp.shape, variables) == jax.tree.map(jnp.shape, abstract)
   # the stem through a one-stage 3D ResNet (compiles much faster than all of ResNet-18)
   stem_only = {k: v for k, v in state.items() if k.startswith(("conv1.", "bn1.", "layer1.0."))}
@@ -199,7 +199,7 @@ def test_resnet18_inflated_3d_on_depth_constant_volume(torch_resnet18, nchw_inpu
   variables = resnet_variables(stem_only, small3d, in_channels=1, include_head=False)
   grey = nchw_input[:1, :1, :32, :32]
   volume = jnp.broadcast_to(_nhwc(grey)[:, None], (1, 16, 32, 32, 1))
-  _, feats = _apply(small3d, variables, volume, return_features=True)
+  _, feats = apply(small3d, variables, volume, return_features=True)
   m = torch_resnet18
   with torch.no_grad():
     x = torch.from_numpy(np.repeat(grey, 3, axis=1))
@@ -225,7 +225,7 @@ def test_vgg16_matches_torch(tmp_path):
   x = np.random.default_rng(1).normal(size=(2, 3, 64, 64)).astype(np.float32)
   expected = _torch_logits(module, x)
   assert np.abs(expected).max() > 1e-3
-  got = np.asarray(_apply(model, variables, _nhwc(x)))
+  got = np.asarray(apply(model, variables, _nhwc(x)))
   np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
 
 
@@ -242,7 +242,7 @@ def test_vgg_bn_matches_torch():
   x = np.random.default_rng(2).normal(size=(2, 3, 20, 20)).astype(np.float32)
   expected = _torch_logits(module, x)
   assert np.abs(expected).max() > 1e-2
-  np.testing.assert_allclose(np.asarray(_apply(model, variables, _nhwc(x))), expected,
+  np.testing.assert_allclose(np.asarray(apply(model, variables, _nhwc(x))), expected,
                              atol=1e-5, rtol=1e-4)
 
 

@@ -13,9 +13,9 @@ fusion, custom call, copy, ...) reads its operands and writes its result once
 and re-reads inside a kernel (the conv's input rows, read once per C_out block) are
 not modelled. The floor is what a fused forward + backward must move at least
 (`bench_shapes.bytes_moved(..., backward=True)`); the lower-bound time is
-`max(bytes / 3.0 TB/s, flops / peak)` with the H100's measured copy bandwidth and bf16
-matmul rate (the device library's KINDS.md, 2026-11-13: 3.0 TB/s, 798 TFLOP/s), TF32
-at half the bf16 rate.
+`max(bytes / 3.0 TB/s, flops / peak)` with an H100's measured copy bandwidth and bf16
+matmul rate (3.0 TB/s, 798 TFLOP/s; `benchmarks/RESULTS.md`, static roofline), TF32 at
+half the bf16 rate.
 """
 from __future__ import annotations
 

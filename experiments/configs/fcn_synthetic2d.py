@@ -3,13 +3,11 @@
   python -m experiments.main --config=experiments/configs/fcn_synthetic2d.py --workdir=runs/fcn2d
   (variants: `:32s`, `:16s`, `:8s`)
 
-Measured on the 2-core CPU CI machine (jax 0.10.2, 2026-11-25, one seed, FCN-8s,
-the dataset already prepared): 1000 steps in ~325 s (3.1 steps/s, batch 8 of
-128x128), evaluation of the 100 test slices 6 s. Test means over all 100
-slices: dice/organ 0.964, dice/tumour 0.831 (0.722 on the 50 slices with a
-tumour; 94 % of the tumour-free slices get no tumour pixel), hd95/tumour
-4.4 mm, `detection_auc/tumour` 0.998. Half the U-Net's time, and a coarser
-tumour outline (U-Net: 0.805 on the tumour slices).
+Expected (2-core CPU, jax 0.10.2, one seed, FCN-8s, dataset prepared): 1000
+steps in ~5.5 min (batch 8 of 128x128); over the 100 test slices dice/organ 0.96,
+dice/tumour 0.83 (0.72 on the slices with a tumour), hd95/tumour 4.4 mm,
+`detection_auc/tumour` 1.00: half the U-Net's time, a coarser tumour outline
+(`experiments/results/fcn_synthetic2d.md`).
 """
 import ml_collections
 

@@ -5,12 +5,11 @@ neuron layer (logistic regression); the default has two hidden layers.
 
   python -m experiments.main --config=experiments/configs/mlp_synthetic2d.py --workdir=runs/mlp2d
 
-Measured on the 2-core CPU CI machine (jax 0.10.2, 2026-11-25, one seed, the
-dataset already prepared): 43 s wall (38 s training), test accuracy 0.467 and
-lesion AUC 0.50 on the 1000 test slices, i.e. chance. A fully connected net on
-raw 128x128 slices does not find a lesion of ~1 % of the pixels at ~30 HU
-contrast from 4000 image-level labels (no translation invariance; the earlier
-400-slice training set gave the same: accuracy 0.51, AUC 0.50).
+Expected (2-core CPU, jax 0.10.2, one seed, dataset prepared): ~40 s; test
+accuracy ~0.47 and lesion AUC 0.50 on the 1000 test slices, i.e. chance: a fully
+connected net on raw 128x128 slices does not find a lesion of ~1 % of the pixels
+at ~30 HU contrast from image-level labels (no translation invariance; also with
+400 training slices). Details: `experiments/results/mlp_synthetic2d.md`.
 
 `:patches` asks what is at the centre of a 32x32 patch instead
 (`synthetic_organs/patches2d`: background / organ / tumour, 1000 each in
@@ -18,12 +17,9 @@ training, 1000 test patches, same contrast and noise as the slices):
 
   python -m experiments.main --config=experiments/configs/mlp_synthetic2d.py:patches --workdir=runs/mlp_patches
 
-Measured on a 2-core CPU CI-type machine shared with other jobs and loaded
-at the time (load average 7-10; jax 0.10.2, 2026-11-26, one seed, dataset
-already prepared -- generating it took 17 s): 1000 steps of 64 (21 epochs),
-20 s training, test accuracy 0.900, one-vs-rest AUC background 0.988 / organ 0.962 /
-tumour 0.968, ECE 0.021; recall background 0.94, organ 0.87, tumour 0.89
-(61 of the 100 errors confuse organ and tumour).
+Expected (2-core CPU, one seed): 1000 steps of 64 (21 epochs), ~20 s of
+training, test accuracy 0.90, one-vs-rest AUC 0.96-0.99, ECE 0.02; most errors
+confuse organ and tumour (`experiments/results/mlp_synthetic2d.md`).
 """
 import ml_collections
 

@@ -40,8 +40,8 @@ fixed features); no tuning per arm.
       --config.init_from=runs/transfer/pretrain --config.optimizer.learning_rate=0 \
       --config.num_steps=1 --workdir=runs/transfer/zero_shot
 
-Measured 2026-11-26 on a 2-core CPU CI-type machine shared with other jobs
-(loaded): README "Transfer" and `experiments/results/transfer_patches2d_*`.
+Results (2-core CPU, one seed per cell; README "Transfer"):
+`experiments/results/transfer_patches2d_*`.
 At 1.2 mm the pretrained network already scores 0.951 on the target without
 any target label: that target is no real shift. `,far` (2.0 mm) is: 0.739.
 (The `,smoke` suffix, e.g. `:finetune,smoke`, gives a seconds-long run.)

@@ -2,15 +2,13 @@
 
   python -m experiments.main --config=experiments/configs/unet2d_synthetic.py --workdir=runs/unet2d
 
-Measured on the 2-core CPU CI machine (jax 0.10.2, 2026-11-25, one seed, the
-dataset already prepared): 1000 steps in ~665 s (1.5 steps/s, batch 8 of
-128x128), evaluation of the 100 test slices 11 s. Test means over all 100
-slices: dice/organ 0.980, dice/tumour 0.863 (an empty prediction on a
-tumour-free slice scores 1; on the 50 slices with a tumour alone 0.805; 92 %
-of the tumour-free slices get no tumour pixel), tumour sensitivity 0.89,
-precision 0.90, hd95/tumour 4.9 mm; slice-level detection from the largest
-tumour probability `detection_auc/tumour` 0.996 (an image-level ConvNet on the
-same kind of slices stays at chance: `convnet_synthetic2d.py`).
+Expected (2-core CPU, jax 0.10.2, one seed, dataset prepared): 1000 steps in
+~11 min (batch 8 of 128x128); over the 100 test slices dice/organ 0.98,
+dice/tumour 0.86 (an empty prediction on a tumour-free slice scores 1; 0.81 on
+the slices with a tumour), hd95/tumour 4.9 mm; slice-level detection from the
+largest tumour probability `detection_auc/tumour` 1.00 (an image-level ConvNet
+stays at chance: `convnet_synthetic2d.py`). Details:
+`experiments/results/unet2d_synthetic.md`.
 """
 import ml_collections
 

@@ -3,12 +3,12 @@
 Command (the README's run command):
   python -m experiments.main --config=experiments/configs/unet3d_synthetic.py --workdir=runs/unet3d
 
-Result (2-core CPU machine, AMD EPYC, jax 0.10.2, 2026-11-26; README "Results"):
-batch normalisation (Cicek et al. 2016) and the post-processing chosen on the
-validation split, means over 3 seeds of the 8 test volumes: dice/organ 0.960,
-dice/tumour 0.932, hd95 6.1 / 2.1 mm (without normalisation, the default until
-2026-11-26: 0.946 / 0.922, hd95 8.1 / 2.4 mm; `experiments/results/default_norm_3seeds.md`).
-Train 199-205 s and eval 25-27 s per run, about 4 min with dataset generation.
+Expected (2-core CPU machine, AMD EPYC, jax 0.10.2; README "Results"): with batch
+normalisation (Cicek et al. 2016) and the post-processing chosen on the validation
+split, means over 3 seeds of the 8 test volumes: dice/organ 0.960, dice/tumour
+0.932, hd95 6.1 / 2.1 mm (without normalisation, `--config.model.norm=None`: 0.946
+/ 0.922, hd95 8.1 / 2.4 mm; `experiments/results/default_norm_3seeds.md`).
+Train ~200 s and eval ~26 s per run, about 4 min with dataset generation.
 
 Ablations are one flag, e.g. `--config.loss.name=ce`, `--config.model.norm=None` (no normalisation),
 `--config.kernels=pallas`, `--config.parallel=pmap`.

@@ -62,7 +62,7 @@ KERNEL_NAMES = {"fwd": "medjax_conv3d", "dx": "medjax_conv3d_dx",
 # kernel. The Triton kernel reads unpadded channels (masked loads), so on GPU they take the
 # kernel: deviceless H100 compile of the 128^3 1->32 layer's forward + backward
 # (benchmarks/RESULTS.md, static roofline) 2,738 MB float32 / 1,371 MB bfloat16 against
-# cuDNN's 2,735 / 2,785 MB (with the 1->16 pad copy the kernel had moved 7,089 / 3,679 MB).
+# cuDNN's 2,735 / 2,785 MB (padding C_in 1->16 in a copy would move 7,089 / 3,679 MB).
 # kernels="pallas" forces the kernel either way.
 AUTO_XLA_MAX_C_IN = 4
 

@@ -21,10 +21,10 @@ is an integer, with the forward's `w[t]` read in place and transposed in the dot
 flipped copy of the weights). With stride 2 only one tap in two per axis meets a given
 dx row, so that kernel multiplies zeros for 7 taps in 8 of a 2x2x2 window: compute a
 down conv can afford (its FLOPs are 1/16 of a 3x3x3 conv's at the same size), traded for
-no space-to-depth copies. Before (issue 13) XLA padded and flattened x (and dz) into new
-arrays, space-to-depth transposed the input of stride-2 convs, the kernel computed on
-the padded grid and a slice copied the valid part out: 2.3-6.8x the byte floor per
-layer, mostly those copies.
+no space-to-depth copies. Padding and flattening x (and dz) into new arrays,
+space-to-depth transposing the input of stride-2 convs and slicing the valid part out of
+a result on the padded grid would move 2.3-6.8x the byte floor per layer, mostly in those
+copies (the static roofline of `benchmarks/RESULTS.md`).
 
 Split-K: every program runs one loop over (tap x C_in chunk of `BLOCK_K`), so
 a step holds a `(BLOCK_Q, BLOCK_K)` and a `(BLOCK_K, BLOCK_CO)` tile whatever

@@ -3,9 +3,9 @@
 `dw[t, ci, co] = sum_{n, o} x[n, o + t - pad_lo, ci] * dz[n, o, co]`: for each tap, the
 input rows the forward gathered (`pallas_gpu.tap_rows`, zero halo masked in-kernel)
 transposed against the output gradient's rows, channels-last, in the input dtype with
-float32 accumulation. Before (issue 13, roofline cause 3) XLA computed it as cuDNN's
-convBackwardFilter on NCDHW transposes of x and dz, written out and read back (and in
-float32 for bfloat16 inputs).
+float32 accumulation. XLA's own weight gradient is cuDNN's convBackwardFilter on NCDHW
+transposes of x and dz, written out and read back (and in float32 for bfloat16 inputs);
+this kernel reads x and dz once, in place (`benchmarks/RESULTS.md`, static roofline).
 
 Work split: the batch is folded into the rows (`N * Do*Ho*Wo` output rows). A program
 owns one group of `G` taps (the `kw` taps of one kernel row, whose gathered rows are one

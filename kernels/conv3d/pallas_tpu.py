@@ -17,11 +17,11 @@ offset block dims (`pl.Element`), so Pallas' pipeline double-buffers them like
 any block. `TQ` and `TD` come from `plan`: the largest tiles whose VMEM
 footprint (double-buffered window, weights, output and residual tiles, the
 float32 accumulator, Mosaic's lane padding of channels to 128 included) stays
-within `VMEM_BUDGET` (plus the weight block). Before this tiling a program held whole padded planes
-and the 128^3 32->32 and 96^3 64->64 U-Net layers failed to compile for TPU v5e
-with `CompileTimeScopedVmemOom` (issue 13; `benchmarks.compile_check.tpu`).
-The weight block is the slowest grid axis, so it stays resident while the
-input streams past it.
+within `VMEM_BUDGET` (plus the weight block). Whole padded planes do not fit:
+the 128^3 32->32 and 96^3 64->64 U-Net layers then exceed a TPU v5e's scoped
+VMEM at compile time (`CompileTimeScopedVmemOom`; `python -m benchmarks.compile_check
+--target tpu-v5e`, `benchmarks/RESULTS.md`). The weight block is the slowest grid
+axis, so it stays resident while the input streams past it.
 """
 from __future__ import annotations
 

@@ -108,8 +108,8 @@ class SyntheticOrgansConfig(tfds.core.BuilderConfig):
 class SyntheticOrgans(tfds.core.GeneratorBasedBuilder):
   """Synthetic CT with a deformed organ and small hypodense tumours."""
 
-  # The patch configs were added without a version bump: they are new configs,
-  # and the ``2d`` / ``3d`` data are unchanged (prepared copies stay valid).
+  # One version for every config: a config's examples do not depend on the other
+  # configs, so a prepared copy of ``2d`` / ``3d`` stays valid beside the patch configs.
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
   BUILDER_CONFIGS = [

@@ -34,10 +34,11 @@ from medjax.errors import InputError
 Normalize = Callable[[np.ndarray], np.ndarray]
 
 # Decoded cases kept by default: 1 GiB holds 4 volumes of 512x512x200 float32
-# with uint8 labels (262 MB each), or a whole small dataset. Re-decoding a case
-# for every patch costs ~20 ms per 64x96x96 case: with the old fixed 4 cases
-# the default config's input pipeline gave 48 batches/s, 3.8x its training
-# steps/s; a dataset held whole gives thousands.
+# with uint8 labels (262 MB each), or a whole small dataset. A byte budget rather
+# than a case count: re-decoding a case for a patch costs ~20 ms per 64x96x96
+# case, so the default config's input pipeline keeping 4 cases gives 48 batches/s
+# (3.8x its training steps/s), and thousands with the dataset held whole
+# (`python -m benchmarks.bench_train`, `benchmarks/RESULTS.md`).
 DEFAULT_MAX_BYTES = 1 << 30
 
 

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import collections
 import threading
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import scipy.ndimage
