@@ -47,7 +47,8 @@ def write_nndetection(root: str, *, cases: Sequence[str] = ("case_a", "case_b", 
     os.makedirs(os.path.join(root, "raw_splitted", folder), exist_ok=True)
   truth = {}
   rng = np.random.default_rng(0)
-  for n, (case, split) in enumerate([(c, "train") for c in cases] + [(c, "test") for c in test_cases]):
+  splits = [(c, "train") for c in cases] + [(c, "test") for c in test_cases]
+  for n, (case, split) in enumerate(splits):
     instances = np.zeros(SHAPE, np.int16)
     info = {}
     for start, stop, number, cls in lesions.get(n, []):

@@ -1,4 +1,5 @@
-"""Synthetic chest CT for nodule detection: LUNA16 statistics, tissues, vessels vs nodules, geometry."""
+"""Synthetic chest CT for nodule detection: LUNA16 statistics, tissues, vessels vs nodules,
+geometry."""
 import numpy as np
 import pytest
 from scipy import ndimage

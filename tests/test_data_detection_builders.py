@@ -129,8 +129,8 @@ def test_synthetic_nodules_examples_are_the_phantom_cases(tmp_path):
       np.testing.assert_allclose(example["affine"], drawn.affine, rtol=1e-6, atol=1e-4)
       n = int(example["num_boxes"])
       assert n == len(drawn.nodules) and np.all(example["classes"][:n] == 0)
-      np.testing.assert_allclose(example["diameters_mm"][:n], [d.diameter_mm for d in drawn.nodules],
-                                 rtol=1e-6)
+      np.testing.assert_allclose(example["diameters_mm"][:n],
+                                 [d.diameter_mm for d in drawn.nodules], rtol=1e-6)
       for i in range(n):
         np.testing.assert_allclose(example["centers_world"][i], _box_centre_world(example, i),
                                    atol=1e-3)
@@ -157,7 +157,8 @@ def test_nndetection_builder_boxes_classes_world_centres(tmp_path):
   for case, example in {**train, **test}.items():
     _assert_schema(example)
     n = int(example["num_boxes"])
-    np.testing.assert_array_equal(example["boxes"][:n], np.asarray(truth[case]["boxes"]).reshape(-1, 6))
+    np.testing.assert_array_equal(example["boxes"][:n],
+                                  np.asarray(truth[case]["boxes"]).reshape(-1, 6))
     np.testing.assert_array_equal(example["classes"][:n], truth[case]["classes"])
     np.testing.assert_allclose(example["spacing"], writers.SPACING, rtol=1e-6)
     for i in range(n):
@@ -338,12 +339,13 @@ def test_label_components_one_lesion_per_component(tmp_path, layout, label):
   for case, example in examples.items():
     _assert_schema(example)
     n = int(example["num_boxes"])
-    np.testing.assert_array_equal(example["boxes"][:n], np.asarray(truth[case]["boxes"]).reshape(-1, 6))
+    np.testing.assert_array_equal(example["boxes"][:n],
+                                  np.asarray(truth[case]["boxes"]).reshape(-1, 6))
     for i in range(n):
       box = np.asarray(truth[case]["boxes"][i], np.float64)
+      centre = (box[:3] + box[3:]) / 2 - 0.5
       np.testing.assert_allclose(example["centers_world"][i],
-                                 writers.file_world(truth[case]["affine"], (box[:3] + box[3:]) / 2 - 0.5),
-                                 atol=1e-3)
+                                 writers.file_world(truth[case]["affine"], centre), atol=1e-3)
 
 
 def test_label_components_label_must_name_one_class(tmp_path):

@@ -155,8 +155,8 @@ def make_example(case: str, image: np.ndarray, instances: np.ndarray, classes: S
   present = np.unique(instances)
   present = present[present != 0]
   if present.size and (present.min() < 1 or present.max() > count):
-    raise InputError(f"{prefix}: instance ids {sorted(int(v) for v in present if not 1 <= v <= count)} "
-                     f"outside 1..{count}")
+    stray = sorted(int(v) for v in present if not 1 <= v <= count)
+    raise InputError(f"{prefix}: instance ids {stray} outside 1..{count}")
   missing = sorted(set(range(1, count + 1)) - {int(v) for v in present})
   if missing:
     raise InputError(f"{prefix}: lesion(s) {missing} have no voxel in the instance map")

@@ -117,7 +117,8 @@ class _DetectionFolderBuilder(tfds.core.ShardBasedBuilder, skip_registration=Tru
   LAYOUT = ""
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
-  BUILDER_CONFIGS = [DetectionFolderConfig(name="folder", description="A local folder (manual_dir).")]
+  BUILDER_CONFIGS = [DetectionFolderConfig(name="folder",
+                                           description="A local folder (manual_dir).")]
   DEFAULT_CONFIG_NAME = "folder"
 
   def __init__(self, *, file_format: Any = "array_record", **kwargs: Any):

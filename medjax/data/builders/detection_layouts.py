@@ -68,6 +68,8 @@ from medjax.errors import InputError
 LAYOUTS = ("nndetection_raw", "luna16", "label_components")
 LUNA16_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")
 LUNA16_UNSIZED_DIAMETER_MM = 10.0  # the evaluation script's size for a finding without one
+# The grid check of the segmentation layouts (shape, spacing, affine within header rounding).
+same_grid = raw_layouts._same_grid  # pylint: disable=protected-access
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,8 +238,8 @@ def _read_images(case: DetectionCase) -> tuple[np.ndarray, io.Volume]:
     if first is None:
       first = volume
     else:
-      raw_layouts._same_grid(case, f"modality {number}", volume.array.shape,  # pylint: disable=protected-access
-                             volume.spacing, volume.affine, first, first.array.shape, "modality 0")
+      same_grid(case, f"modality {number}", volume.array.shape, volume.spacing, volume.affine,
+                first, first.array.shape, "modality 0")
     channels.append(np.asarray(volume.array, np.float32))
   return np.stack(channels, axis=-1), first
 
@@ -246,8 +248,8 @@ def read_nndetection(case: DetectionCase, folder: DetectionFolder) -> LoadedCase
   """Reads and checks one nnDetection case (module docstring)."""
   image, first = _read_images(case)
   label = _read_volume(case.case_id, case.label_path, "instance map")
-  raw_layouts._same_grid(case, "instance map", label.array.shape, label.spacing,  # pylint: disable=protected-access
-                         label.affine, first, first.array.shape, "image")
+  same_grid(case, "instance map", label.array.shape, label.spacing, label.affine, first,
+            first.array.shape, "image")
   ids_map = _integer_map(case.case_id, label.array, case.label_path)
   info_name = _relative(case.info_path)
   if not os.path.isfile(case.info_path):
@@ -494,7 +496,7 @@ def read_components(case: DetectionCase, folder: DetectionFolder,
     raise InputError(f"case {case.case_id}: no label file")
   structure = ndimage.generate_binary_structure(3, connectivity)
   instances, count = ndimage.label(loaded.label == folder.extra["label_value"], structure)
-  return LoadedCase(image=np.asarray(loaded.image, np.float32), instances=instances.astype(np.int16),
-                    classes=(0,) * count, spacing=tuple(loaded.spacing),
-                    affine=array_axes_affine(loaded.affine),
+  return LoadedCase(image=np.asarray(loaded.image, np.float32),
+                    instances=instances.astype(np.int16), classes=(0,) * count,
+                    spacing=tuple(loaded.spacing), affine=array_axes_affine(loaded.affine),
                     where=_relative(case.label_path) if case.label_path else "")

@@ -65,9 +65,11 @@ class SyntheticNodulesConfig(tfds.core.BuilderConfig):
       raise ValueError(f"config {self.name}: spacing {self.spacing} must be positive")
     unknown = [k for k, _ in self.split_sizes if k not in SEED_OFFSETS]
     if unknown:
-      raise ValueError(f"config {self.name}: unknown splits {unknown}; expected {list(SEED_OFFSETS)}")
+      raise ValueError(f"config {self.name}: unknown splits {unknown}; expected "
+                       f"{list(SEED_OFFSETS)}")
     if any(not 0 <= v <= 100_000 for _, v in self.split_sizes):
-      raise ValueError(f"config {self.name}: split sizes {dict(self.split_sizes)} must be 0..100000")
+      raise ValueError(f"config {self.name}: split sizes {dict(self.split_sizes)} must be "
+                       "0..100000")
     if self.max_boxes < chest_ct.MAX_NODULES:
       raise ValueError(f"config {self.name}: max_boxes={self.max_boxes}; the phantom draws up to "
                        f"{chest_ct.MAX_NODULES} nodules per case")
@@ -140,8 +142,7 @@ def example(seed: int, case: str, shape=(64, 96, 96), spacing=(2.0, 1.5, 1.5), *
   are the excluded findings, at their drawn centres.
   """
   drawn = chest_ct.make_case(seed, shape, spacing)
-  excluded = [np.concatenate([detection_examples._voxel_to_world(np.asarray(centre), drawn.affine)[0],
-                              [diameter]])
+  excluded = [np.r_[(drawn.affine @ np.r_[centre, 1.0])[:3], diameter]
               for centre, diameter in drawn.small_nodules]
   return detection_examples.make_example(
       case, drawn.image, drawn.instances, [0] * len(drawn.nodules), drawn.spacing, drawn.affine,

@@ -14,7 +14,7 @@ when no real data is at hand, and keeps what makes nodule detection hard:
 * pulmonary vessels as branching tubes: per lung 6 trunks of 2.5-3.5 mm radius
   leave the hilum and split by Murray's law (r0^3 = r1^3 + r2^3) down to
   0.6 mm, bending away from the hilum and staying inside the lung. Cut across,
-  a vessel of 1.5-4 mm radius is a round blob of blood (30-50 HU) in lung:
+  a vessel of 1.5-3.5 mm radius is a round blob of blood (30-50 HU) in lung:
   in a single slice it looks like a small solid nodule -- the false positives
   CAD systems fight (Setio et al. 2016, IEEE TMI);
 * nodules as lobulated ellipsoids, sizes drawn from the LUNA16 reference
@@ -381,7 +381,8 @@ def _grow_vessels(rng: np.random.Generator, anatomy: _Anatomy) -> list[tuple]:
       length = float(np.clip(radius * rng.uniform(4.0, 7.0), 2.5, 18.0))
       p1 = None
       for attempt in range(5):
-        trial = direction if attempt == 0 else _rotate_towards(direction, rng.uniform(0.5, 1.1), rng)
+        trial = (direction if attempt == 0
+                 else _rotate_towards(direction, rng.uniform(0.5, 1.1), rng))
         end = p0 + length * (0.6 if attempt == 4 else 1.0) * trial
         if anatomy.in_lung(end) and anatomy.in_lung(0.5 * (p0 + end)):
           p1, direction = end, trial
@@ -420,7 +421,8 @@ def _render_vessels(anatomy: _Anatomy, segments: list[tuple], ramp: float) -> np
 
 
 def _nodule_occupancy(anatomy: _Anatomy, centre: np.ndarray, diameter: float, kind: str,
-                      rng: np.random.Generator, ramp: float) -> tuple[tuple[slice, ...], np.ndarray]:
+                      rng: np.random.Generator, ramp: float
+                      ) -> tuple[tuple[slice, ...], np.ndarray]:
   """(box, occupancy in the box) of a lobulated ellipsoid nodule of equivalent `diameter`."""
   radius = diameter / 2
   aspect = np.exp(rng.normal(0.0, 0.12, 3))
@@ -455,7 +457,8 @@ def _place(rng: np.random.Generator, anatomy: _Anatomy, radius: float, placement
       p0, p1, r_v = vessels[rng.integers(len(vessels))]
       axis = (p1 - p0) / (np.linalg.norm(p1 - p0) + 1e-12)
       side = _rotate_towards(axis, np.pi / 2, rng)
-      centre = p0 + rng.uniform(0.2, 0.8) * (p1 - p0) + (r_v + rng.uniform(0.7, 0.95) * radius) * side
+      offset = (r_v + rng.uniform(0.7, 0.95) * radius) * side
+      centre = p0 + rng.uniform(0.2, 0.8) * (p1 - p0) + offset
       if depth[anatomy.index_of(centre)] >= 0.9 * radius + 0.5 and clear(centre):
         return centre, placement
     placement = "isolated"
@@ -555,7 +558,8 @@ def make_case(seed: int, shape: Sequence[int] = (64, 96, 96),
   for box, occupancy, material, kind in layers:
     if kind != "ground_glass":
       image[box] += occupancy * (material - image[box])
-    name = {"ground_glass": "ground_glass_nodule", "solid": "solid_nodule"}.get(kind, "small_nodule")
+    name = {"ground_glass": "ground_glass_nodule", "solid": "solid_nodule"}.get(
+        kind, "small_nodule")
     tissues[box][occupancy >= 0.5] = TISSUES.index(name)
 
   # Imaging: point spread and slice profile, then correlated noise.
