@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -131,8 +131,8 @@ def case_id(split: str, index: int) -> str:
   return f"{split}_{index:05d}"
 
 
-def example(seed: int, case: str, shape=(64, 96, 96), spacing=(2.0, 1.5, 1.5), *,
-            max_boxes: int = detection_examples.MAX_BOXES,
+def example(seed: int, case: str, shape: Sequence[int] = (64, 96, 96),
+            spacing: Sequence[float] = (2.0, 1.5, 1.5), *, max_boxes: int = detection_examples.MAX_BOXES,
             max_excluded: int = detection_examples.MAX_EXCLUDED) -> dict[str, Any]:
   """The detection example of phantom case `seed`: diameters as drawn, centres of the boxes.
 

@@ -291,7 +291,7 @@ class _Anatomy:
         cavity2d, shape)
     self.abdomen = diaphragm & np.broadcast_to(cavity2d, shape) & ~self.mediastinum
     self._lung_depth = None
-    self.hilum_y = -0.1 * a_c + 0.15 * a_c
+    self.hilum_y = 0.05 * a_c  # just behind the mediastinum's centre (-0.1 a_c)
     self.shift = shift
 
     # Intensities of the static anatomy.
