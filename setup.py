@@ -28,6 +28,7 @@ INSTALL_REQUIRES = [
     "pydicom==3.0.2",  # DICOM series
     "highdicom==0.28.2",  # DICOM Segmentation objects for PACS viewers (medjax.data.io.dicom_seg)
     "pynrrd==1.1.3",  # NRRD
+    "pyyaml==6.0.3",  # nnDetection's dataset.yaml (already required by flax and ml-collections)
     "safetensors==0.8.0",  # pretrained weights without PyTorch or pickles (medjax.weights)
 ]
 

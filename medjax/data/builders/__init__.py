@@ -10,6 +10,11 @@
 * `medmnist`: `medmnist/<flag>` from the MedMNIST v2 `.npz` files.
 * `kits19`: the KiTS19 folder with the MLPerf 3D U-Net preprocessing and its fixed
   42-case validation split.
+* `synthetic_nodules`: `synthetic_nodules/{default,smoke}`, lung-nodule detection
+  on `medjax.data.phantoms.chest_ct`.
+* `detection_folders`: `nndetection_raw`, `luna16`, `label_components`: a local
+  folder as detection data (`detection_layouts` reads the layouts,
+  `detection_examples` is the example format every detection builder writes).
 * `raw_layouts`: reads a real dataset's folder (nnU-Net v2 raw, Decathlon, LiTS)
   case by case, with one-line errors per bad case.
 * `splits`: `kfold`, nnU-Net's deterministic 5-fold cross-validation.
@@ -18,8 +23,9 @@
 import importlib
 from typing import Any
 
-_MODULES = ("datasets", "folder_datasets", "kits19", "medmnist", "raw_layouts", "shard_writing", "splits",
-            "synthetic_organs")
+_MODULES = ("datasets", "detection_examples", "detection_folders", "detection_layouts",
+            "folder_datasets", "kits19", "medmnist", "raw_layouts", "shard_writing", "splits",
+            "synthetic_nodules", "synthetic_organs")
 
 
 def __getattr__(name: str) -> Any:

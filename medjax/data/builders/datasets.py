@@ -38,6 +38,7 @@ from typing import Any, Iterator, Optional, Sequence
 import tensorflow_datasets as tfds
 
 from medjax.data.builders import folder_datasets, kits19, medmnist, synthetic_organs  # noqa: F401  (registers the builders)
+from medjax.data.builders import detection_folders, synthetic_nodules  # noqa: F401  (registers the builders)
 from medjax.errors import InputError
 
 

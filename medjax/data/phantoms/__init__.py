@@ -4,4 +4,6 @@
   partial-volume blur (`make_volume`, `make_slice`).
 * `organ_patches`: background / organ / tumour patches cut from it, for patch
   classification.
+* `chest_ct`: a chest with lungs, branching vessels and solid / ground-glass
+  nodules sized as LUNA16's, for lesion detection (`make_case`).
 """
