@@ -18,6 +18,7 @@ MODEL_CLASSES = {
     "convnet": "ConvNet",
     "resnet": "ResNet",
     "soft_tree": "SoftDecisionTree",
+    "retina_unet": "RetinaUNet",
 }
 
 DTYPES = ("float32", "bfloat16")
