@@ -22,7 +22,8 @@ challenge's `noduleCADEvaluationLUNA16.py`, `evaluateCAD` / `computeFROC` /
   performance metric) is their mean;
 * the 95% confidence interval: scans resampled with replacement (1,000 times in
   the challenge; seeded here), the k-th sorted value at `floor(0.025 n)` and
-  `floor(0.975 n)`.
+  `floor(0.975 n)`; a resample that drew no nodule at all (sensitivity 0 / 0)
+  is left out.
 
 A scan without nodules contributes only false positives; a scan without
 candidates only misses. Everything is NumPy on host arrays.
@@ -188,8 +189,13 @@ class FrocResult:
 
 
 def _percentile_bounds(samples: np.ndarray, confidence: float):
-  """The script's `compute_mean_ci`: sorted[floor(p n)] and sorted[floor((1 - p) n)]."""
+  """The script's `compute_mean_ci`: sorted[floor(p n)] and sorted[floor((1 - p) n)] per column,
+  over the resamples whose sensitivity is defined (a resample without nodules has none)."""
+  samples = samples.reshape(samples.shape[0], -1)
+  samples = samples[np.all(np.isfinite(samples), axis=1)]
   n = samples.shape[0]
+  if n == 0:
+    return np.full(samples.shape[1], np.nan), np.full(samples.shape[1], np.nan)
   tail = (1.0 - confidence) / 2.0
   ordered = np.sort(samples, axis=0)
   return ordered[int(math.floor(tail * n))], ordered[min(int(math.floor((1 - tail) * n)), n - 1)]
@@ -226,7 +232,7 @@ def froc_luna16(scans: Sequence[ScanFindings], *, fp_rates: Sequence[float] = FP
       samples[b] = sensitivity_at(b_fps, b_curve, fp_rates)
     ci_low, ci_high = _percentile_bounds(samples, confidence)
     low, high = _percentile_bounds(samples.mean(axis=1), confidence)
-    cpm_ci = (float(low), float(high))
+    cpm_ci = (float(low[0]), float(high[0]))
   all_nodules = np.concatenate(nodule)
   return FrocResult(tuple(fp_rates), sens, cpm, ci_low, ci_high, cpm_ci, fps, curve, thresholds,
                     len(scans), len(all_nodules), int(np.isfinite(all_nodules).sum()),

@@ -114,6 +114,8 @@ def detection_loss(outputs: dict, anchors: AnchorSet, gt: dict, config: Detectio
     `(loss, {"loss/classification", "loss/regression", "loss/segmentation",
     "num_positive"})`.
   """
+  if config.classification == "bce_hnm" and rng is None:
+    raise ValueError("detection loss classification='bce_hnm' needs an rng for sampling")
   class_logits = outputs["class_logits"].astype(jnp.float32)
   box_deltas = outputs["box_deltas"].astype(jnp.float32)
   n, num_anchors, num_classes = class_logits.shape
@@ -130,8 +132,6 @@ def detection_loss(outputs: dict, anchors: AnchorSet, gt: dict, config: Detectio
         class_logits, targets, matched != matching.IGNORE, num_pos,
         alpha=config.focal_alpha, gamma=config.focal_gamma)
   else:
-    if rng is None:
-      raise ValueError("detection loss classification='bce_hnm' needs an rng for sampling")
     fg_probs = jax.nn.sigmoid(jax.lax.stop_gradient(class_logits)).max(-1)
     sample = lambda m, p, key: matching.hard_negative_masks(
         m, p, key, batch_size_per_image=config.batch_size_per_image,
