@@ -128,25 +128,25 @@ def nms(boxes: jax.Array, scores: jax.Array, *, iou_threshold, max_output: Optio
     # most tiles of a crowded image keep 0 or 1 candidates: nothing left to resolve
     keep = lax.cond(jnp.sum(candidate.astype(jnp.int32)) > 1, resolve_within,
                     lambda candidate: candidate, candidate)
-    position = count + jnp.cumsum(keep.astype(jnp.int32)) - 1
-    target = jnp.where(keep & (position < capacity), position, capacity_padded)
-    kept_boxes = kept_boxes.at[target].set(tile_boxes, mode="drop")
-    kept_class = kept_class.at[target].set(tile_class, mode="drop")
-    kept_index = kept_index.at[target].set(tile_index, mode="drop")
+    # append: the kept boxes of the tile first (in rank order), written as one block at
+    # `count` (an in-place dynamic_update_slice; a scatter would copy the buffers)
+    packed = jnp.argsort(~keep, stable=True)
+    kept_boxes = lax.dynamic_update_slice_in_dim(kept_boxes, tile_boxes[packed], count, 0)
+    kept_class = lax.dynamic_update_slice_in_dim(kept_class, tile_class[packed], count, 0)
+    kept_index = lax.dynamic_update_slice_in_dim(kept_index, tile_index[packed], count, 0)
     count = jnp.minimum(count + jnp.sum(keep.astype(jnp.int32)), capacity)
     return t + 1, count, kept_boxes, kept_class, kept_index
 
+  # one spare tile, so that a block written at `count < capacity` always fits
+  buffer = capacity_padded + tile
   state = (jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32),
-           jnp.zeros((capacity_padded, width), jnp.float32),
-           jnp.zeros((capacity_padded,), jnp.int32),
-           jnp.full((capacity_padded,), -1, jnp.int32))
+           jnp.zeros((buffer, width), jnp.float32), jnp.zeros((buffer,), jnp.int32),
+           jnp.full((buffer,), -1, jnp.int32))
   _, count, _, _, kept_index = lax.while_loop(cond, body, state)
-  if capacity_padded >= max_output:
-    indices = kept_index[:max_output]
-  else:
-    indices = jnp.concatenate(
-        [kept_index, jnp.full((max_output - capacity_padded,), -1, jnp.int32)])
-  return indices, count
+  if buffer < max_output:
+    kept_index = jnp.concatenate([kept_index, jnp.full((max_output - buffer,), -1, jnp.int32)])
+  indices = kept_index[:max_output]
+  return jnp.where(jnp.arange(max_output) < count, indices, -1), count
 
 
 def batched_nms(boxes: jax.Array, scores: jax.Array, classes: jax.Array, *, iou_threshold,
