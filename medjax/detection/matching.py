@@ -111,17 +111,23 @@ def atss_matcher(gt_boxes: jax.Array, num_boxes, anchors: jax.Array, *,
   return jnp.where(best > _NEG_INF, matched, BACKGROUND).astype(jnp.int32)
 
 
-def _random_first(mask: jax.Array, count, rng: jax.Array) -> jax.Array:
-  """`count` entries of `mask` chosen uniformly at random, as a mask."""
-  priority = jnp.where(mask, jax.random.uniform(rng, mask.shape), -1.0)
+def _choose(candidates: jax.Array, valid: jax.Array, count, rng: jax.Array,
+            size: int) -> jax.Array:
+  """A mask over `size` anchors: `count` of the `valid` entries of `candidates` (anchor
+  indices), chosen uniformly at random."""
+  priority = jnp.where(valid, jax.random.uniform(rng, candidates.shape), -1.0)
   rank = jnp.argsort(jnp.argsort(-priority))
-  return mask & (rank < count)
+  chosen = valid & (rank < count)
+  return jnp.zeros((size,), bool).at[candidates].max(chosen)
 
 
 def hard_negative_masks(matched: jax.Array, fg_probs: jax.Array, rng: jax.Array, *,
                         batch_size_per_image: int = 32, positive_fraction: float = 0.33,
                         pool_size: float = 20, min_neg: int = 1) -> tuple[jax.Array, jax.Array]:
   """Positive and hard-negative anchors of one image, as masks (nnDetection's sampler).
+
+  The counts are bounded by the (static) sampler settings, so only the
+  `lax.top_k` candidates are sorted, not all anchors.
 
   Args:
     matched: `(A,)` matcher output (>= 0 positive, `BACKGROUND` negative).
@@ -130,16 +136,27 @@ def hard_negative_masks(matched: jax.Array, fg_probs: jax.Array, rng: jax.Array,
   Returns:
     `(positive (A,), negative (A,))` bool masks.
   """
-  pos_rng, neg_rng = jax.random.split(rng)
+  num_anchors = matched.shape[0]
+  pos_rng, neg_rng, order_rng = jax.random.split(rng, 3)
   positive = matched >= 0
   negative = matched == BACKGROUND
-  num_pos = jnp.minimum(jnp.sum(positive), int(batch_size_per_image * positive_fraction))
-  pos_mask = _random_first(positive, num_pos, pos_rng)
+  max_pos = int(batch_size_per_image * positive_fraction)
   ratio = abs(1.0 - 1.0 / positive_fraction)
+  max_neg = max(int(max(1, max_pos) * ratio), min_neg)
+  max_pool = min(num_anchors, max(1, int(max_neg * pool_size)))
+
+  # positives: max_pos random ones (random keys, largest first, over positives only)
+  num_pos = jnp.minimum(jnp.sum(positive), max_pos)
+  keys = jnp.where(positive, jax.random.uniform(order_rng, (num_anchors,)), -1.0)
+  _, pos_candidates = jax.lax.top_k(keys, min(max(max_pos, 1), num_anchors))
+  pos_mask = _choose(pos_candidates, positive[pos_candidates], num_pos, pos_rng, num_anchors)
+
+  # negatives: the pool of the hardest (highest foreground probability), then at random
   num_neg = jnp.floor(jnp.maximum(num_pos, 1) * ratio).astype(jnp.int32)
   num_neg = jnp.minimum(jnp.sum(negative), jnp.maximum(num_neg, min_neg))
-  pool = jnp.minimum(jnp.sum(negative), jnp.floor(num_neg * pool_size).astype(jnp.int32))
-  score = jnp.where(negative, jax.lax.stop_gradient(fg_probs), -jnp.inf)
-  hardness_rank = jnp.argsort(jnp.argsort(-score))
-  neg_mask = _random_first(negative & (hardness_rank < pool), num_neg, neg_rng)
+  pool = jnp.floor(num_neg * pool_size).astype(jnp.int32)
+  hardness = jnp.where(negative, jax.lax.stop_gradient(fg_probs).astype(jnp.float32), -jnp.inf)
+  _, hard = jax.lax.top_k(hardness, max_pool)  # hardest first
+  in_pool = negative[hard] & (jnp.arange(max_pool) < pool)
+  neg_mask = _choose(hard, in_pool, num_neg, neg_rng, num_anchors)
   return pos_mask, neg_mask
