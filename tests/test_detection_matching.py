@@ -107,7 +107,8 @@ def test_hard_negative_masks():
   assert len(neg) == 3 and set(neg) <= set(range(54, 60))  # 3 negatives from the 6 hardest
   pos0, neg0 = sample(jnp.full((60,), -1, jnp.int32), probs, jax.random.key(1, impl="rbg"))
   assert not np.any(pos0)
-  assert np.sum(neg0) == 1 and np.nonzero(np.asarray(neg0))[0][0] >= 58  # no box: 1 negative of the 2 hardest
+  # no box: one negative, from the pool of the 2 hardest
+  assert np.sum(neg0) == 1 and np.nonzero(np.asarray(neg0))[0][0] >= 58
 
 
 def test_coder_round_trip_and_clamp():

@@ -15,8 +15,9 @@ from medjax.train import model_factory
 
 def test_shapes_and_anchor_counts_3d():
   model = RetinaUNet(spatial_dims=3, features=(4, 8, 16), head_levels=(1, 2), num_classes=2,
-                     head_features=8)
-  _, out = _abstract_init(model, (2, 16, 16, 16, 1))
+                     head_features=8, norm="instance", head_norm="instance")
+  variables, out = _abstract_init(model, (2, 16, 16, 16, 1))
+  assert "norm0" in variables["params"]["class_head"]  # instance norm in the shared head
   anchors = anchors_for(model, (2, 16, 16, 16, 1))
   # level 1: 8^3 cells, level 2: 4^3 cells, 2 x 2 x 2 anchor shapes each
   assert anchors.per_level == (512 * 8, 64 * 8) and anchors.per_location == (8, 8)
@@ -43,6 +44,9 @@ def test_shapes_anisotropic_2d_baseline_and_config_sizes():
                       anchor_sizes=(((2,), (2,)), ((4, 6), (4,))))
   with pytest.raises(ValueError, match="same number"):
     _abstract_init(uneven, (1, 16, 16, 1))
+  with pytest.raises(ValueError, match="head_norm"):
+    _abstract_init(RetinaUNet(spatial_dims=2, features=(4, 8), head_levels=(1,),
+                              head_norm="batch"), (1, 8, 8, 1))
 
 
 def test_model_factory_builds_retina_unet():
@@ -62,7 +66,8 @@ def test_model_factory_builds_retina_unet():
 def test_semantic_labels_from_instances():
   instances = jnp.array([[[0, 1, 2], [2, 0, 0]]])
   classes = jnp.array([[0, 3, -1]])
-  np.testing.assert_array_equal(semantic_from_instances(instances, classes), [[[0, 1, 4], [4, 0, 0]]])
+  np.testing.assert_array_equal(semantic_from_instances(instances, classes),
+                                [[[0, 1, 4], [4, 0, 0]]])
 
 
 def _batch(shape, with_boxes=True):
@@ -87,14 +92,14 @@ def _train_step_is_finite(model, shape, config):
   anchors = anchors_for(model, x.shape)
 
   @jax.jit
-  def step(params, gt, key):
+  def step(params, anchors, gt, key):  # the AnchorSet is a pytree argument, not a constant
     def loss_fn(p):
       out = model.apply({"params": p}, x, train=True)
       return detection_loss(out, anchors, gt, config, rng=key)
     return jax.value_and_grad(loss_fn, has_aux=True)(params)
 
   for with_boxes in (True, False):
-    (loss, parts), grads = step(variables["params"], _batch(shape, with_boxes), _key(3))
+    (loss, parts), grads = step(variables["params"], anchors, _batch(shape, with_boxes), _key(3))
     norm = jnp.sqrt(sum(jnp.sum(g ** 2) for g in jax.tree.leaves(grads)))
     assert np.isfinite(float(loss)) and np.isfinite(float(norm)) and float(norm) > 0
     assert all(np.isfinite(float(v)) for v in parts.values())

@@ -28,6 +28,7 @@ import dataclasses
 import itertools
 from typing import Optional, Sequence
 
+import jax
 import numpy as np
 
 from medjax.detection import boxes as box_ops
@@ -64,6 +65,10 @@ def grid_anchors(feature_shape: Sequence[int], stride: Sequence[float],
 class AnchorSet:
   """The anchors of every level, concatenated, and how they split.
 
+  A JAX pytree (`boxes` is its leaf, the counts static): pass it as an argument
+  of a jitted step instead of closing over it, so that a large anchor array is
+  not embedded in the compiled program as a constant.
+
   Attributes:
     boxes: `(A_total, 2n)` float32 anchors in voxel coordinates.
     per_level: anchors per level (`prod(S_l) * per_location[l]`).
@@ -72,6 +77,10 @@ class AnchorSet:
   boxes: np.ndarray
   per_level: tuple[int, ...]
   per_location: tuple[int, ...]
+
+
+jax.tree_util.register_dataclass(AnchorSet, data_fields=["boxes"],
+                                 meta_fields=["per_level", "per_location"])
 
 
 def multilevel_anchors(spatial_shape: Sequence[int], strides: Sequence[Sequence[int]],

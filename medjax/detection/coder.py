@@ -45,7 +45,7 @@ def encode_boxes(anchors, boxes, weights: Optional[Sequence[float]] = None):
 
 def decode_boxes(anchors, deltas, weights: Optional[Sequence[float]] = None,
                  clip: float = DEFAULT_CLIP):
-  """Boxes `(..., 2n)` from `anchors (..., 2n)` and `deltas (..., 2n)` (inverse of `encode_boxes`)."""
+  """Boxes `(..., 2n)` from `anchors (..., 2n)` and `deltas (..., 2n)`: `encode_boxes` inverted."""
   xp = box_ops.array_module(anchors, deltas)
   n = box_ops.spatial_dims(anchors)
   deltas = deltas / _weights(xp, n, weights)

@@ -83,7 +83,9 @@ class RetinaUNet(nn.Module):
       axis for a level of stride s. Every level needs the same number of shapes.
     head_features, head_convs: width and depth of the shared heads.
     segmentation_head: False gives the plain RetinaNet on a U-Net.
-    norm: None, "batch" or "instance" (encoder/decoder and heads).
+    norm: None, "batch" or "instance" in the encoder/decoder.
+    head_norm: None (RetinaNet) or "instance" (nnDetection's heads use group norm) in the
+      heads, which are shared across levels ("batch" would mix the levels' statistics).
     pool_sizes: pooling factor per down step (an int or one per axis; default 2).
     kernel_sizes: conv window per level (default 3).
     prior_probability: the foreground probability the classifier starts at.
@@ -97,6 +99,7 @@ class RetinaUNet(nn.Module):
   head_convs: int = 2
   segmentation_head: bool = True
   norm: Optional[str] = None
+  head_norm: Optional[str] = None
   dropout: float = 0.0
   pool_sizes: Optional[Sequence[Union[int, Sequence[int]]]] = None
   kernel_sizes: Optional[Sequence[Union[int, Sequence[int]]]] = None
@@ -174,12 +177,14 @@ class RetinaUNet(nn.Module):
       x = block(level, f"up{level}")(x, train)
       decoded[level] = x
 
+    if self.head_norm not in (None, "instance"):
+      raise ValueError(f"RetinaUNet head_norm={self.head_norm!r}: expected None or 'instance'")
     cls_head = DetectionHead(num_anchors * self.num_classes, self.head_features, self.head_convs,
-                             nd, self.norm, -float(np.log((1 - self.prior_probability)
+                             nd, self.head_norm, -float(np.log((1 - self.prior_probability)
                                                           / self.prior_probability)),
                              self.kernels, self.dtype, name="class_head")
     box_head = DetectionHead(num_anchors * 2 * nd, self.head_features, self.head_convs, nd,
-                             self.norm, 0.0, self.kernels, self.dtype, name="box_head")
+                             self.head_norm, 0.0, self.kernels, self.dtype, name="box_head")
     class_logits, box_deltas = [], []
     for level in self.head_levels:
       feature = layers.ConvND(self.head_features, 1, spatial_dims=nd, kernels=self.kernels,
