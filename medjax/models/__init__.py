@@ -9,6 +9,7 @@ from medjax.models.fcn import FCN
 from medjax.models.mlperf_unet3d import MLPerfUNet3D
 from medjax.models.mlp import MLP, perceptron_fit, perceptron_predict, perceptron_update
 from medjax.models.resnet import ResNet, ResNet18, ResNet34, ResNet50
+from medjax.models.retina_unet import RetinaUNet, anchors_for
 from medjax.models.soft_tree import (SoftDecisionTree, balance_regularizer, distillation_loss,
                                      leaf_distillation_loss)
 from medjax.models.unet import UNet
@@ -19,5 +20,6 @@ __all__ = [
     "ConvNet", "FCN", "UNet", "VNet", "MLPerfUNet3D",
     "ResNet", "ResNet18", "ResNet34", "ResNet50",
     "CascadedFCN",
+    "RetinaUNet", "anchors_for",
     "SoftDecisionTree", "distillation_loss", "leaf_distillation_loss", "balance_regularizer",
 ]

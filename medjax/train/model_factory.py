@@ -19,6 +19,7 @@ MODEL_CLASSES = {
     "convnet": "ConvNet",
     "resnet": "ResNet",
     "soft_tree": "SoftDecisionTree",
+    "retina_unet": "RetinaUNet",
 }
 
 DTYPES = ("float32", "bfloat16")
