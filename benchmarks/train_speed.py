@@ -125,10 +125,8 @@ def saved_residual_bytes(config: ml_collections.ConfigDict, model, loss_fn, vari
 def time_train_step(config: ml_collections.ConfigDict, *, steps: int, warmup: int = 1) -> dict:
   """Compile (cold, warm cache) and step times of the config's training step (see module doc)."""
   task = tasks.get_task(config.task)
-  dp = parallel.DataParallel(config.parallel)
-  if config.global_batch_size % dp.num_devices:
-    raise InputError(f"config.global_batch_size={config.global_batch_size}: expected a multiple "
-                     f"of the number of devices ({dp.num_devices})")
+  dp = parallel.DataParallel.from_config(config)
+  config_check.check_batch_split(config, dp)
   model = build_model(config, training=True)
   loss_fn = loop.build_loss(config)
   tx, _ = make_optimizer(config.optimizer, config.num_steps)
@@ -140,14 +138,14 @@ def time_train_step(config: ml_collections.ConfigDict, *, steps: int, warmup: in
                                      spatial_dims=len(config.patch_size))
   step_fn = dp.spmd(make_train_step(model, loss_fn, seed=config.seed,
                                     objective=task.objective(config, loss_fn),
-                                    augmentation=augmentation),
+                                    augmentation=augmentation, partition=dp.partition),
                     batch_argnums=(1,), donate_argnums=(0,))
   dstate = dp.replicate(state)
   batch = dp.shard_batch(_random_batch(config, task, config.seed))
   out: dict[str, Any] = {"params": params, "num_devices": dp.num_devices, "init_s": init_s}
   if task.objective(config, loss_fn) is None:
     host_batch = _random_batch(config, task, config.seed)
-    one_device = {k: v[:config.global_batch_size // dp.num_devices] for k, v in host_batch.items()}
+    one_device = {k: v[:config.global_batch_size // dp.num_data] for k, v in host_batch.items()}
     out["saved_residual_bytes"] = saved_residual_bytes(
         config, model, loss_fn, {"params": state.params, "batch_stats": state.batch_stats},
         one_device)

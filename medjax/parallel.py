@@ -142,7 +142,7 @@ class DataParallel:
   @classmethod
   def from_config(cls, config, devices=None) -> "DataParallel":
     """`config.parallel`, `config.mesh` (default data-parallel only) and `config.kernels`."""
-    return cls(config.parallel, devices, mesh=_mesh_field(config), kernels=config.kernels)
+    return cls(config.parallel, devices, mesh=config_mesh(config), kernels=config.kernels)
 
   @property
   def spatial_size(self) -> int:
@@ -225,7 +225,8 @@ class DataParallel:
     return {} if self.partition is None else {"axis_names": frozenset({AXIS})}
 
 
-def _mesh_field(config) -> Optional[dict]:
+def config_mesh(config) -> Optional[dict]:
+  """`config.mesh` as a dict (None when the config has none: data-parallel only)."""
   mesh = config.get("mesh")
   return None if mesh is None else (mesh.to_dict() if hasattr(mesh, "to_dict") else dict(mesh))
 
@@ -241,4 +242,4 @@ def device_index() -> jax.Array:
 
 
 __all__ = ["AXIS", "SPATIAL", "DEFAULT_MESH", "DataParallel", "init_distributed", "make_mesh",
-           "mesh_shape", "global_mean", "device_index", "check_parallel"]
+           "mesh_shape", "config_mesh", "global_mean", "device_index", "check_parallel"]

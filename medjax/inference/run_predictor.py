@@ -33,7 +33,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from medjax import inference, uncertainty
+from medjax import inference, parallel, uncertainty
 from medjax.data.pipeline import transforms
 from medjax.data.preprocessing import apply_plan
 from medjax.errors import InputError
@@ -73,12 +73,17 @@ def window_predictor(config: ml_collections.ConfigDict, model: nn.Module, variab
   """
   ecfg = config.eval
   axes = tuple(ecfg.get("mirror_axes", ()) or ()) if mirror_axes is None else tuple(mirror_axes)
-  variables = jax.device_put(variables, jax.local_devices()[0])
   method = uncertainty.check_method(uncertainty_method, "uncertainty")
-  if method == "none":
+  dp = spatial_mesh(config) if method == "none" else None
+  if dp is not None:
+    predict, variables = make_predict_fn(model, dp), dp.replicate(variables)
+    predict_fn = lambda x: predict(variables, x)
+  elif method == "none":
+    variables = jax.device_put(variables, jax.local_devices()[0])
     predict = make_predict_fn(model)
     predict_fn = lambda x: predict(variables, x)
   else:
+    variables = jax.device_put(variables, jax.local_devices()[0])
     samples = int(ecfg.get("uncertainty_samples", 20) if samples is None else samples)
     predict_fn = uncertainty.window_moments_fn(
         model.apply, variables, method, samples=samples,
@@ -90,6 +95,18 @@ def window_predictor(config: ml_collections.ConfigDict, model: nn.Module, variab
       predict_fn=predict_fn, roi_size=tuple(int(r) for r in config.patch_size),
       overlap=float(ecfg.overlap), mode=ecfg.mode, batch_size=int(ecfg.batch_size),
       mirror_axes=axes, normalize=channel_normalizer(config))
+
+
+def spatial_mesh(config: ml_collections.ConfigDict) -> Optional[parallel.DataParallel]:
+  """The mesh of `config.mesh` when it has a spatial axis and this process's devices can
+  form it (windows then split along depth, `make_predict_fn`), else None (one device:
+  the same probabilities; a run trained on 8 GPUs still predicts on a laptop)."""
+  mesh = parallel.config_mesh(config)
+  size = int((mesh or {}).get(parallel.SPATIAL, 1))
+  if size == 1 or jax.device_count() % size or config.get("parallel") == "pmap":
+    return None
+  return parallel.DataParallel("shard_map", mesh={parallel.AXIS: -1, parallel.SPATIAL: size},
+                               kernels=config.kernels)
 
 
 def channel_normalizer(config: ml_collections.ConfigDict) -> Callable[[np.ndarray], np.ndarray]:

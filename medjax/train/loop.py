@@ -111,10 +111,8 @@ def train(config: ml_collections.ConfigDict, workdir, *,
   workdir = Workdir.of(workdir)
   task = tasks.get_task(config.task)
   is_writer = jax.process_index() == 0
-  dp = parallel.DataParallel(config.parallel)
-  if config.global_batch_size % dp.num_devices:
-    raise InputError(f"config.global_batch_size={config.global_batch_size}: expected a multiple "
-                     f"of the number of devices ({dp.num_devices})")
+  dp = parallel.DataParallel.from_config(config)
+  config_check.check_batch_split(config, dp)
   model = build_model(config, training=True)
   loss_fn = build_loss(config)
   augmentation = augment.from_config(config.get("augment"), spacing=config.spacing,
@@ -137,7 +135,7 @@ def train(config: ml_collections.ConfigDict, workdir, *,
                                process_count=jax.process_count())
   step_fn = dp.spmd(make_train_step(model, loss_fn, seed=config.seed,
                                     objective=task.objective(config, loss_fn),
-                                    augmentation=augmentation),
+                                    augmentation=augmentation, partition=dp.partition),
                     batch_argnums=(1,), donate_argnums=(0,))
   dstate = dp.replicate(state)
   writer = MetricWriter(workdir) if is_writer else None
