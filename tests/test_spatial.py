@@ -204,6 +204,16 @@ def test_config_validation_refuses_an_impossible_spatial_axis(change, words):
     assert w in str(e.value)
 
 
+def test_an_evaluation_window_the_mesh_cannot_split_is_refused():
+  config = _smoke_config(spatial=4)
+  config.eval.roi_size = (6, 32, 32)
+  with pytest.raises(InputError, match=r"config.eval.roi_size\[0\]=6 into 4 slabs.*\{1, 2\}"):
+    config_check.validate(config)
+  config.eval.roi_size = (16, 32)
+  with pytest.raises(InputError, match=r"config.eval.roi_size=\(16, 32\): expected \(\)"):
+    config_check.validate(config)
+
+
 def test_a_batch_that_does_not_split_over_the_data_groups_is_refused():
   config = _smoke_config(spatial=2)
   config.global_batch_size = 3
@@ -253,3 +263,26 @@ def test_inference_with_a_spatial_axis_equals_the_single_device_result(eight_dev
   assert r["sharded_over"] >= 4  # the windows were split over the mesh
   assert r["max_prob_error"] <= 1e-5
   assert r["labels_equal"]
+
+
+@pytest.mark.e2e
+def test_a_smoke_run_split_over_depth_trains_and_evaluates_like_data_parallel(tmp_path):
+  """`--config.mesh.spatial=2` on 4 devices (2 data groups of 2 slabs) against the
+  data-parallel run: the same losses and test Dice, through the loop and the evaluation."""
+  from medjax.train import loop  # pylint: disable=g-import-not-at-top
+  runs = {}
+  for size in (1, 2):
+    config = _smoke_config(spatial=size)
+    config.data_dir = str(tmp_path / "data")
+    config.num_steps = 2
+    config.loss.batch = False  # batch Dice sums over a device's (a data group's) share
+    config.eval.report_cases = 0
+    config.eval.surface_metrics = False
+    config.eval.postprocess = False
+    results = loop.train_and_evaluate(config, str(tmp_path / f"spatial{size}"))
+    with open(tmp_path / f"spatial{size}" / "metrics.jsonl") as f:
+      runs[size] = ([json.loads(line)["loss"] for line in f], results)
+  (loss1, eval1), (loss2, eval2) = runs[1], runs[2]
+  assert len(loss1) == len(loss2) == 2
+  np.testing.assert_allclose(loss2, loss1, rtol=1e-4)
+  np.testing.assert_allclose(eval2["dice/organ"], eval1["dice/organ"], atol=1e-4)

@@ -88,6 +88,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.overlap = 0.25
   c.eval.mode = "constant"
   c.eval.batch_size = 4
+  # The sliding window; () = the training patch. A larger window (up to a whole volume)
+  # works for fully convolutional models; with config.mesh.spatial > 1 it is split in depth.
+  c.eval.roi_size = ()
   c.eval.mirror_axes = ()
   c.eval.surface_metrics = True
   c.eval.report_cases = 3

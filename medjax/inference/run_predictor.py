@@ -60,10 +60,13 @@ def window_predictor(config: ml_collections.ConfigDict, model: nn.Module, variab
 
   Each channel is normalised as the training pipeline does
   (`config_data.normalizer`: the CT window, or nothing for images normalised
-  already), then the image is predicted with windows of
-  `config.patch_size` and `config.eval`'s overlap, blending and batch size.
-  `mirror_axes` (default `config.eval.mirror_axes`) are flipped for
-  test-time augmentation.
+  already), then the image is predicted with windows of `eval_window(config)`
+  (the training patch unless `config.eval.roi_size` is set) and `config.eval`'s
+  overlap, blending and batch size. `mirror_axes` (default
+  `config.eval.mirror_axes`) are flipped for test-time augmentation. With a
+  spatial axis in `config.mesh` (and the devices for it, `spatial_mesh`), every
+  batch of windows is split over the mesh, depth over 'spatial': a window as
+  large as a 512^3 volume is predicted by several devices at once.
 
   With `uncertainty_method` "mc_dropout" (`samples`, default
   `config.eval.uncertainty_samples`, dropout keys from `config.seed`) or
@@ -92,9 +95,16 @@ def window_predictor(config: ml_collections.ConfigDict, model: nn.Module, variab
     if method == "tta":
       axes = ()
   return inference.WindowPredictor(
-      predict_fn=predict_fn, roi_size=tuple(int(r) for r in config.patch_size),
+      predict_fn=predict_fn, roi_size=eval_window(config),
       overlap=float(ecfg.overlap), mode=ecfg.mode, batch_size=int(ecfg.batch_size),
       mirror_axes=axes, normalize=channel_normalizer(config))
+
+
+def eval_window(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """The sliding window of evaluation and prediction: `config.eval.roi_size` when set
+  (e.g. a whole volume, split over a spatial mesh), else the training patch."""
+  roi = config.eval.get("roi_size") or config.patch_size
+  return tuple(int(r) for r in roi)
 
 
 def spatial_mesh(config: ml_collections.ConfigDict) -> Optional[parallel.DataParallel]:

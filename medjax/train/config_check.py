@@ -54,6 +54,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if len(config.class_names) != config.num_classes:
     raise InputError(f"config.class_names has {len(config.class_names)} names but "
                      f"config.num_classes={config.num_classes}")
+  roi = tuple(config.eval.get("roi_size") or ())
+  if roi and (len(roi) != len(config.patch_size) or min(int(r) for r in roi) < 1):
+    raise InputError(f"config.eval.roi_size={roi}: expected () (the patch) or "
+                     f"{len(config.patch_size)} positive sizes")
   check_mesh(config)
 
 
@@ -73,18 +77,23 @@ def check_mesh(config: ml_collections.ConfigDict, num_devices: int | None = None
                      f"split; config.task={config.task!r} with config.patch_size="
                      f"{tuple(config.patch_size)} takes config.mesh.spatial=1")
   from medjax.train.model_factory import build_model  # pylint: disable=g-import-not-at-top
-  check_spatial(build_model(config, training=False), tuple(config.patch_size),
-                int(config.get("in_channels", 1)), size, num_devices)
+  model = build_model(config, training=False)
+  channels = int(config.get("in_channels", 1))
+  check_spatial(model, tuple(config.patch_size), channels, size, num_devices)
+  roi = tuple(config.eval.get("roi_size") or ())
+  if roi and roi != tuple(config.patch_size):
+    check_spatial(model, roi, channels, size, num_devices, field="config.eval.roi_size[0]")
 
 
 def check_spatial(model, patch_size: tuple, in_channels: int, size: int,
-                  num_devices: int | None = None) -> None:
+                  num_devices: int | None = None, field: str = "config.patch_size[0]") -> None:
   """Refuses `size` depth slabs that `model` cannot run a `patch_size` patch on.
 
   The model is traced once on an abstract patch (`spatial.probe`); every
   convolution, pooling and up-convolution must cut into whole slabs (the
   depth after all poolings divisible by `size`), each halo no deeper than a
-  slab. The error lists the sizes that work (those dividing `num_devices`, if given).
+  slab. The error names `field` (the patch's or the window's depth) and lists the
+  sizes that work (those dividing `num_devices`, if given).
   """
   if size == 1:
     return
@@ -99,7 +108,7 @@ def check_spatial(model, patch_size: tuple, in_channels: int, size: int,
   factor = depth // coarsest if coarsest else 1
   raise InputError(
       f"config.mesh.spatial={size}: the model cannot split the depth of a patch of "
-      f"config.patch_size[0]={depth} into {size} slabs (its coarsest level is {coarsest} deep, "
+      f"{field}={depth} into {size} slabs (its coarsest level is {coarsest} deep, "
       f"and every level needs whole slabs at least as deep as its convolutions' halo); expected "
       f"config.mesh.spatial in {{{', '.join(map(str, valid))}}}, or a patch depth that is at "
       f"least a multiple of {size * factor}")
