@@ -108,14 +108,16 @@ def eval_window(config: ml_collections.ConfigDict) -> tuple[int, ...]:
 
 
 def spatial_mesh(config: ml_collections.ConfigDict) -> Optional[parallel.DataParallel]:
-  """The mesh of `config.mesh` when it has a spatial axis and this process's devices can
-  form it (windows then split along depth, `make_predict_fn`), else None (one device:
-  the same probabilities; a run trained on 8 GPUs still predicts on a laptop)."""
+  """A mesh of this process's devices with the spatial axis of `config.mesh`, when it has
+  one and the local devices can form it (windows then split along depth,
+  `make_predict_fn`; each process predicts its own cases), else None (one device: the
+  same probabilities; a run trained on 8 GPUs still predicts on a laptop)."""
   mesh = parallel.config_mesh(config)
   size = int((mesh or {}).get(parallel.SPATIAL, 1))
-  if size == 1 or jax.device_count() % size or config.get("parallel") == "pmap":
+  if size == 1 or jax.local_device_count() % size or config.get("parallel") == "pmap":
     return None
-  return parallel.DataParallel("shard_map", mesh={parallel.AXIS: -1, parallel.SPATIAL: size},
+  return parallel.DataParallel("shard_map", devices=jax.local_devices(),
+                               mesh={parallel.AXIS: -1, parallel.SPATIAL: size},
                                kernels=config.kernels)
 
 
