@@ -133,7 +133,7 @@ def time_train_step(config: ml_collections.ConfigDict, *, steps: int, warmup: in
   out: dict[str, Any] = {"params": params, "num_devices": dp.num_devices, "init_s": init_s}
   if task.objective(config, loss_fn) is None:
     host_batch = _random_batch(config, task, config.seed)
-    one_device = {k: v[:config.global_batch_size // dp.num_devices] for k, v in host_batch.items()}
+    one_device = {k: v[:config.global_batch_size // dp.num_data] for k, v in host_batch.items()}
     out["saved_residual_bytes"] = saved_residual_bytes(
         config, model, loss_fn, {"params": state.params, "batch_stats": state.batch_stats},
         one_device)

@@ -24,8 +24,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from medjax import spatial
 from medjax_kernels import conv_xla as _conv_xla
 from medjax_kernels.conv3d import conv3d as _conv3d
+from medjax_kernels.conv3d.api import is_explicit_padding
 from medjax_kernels.dispatch import check_kernels
 
 Activation = Optional[Union[str, Callable[[jax.Array], jax.Array]]]
@@ -82,13 +84,26 @@ def conv(x: jax.Array, kernel: jax.Array, bias: Optional[jax.Array] = None, *,
     kernel: `(*window, C_in, C_out)`.
     bias: `(C_out,)` or None.
     strides: one per spatial dim.
-    padding: "SAME" or "VALID".
+    padding: "SAME", "VALID" or one `(lo, hi)` pair per spatial dim.
     residual: optional `(N, *S_out, C_out)` added before the activation.
     kernels: "auto", "xla" or "pallas".
   Returns:
     `(N, *S_out, C_out)`.
+
+  A 3D convolution under a `medjax.spatial` partition works on depth slabs: with
+  "manual" slabs `x` is this device's slab (its halo is fetched from the
+  neighbouring devices first), with "auto" the output is annotated as depth-sharded.
   """
   check_kernels(kernels)
+  nd = x.ndim - 2
+  if nd == 3:
+    x, padding = spatial.conv_input(x, kernel.shape[:3], strides, padding)
+  return spatial.constrain(_conv(x, kernel, bias, strides=strides, padding=padding,
+                                 activation=activation, residual=residual,
+                                 prelu_slope=prelu_slope, kernels=kernels))
+
+
+def _conv(x, kernel, bias, *, strides, padding, activation, residual, prelu_slope, kernels):
   nd = x.ndim - 2
   if kernels != "xla" and _fusable_3d(nd, strides, padding):
     return _conv3d_fused(x, kernel, bias, strides=strides, padding=padding,
@@ -105,10 +120,10 @@ def conv(x: jax.Array, kernel: jax.Array, bias: Optional[jax.Array] = None, *,
 
 
 def _fusable_3d(nd: int, strides: Sequence[int], padding: str) -> bool:
-  """What `medjax_kernels.conv3d` covers: 3D, one stride 1 or 2, SAME/VALID."""
+  """What `medjax_kernels.conv3d` covers: 3D, one stride 1 or 2, SAME/VALID/explicit."""
   strides = tuple(strides)
   return (nd == 3 and len(set(strides)) == 1 and strides[0] in (1, 2)
-          and padding in ("SAME", "VALID"))
+          and (padding in ("SAME", "VALID") or is_explicit_padding(padding)))
 
 
 def _conv3d_fused(x, kernel, bias, *, strides, padding, activation, residual,
@@ -223,12 +238,16 @@ class UpConv(nn.Module):
     bias = (self.param("bias", nn.initializers.zeros, (self.features,))
             if self.use_bias else None)
     check_kernels(self.kernels)
-    return upconv2x(x, kernel, bias)
+    if nd == 3:
+      spatial.record_block(x.shape[1], 1)  # window == stride: each slab alone
+    return spatial.constrain(upconv2x(x, kernel, bias))
 
 
 def max_pool(x: jax.Array, spatial_dims: int, window: Union[int, Sequence[int]] = 2) -> jax.Array:
   """Non-overlapping max pooling by `window` (an int or one per spatial dim)."""
   w = _as_tuple(window, spatial_dims)
+  if spatial_dims == 3:
+    spatial.record_block(x.shape[1], w[0])  # each depth slab alone if it holds whole windows
   return nn.max_pool(x, w, strides=w, padding="VALID")
 
 
@@ -277,13 +296,17 @@ def normalization(norm: Optional[str], axis_name: Optional[str] = None,
   `dtype` is the output dtype (None: promoted from input and float32
   parameters); flax computes the statistics in float32 either way. `epsilon`
   is added to the variance (None: flax's default, 1e-5 for batch norm and
-  1e-6 for instance norm; PyTorch's `InstanceNorm3d` uses 1e-5).
+  1e-6 for instance norm; PyTorch's `InstanceNorm3d` uses 1e-5). Under a
+  "manual" `medjax.spatial` partition both average their statistics over the
+  depth slabs too, so they are the statistics of the whole patch.
   """
   eps = {} if epsilon is None else {"epsilon": float(epsilon)}
   if norm is None or str(norm).lower() == "none":  # "None" from a command-line flag
     return None
   if norm == "batch":
-    return nn.BatchNorm(momentum=0.9, axis_name=axis_name, dtype=dtype, name=name, **eps)
+    return nn.BatchNorm(momentum=0.9, axis_name=spatial.norm_axis_name(axis_name), dtype=dtype,
+                        name=name, **eps)
   if norm == "instance":
-    return nn.GroupNorm(num_groups=None, group_size=1, dtype=dtype, name=name, **eps)
+    return nn.GroupNorm(num_groups=None, group_size=1, dtype=dtype, name=name,
+                        axis_name=spatial.norm_axis_name(None), **eps)
   raise ValueError(f"norm={norm!r}: expected None, 'batch' or 'instance'")

@@ -7,7 +7,10 @@ Conventions shared by every loss here:
 * the result is a scalar: the mean over the batch (and over classes for the
   per-class Dice-family losses);
 * every loss is jit-able and has finite gradients for classes absent from the
-  labels and for perfect (saturated) predictions.
+  labels and for perfect (saturated) predictions;
+* every sum or mean over voxels goes through `medjax.spatial` (`voxel_sum`,
+  `voxel_mean`, `slab_sum`), so under a "manual" spatial partition, where each
+  device holds one depth slab of the patch, the loss is the whole patch's.
 
 `unet_weight_map` is the exception: it is numpy, host side, and meant to be run
 once per ground-truth mask in the data pipeline.
@@ -37,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
 
+from medjax import spatial
 from medjax.errors import InputError
 from medjax_kernels.dispatch import check_kernels
 from medjax_kernels.soft_dice import soft_dice_stats
@@ -98,11 +102,11 @@ def cross_entropy(logits: Array, labels: Array, *,
   logits, labels = jnp.asarray(logits), jnp.asarray(labels)
   _check_shapes(logits, labels)
   if ignore_index is None:
-    return jnp.mean(_nll(logits, labels))
+    return spatial.voxel_mean(_nll(logits, labels))
   valid = labels != ignore_index
   nll = _nll(logits, jnp.where(valid, labels, 0))
-  count = jnp.sum(valid)
-  total = jnp.sum(jnp.where(valid, nll, 0.0))
+  count = spatial.voxel_sum(valid.astype(jnp.int32))
+  total = spatial.voxel_sum(jnp.where(valid, nll, 0.0))
   return total / jnp.maximum(count, 1).astype(total.dtype)
 
 
@@ -138,8 +142,8 @@ def weighted_cross_entropy(logits: Array, labels: Array,
         f"{tuple(labels.shape)} or per-class weights ({k},)")
   nll = _nll(logits, labels)
   w = jax.lax.stop_gradient(w.astype(nll.dtype))
-  total_w = jnp.sum(w)
-  return jnp.sum(w * nll) / jnp.where(total_w > 0, total_w, 1.0)
+  total_w = spatial.voxel_sum(w)
+  return spatial.voxel_sum(w * nll) / jnp.where(total_w > 0, total_w, 1.0)
 
 
 def unet_weight_map(labels, w0: float = 10., sigma: float = 5.,
@@ -259,8 +263,8 @@ def dice_statistics(logits: Array, labels: Array, *, squared: bool = False,
     raise ValueError(f"activation={activation!r}: expected softmax, sigmoid or None")
   logits, labels = jnp.asarray(logits), jnp.asarray(labels)
   _check_shapes(logits, labels)
-  return soft_dice_stats(logits, labels, squared=squared, activation=activation,
-                         kernels=kernels)
+  return spatial.slab_sum(soft_dice_stats(logits, labels, squared=squared,
+                                          activation=activation, kernels=kernels))
 
 
 def _drop_background(stats, include_background: bool):
@@ -394,16 +398,16 @@ def generalized_wasserstein_dice(logits: Array, labels: Array, dist_matrix, *,
   y = labels.reshape(n, -1).astype(jnp.int32)
   wass = jnp.sum(m[y] * probs, axis=-1)  # (N, V)
   if weighting == "gdl":
-    volumes = jnp.sum(jax.nn.one_hot(y, k, dtype=dtype), axis=1)  # (N, K)
+    volumes = spatial.voxel_sum(jax.nn.one_hot(y, k, dtype=dtype), axis=1)  # (N, K)
     alpha = 1.0 / (volumes + 1.0)
   else:
     alpha = jnp.ones((n, k), dtype).at[:, 0].set(0.0)
   alpha_x = jnp.take_along_axis(alpha, y, axis=1)  # (N, V)
-  true_pos = jnp.sum(alpha_x * (1.0 - wass), axis=1)
+  true_pos = spatial.voxel_sum(alpha_x * (1.0 - wass), axis=1)
   if weighting == "gdl":
-    denom = jnp.sum(alpha_x * (2.0 - wass), axis=1)
+    denom = spatial.voxel_sum(alpha_x * (2.0 - wass), axis=1)
   else:
-    denom = 2.0 * true_pos + jnp.sum(wass, axis=1)
+    denom = 2.0 * true_pos + spatial.voxel_sum(wass, axis=1)
   score = (2.0 * true_pos + smooth) / (denom + smooth)
   return jnp.mean(1.0 - score)
 
@@ -462,7 +466,7 @@ def focal(logits: Array, labels: Array, *, gamma: float = 2.0,
     elif a.shape != (k,):
       raise InputError(f"alpha shape {tuple(a.shape)}: expected a scalar or ({k},)")
     loss = a[labels.astype(jnp.int32)] * loss
-  return jnp.mean(loss)
+  return spatial.voxel_mean(loss)
 
 
 def dice_ce(logits: Array, labels: Array, *, dice_weight: float = 1.0,
@@ -488,8 +492,8 @@ def inverse_frequency_weights(labels: Array, num_classes: int) -> Array:
   balanced batch gives weights near 1, a rare class a large but finite weight,
   an absent class the largest (unused) weight. No gradient.
   """
-  counts = jnp.sum(jax.nn.one_hot(labels.reshape(-1), num_classes,
-                                  dtype=jnp.float32), axis=0)
+  counts = spatial.voxel_sum(jax.nn.one_hot(labels.reshape(-1), num_classes,
+                                            dtype=jnp.float32), axis=0)
   total = jnp.sum(counts)
   w = (total + num_classes) / (num_classes * (counts + 1.0))
   return jax.lax.stop_gradient(w)

@@ -6,20 +6,31 @@ collectives name the mesh axis ``'data'``. `spmd` runs it either under
 (the default) or under `jax.pmap` over the local devices; both give the same
 numbers. Multi-host runs call `jax.distributed.initialize` (JAX's own
 multi-controller runtime; on CPU its gloo collectives).
+
+A mesh may also have a ``'spatial'`` axis beside ``'data'`` (`config.mesh`,
+e.g. `{"data": -1, "spatial": 4}`): each data group of `spatial` devices
+holds one share of the batch, with the depth of every patch split over the
+group's devices (`medjax.spatial`). The SPMD function is then manual over
+'data' only (`jax.shard_map(axis_names={'data'})`): inside it, arrays are
+whole along depth and sharded over 'spatial' by XLA, and the step runs the
+model on the slabs through `medjax.spatial.on_slabs`.
 """
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from medjax import spatial
 from medjax.errors import InputError
 
 AXIS = "data"
+SPATIAL = spatial.AXIS
 PARALLEL_MODES = ("shard_map", "pmap")
+DEFAULT_MESH = {AXIS: -1, SPATIAL: 1}
 
 _ENV_KEYS = ("MEDJAX_COORDINATOR_ADDRESS", "MEDJAX_NUM_PROCESSES", "MEDJAX_PROCESS_ID")
 
@@ -50,10 +61,47 @@ def init_distributed(coordinator_address: Optional[str] = None,
   return True
 
 
-def make_mesh(devices=None) -> Mesh:
-  """A 1-D mesh with axis 'data' over every device of every process."""
-  devices = jax.devices() if devices is None else devices
-  return Mesh(np.asarray(devices), (AXIS,))
+def mesh_shape(mesh: Optional[Mapping[str, int]], num_devices: int) -> tuple[int, int]:
+  """`config.mesh` (`{"data": D, "spatial": S}`, D = -1 fills the devices) -> (D, S).
+
+  Raises:
+    InputError: an unknown axis, a size that is not a positive integer, a
+      spatial size that does not divide the device count, or sizes whose
+      product is not the device count (one line naming the field and the valid values).
+  """
+  mesh = dict(DEFAULT_MESH if mesh is None else mesh)
+  unknown = sorted(set(mesh) - set(DEFAULT_MESH))
+  if unknown:
+    raise InputError(f"config.mesh: unknown axis {unknown[0]!r}; expected the axes "
+                     f"{AXIS!r} and {SPATIAL!r}, e.g. {{'data': -1, 'spatial': 2}}")
+  data, size = mesh.get(AXIS, -1), mesh.get(SPATIAL, 1)
+  valid = ", ".join(str(d) for d in range(1, num_devices + 1) if num_devices % d == 0)
+  if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
+    raise InputError(f"config.mesh.spatial={size!r}: expected a positive integer that divides "
+                     f"the {num_devices} devices: one of {valid}")
+  if num_devices % size:
+    raise InputError(f"config.mesh.spatial={size} does not divide the {num_devices} devices; "
+                     f"expected one of {valid}")
+  if data == -1:
+    return num_devices // int(size), int(size)
+  if not isinstance(data, (int, np.integer)) or isinstance(data, bool) or data < 1:
+    raise InputError(f"config.mesh.data={data!r}: expected -1 (all devices left) or a positive "
+                     "integer")
+  if data * size != num_devices:
+    raise InputError(f"config.mesh={{'data': {data}, 'spatial': {size}}} asks for "
+                     f"{data * size} devices but there are {num_devices}; expected data * spatial "
+                     f"= {num_devices} (data=-1 fills them)")
+  return int(data), int(size)
+
+
+def make_mesh(devices=None, spatial_size: int = 1) -> Mesh:
+  """A mesh over every device of every process: 1-D with axis 'data', or with
+  `spatial_size > 1` 2-D `('data', 'spatial')`, consecutive devices (those of one
+  host first) forming one spatial group."""
+  devices = np.asarray(jax.devices() if devices is None else devices)
+  if spatial_size == 1:
+    return Mesh(devices, (AXIS,))
+  return Mesh(devices.reshape(-1, spatial_size), (AXIS, SPATIAL))
 
 
 def check_parallel(mode: str) -> str:
@@ -68,16 +116,37 @@ class DataParallel:
   Attributes:
     mode: "shard_map" (jit + shard_map over a global mesh) or "pmap".
     mesh: the global mesh (shard_map mode).
+    num_data: devices along 'data' (the batch is split into this many shares).
+    partition: the `medjax.spatial.Partition` of the patches' depth over
+      'spatial' (None without a spatial axis): "auto" with `kernels="xla"`
+      (XLA partitions), "manual" otherwise (the Pallas kernels need slabs).
   """
 
-  def __init__(self, mode: str = "shard_map", devices=None):
+  def __init__(self, mode: str = "shard_map", devices=None, *,
+               mesh: Optional[Mapping[str, int]] = None, kernels: str = "auto"):
     self.mode = check_parallel(mode)
-    self.mesh = make_mesh(devices)
+    count = len(jax.devices()) if devices is None else len(devices)
+    self.num_data, size = mesh_shape(mesh, count)
+    if size > 1 and mode == "pmap":
+      raise InputError(f"config.mesh.spatial={size}: a spatial axis needs "
+                       "config.parallel='shard_map' (pmap maps over 'data' only)")
+    self.mesh = make_mesh(devices, size)
+    self.partition = (None if size == 1 else
+                      spatial.Partition(size, "auto" if kernels == "xla" else "manual"))
     self.num_devices = self.mesh.devices.size
     self.num_local_devices = (jax.local_device_count() if devices is None else
                               sum(d.process_index == jax.process_index() for d in devices))
     if mode == "pmap" and devices is not None:
       raise ValueError("pmap mode runs on every local device; devices= is for shard_map")
+
+  @classmethod
+  def from_config(cls, config, devices=None) -> "DataParallel":
+    """`config.parallel`, `config.mesh` (default data-parallel only) and `config.kernels`."""
+    return cls(config.parallel, devices, mesh=config_mesh(config), kernels=config.kernels)
+
+  @property
+  def spatial_size(self) -> int:
+    return 1 if self.partition is None else self.partition.size
 
   # -- placement ---------------------------------------------------------
   def replicate(self, tree: Any) -> Any:
@@ -107,8 +176,19 @@ class DataParallel:
     if self.mode == "pmap":
       n = self.num_local_devices
       return jax.tree.map(lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:]), batch)
-    sharding = NamedSharding(self.mesh, P(AXIS))
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+    if self.partition is None:
+      sharding = NamedSharding(self.mesh, P(AXIS))
+      return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+    voxels = np.shape(batch["image"])[1:-1]
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
+        NamedSharding(self.mesh, spatial.batch_spec(x, voxels, AXIS)), x), batch)
+
+  def shard_windows(self, x: np.ndarray) -> jax.Array:
+    """Windows `(B, *S, C)` for `spmd_map`: split over 'data' when B allows it (else
+    each data group takes them all), depth over 'spatial'."""
+    data = AXIS if x.shape[0] % self.num_data == 0 else None
+    spec = P(data, SPATIAL) if self.partition is not None else P(data)
+    return jax.device_put(x, NamedSharding(self.mesh, spec))
 
   # -- compilation -------------------------------------------------------
   def spmd(self, fn: Callable, *, batch_argnums: tuple[int, ...] = (1,),
@@ -125,8 +205,30 @@ class DataParallel:
     def wrapped(*args):
       in_specs = tuple(P(AXIS) if i in batch_argnums else P() for i in range(len(args)))
       return jax.shard_map(fn, mesh=self.mesh, in_specs=in_specs, out_specs=P(),
-                           check_vma=False)(*args)
+                           check_vma=False, **self._manual_axes())(*args)
     return jax.jit(wrapped, donate_argnums=donate_argnums)
+
+  def spmd_map(self, fn: Callable) -> Callable:
+    """Compiles `fn(replicated, batch) -> per-example outputs` (shard_map mode): the
+    batch (placed by `shard_windows`) and the outputs are split over 'data' (when the
+    batch divides, else computed whole by every group) and depth over 'spatial'."""
+
+    def wrapped(tree, x):
+      spec = P(AXIS) if x.shape[0] % self.num_data == 0 else P()
+      return jax.shard_map(fn, mesh=self.mesh, in_specs=(P(), spec), out_specs=spec,
+                           check_vma=False, **self._manual_axes())(tree, x)
+    return jax.jit(wrapped)
+
+  def _manual_axes(self) -> dict:
+    """shard_map's manual axes: every axis, or 'data' only with a spatial axis (which
+    XLA partitions, or `spatial.on_slabs` maps manually)."""
+    return {} if self.partition is None else {"axis_names": frozenset({AXIS})}
+
+
+def config_mesh(config) -> Optional[dict]:
+  """`config.mesh` as a dict (None when the config has none: data-parallel only)."""
+  mesh = config.get("mesh")
+  return None if mesh is None else (mesh.to_dict() if hasattr(mesh, "to_dict") else dict(mesh))
 
 
 def global_mean(x: jax.Array) -> jax.Array:
@@ -139,5 +241,5 @@ def device_index() -> jax.Array:
   return jax.lax.axis_index(AXIS)
 
 
-__all__ = ["AXIS", "DataParallel", "init_distributed", "make_mesh", "global_mean",
-           "device_index", "check_parallel"]
+__all__ = ["AXIS", "SPATIAL", "DEFAULT_MESH", "DataParallel", "init_distributed", "make_mesh",
+           "mesh_shape", "config_mesh", "global_mean", "device_index", "check_parallel"]

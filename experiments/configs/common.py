@@ -115,6 +115,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.progress_bar = True
   c.kernels = "auto"  # "auto" | "xla" | "pallas"
   c.parallel = "shard_map"  # "shard_map" | "pmap"
+  # The device mesh (medjax.parallel): 'data' splits the batch (-1: all devices left over),
+  # 'spatial' splits the depth of every patch and inference window over that many devices
+  # (medjax.spatial), for patches or volumes beyond one device's memory: e.g.
+  # `--config.mesh.spatial=8` for a 256^3 MLPerf U-Net patch on 8 GPUs.
+  c.mesh = ml_collections.ConfigDict({"data": -1, "spatial": 1})
   # Speed (medjax.train.compile_cache, model_factory): JAX's persistent
   # compilation cache (a second launch skips compiling); the compute dtype
   # ("bfloat16": bf16 activations, float32 parameters, optimizer state and
@@ -129,6 +134,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.overlap = 0.25
   c.eval.mode = "constant"
   c.eval.batch_size = 4
+  # The sliding window; () = the training patch. A larger window (up to a whole volume)
+  # works for fully convolutional models; with config.mesh.spatial > 1 it is split in depth.
+  c.eval.roi_size = ()
   c.eval.mirror_axes = ()
   c.eval.surface_metrics = True
   c.eval.report_cases = 3

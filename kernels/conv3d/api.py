@@ -41,7 +41,7 @@ stages, 2x2x2 stride-2 down convs; 3D U-Net (Cicek et al. 2016): 3x3x3 conv
 from __future__ import annotations
 
 import functools
-from typing import Optional
+from typing import Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -49,6 +49,8 @@ from jax import lax
 
 from medjax_kernels import conv_xla, dispatch
 from medjax_kernels.conv3d import pallas_gpu, pallas_gpu_wgrad, pallas_tpu, reference
+
+Pads = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
 
 # Triton kernel names in the compiled program (what `benchmarks.compile_check` and GPU
 # profiles show): the forward conv, the input gradient, the weight gradient.
@@ -83,10 +85,18 @@ def _check(x, w, b, activation, prelu_slope, stride, padding, kernels, backend, 
     raise ValueError("activation='prelu' needs prelu_slope (C_out,)")
   if stride not in (1, 2):
     raise ValueError(f"stride={stride}: expected 1 or 2")
-  if padding not in ("SAME", "VALID"):
-    raise ValueError(f"padding={padding!r}: expected 'SAME' or 'VALID'")
+  if not (padding in ("SAME", "VALID") or is_explicit_padding(padding)):
+    raise ValueError(f"padding={padding!r}: expected 'SAME', 'VALID' or three (lo, hi) "
+                     "pairs of non-negative ints")
   if b is not None and b.shape != (w.shape[4],):
     raise ValueError(f"b has shape {b.shape}, expected ({w.shape[4]},)")
+
+
+def is_explicit_padding(padding) -> bool:
+  """Whether `padding` is explicit zero padding: three `(lo, hi)` pairs of ints >= 0."""
+  return (isinstance(padding, tuple) and len(padding) == 3
+          and all(isinstance(p, tuple) and len(p) == 2
+                  and all(isinstance(v, int) and v >= 0 for v in p) for p in padding))
 
 
 def _conv3d_xla(x, w, b, residual, prelu_slope, *, activation, stride, padding):
@@ -243,8 +253,8 @@ def _conv3d_pallas(x, w, b, residual, prelu_slope, *, activation, stride, paddin
                                              "interpret", "backend", "precision"))
 def conv3d(x: jax.Array, w: jax.Array, b: Optional[jax.Array] = None, *,
            activation: Optional[str] = None, prelu_slope: Optional[jax.Array] = None,
-           residual: Optional[jax.Array] = None, stride: int = 1, padding: str = "SAME",
-           kernels: str = "auto", interpret: bool = False,
+           residual: Optional[jax.Array] = None, stride: int = 1,
+           padding: Union[str, Pads] = "SAME", kernels: str = "auto", interpret: bool = False,
            backend: Optional[str] = None, precision: str = "default") -> jax.Array:
   """`activation(conv3d(x, w, stride, padding) + b + residual)`, fused on GPU/TPU.
 
@@ -256,7 +266,9 @@ def conv3d(x: jax.Array, w: jax.Array, b: Optional[jax.Array] = None, *,
     prelu_slope: `(C_out,)`, with "prelu" only.
     residual: `(N, D_out, H_out, W_out, C_out)` added before the activation.
     stride: 1 or 2 (all spatial dims).
-    padding: "SAME" or "VALID".
+    padding: "SAME", "VALID" (XLA's conventions) or explicit zero padding
+      `((lo, hi),) * 3` per spatial dim, tuples of ints (e.g. a depth slab whose halo rows
+      are already in `x`: `((0, 0), (1, 1), (1, 1))`, `medjax.spatial`).
     kernels: "auto", "xla" or "pallas" (`medjax_kernels.dispatch`); "auto" takes XLA's
       conv on TPU for inputs of at most `AUTO_XLA_MAX_C_IN` channels.
     interpret: run the Pallas kernels in the interpreter (any platform; slow).

@@ -32,7 +32,7 @@ def activate(z: jax.Array, activation: Optional[str], prelu_slope=None) -> jax.A
 
 def conv3d(x: jax.Array, w: jax.Array, b: Optional[jax.Array] = None, *,
            activation: Optional[str] = None, prelu_slope: Optional[jax.Array] = None,
-           residual: Optional[jax.Array] = None, stride: int = 1, padding: str = "SAME",
+           residual: Optional[jax.Array] = None, stride: int = 1, padding="SAME",
            kernels: str = "auto", interpret: bool = False,
            backend: Optional[str] = None) -> jax.Array:
   """`activation(conv(x, w, stride, padding) + b + residual)`, float32 accumulation.
@@ -44,7 +44,7 @@ def conv3d(x: jax.Array, w: jax.Array, b: Optional[jax.Array] = None, *,
     activation: None, "relu", "leaky_relu" or "prelu" (then `prelu_slope`, `(C_out,)`).
     residual: `(N, D_out, H_out, W_out, C_out)` added before the activation, or None.
     stride: 1 or 2 (every spatial dim).
-    padding: "SAME" or "VALID" (XLA's conventions).
+    padding: "SAME", "VALID" (XLA's conventions) or three `(lo, hi)` pairs.
     kernels, interpret, backend: ignored (same signature as `medjax_kernels.conv3d`).
   Returns:
     `(N, D_out, H_out, W_out, C_out)` in `x.dtype`.

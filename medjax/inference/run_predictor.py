@@ -33,7 +33,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from medjax import inference, uncertainty
+from medjax import inference, parallel, uncertainty
 from medjax.data.pipeline import transforms
 from medjax.data.preprocessing import apply_plan
 from medjax.errors import InputError
@@ -61,9 +61,12 @@ def window_predictor(config: ml_collections.ConfigDict, model: nn.Module, variab
   Each channel is normalised as the training pipeline does
   (`config_data.input_normalizer`: the CT window, a fixed window, or nothing
   for images normalised already), then the image is predicted with windows of
-  `config.patch_size` and `config.eval`'s overlap, blending and batch size.
-  `mirror_axes` (default `config.eval.mirror_axes`) are flipped for
-  test-time augmentation.
+  `eval_window(config)` (the training patch unless `config.eval.roi_size` is
+  set) and `config.eval`'s overlap, blending and batch size. `mirror_axes`
+  (default `config.eval.mirror_axes`) are flipped for test-time augmentation.
+  With a spatial axis in `config.mesh` (and the devices for it, `spatial_mesh`),
+  every batch of windows is split over the mesh, depth over 'spatial': a window
+  as large as a 512^3 volume is predicted by several devices at once.
 
   With `uncertainty_method` "mc_dropout" (`samples`, default
   `config.eval.uncertainty_samples`, dropout keys from `config.seed`) or
@@ -73,12 +76,17 @@ def window_predictor(config: ml_collections.ConfigDict, model: nn.Module, variab
   """
   ecfg = config.eval
   axes = tuple(ecfg.get("mirror_axes", ()) or ()) if mirror_axes is None else tuple(mirror_axes)
-  variables = jax.device_put(variables, jax.local_devices()[0])
   method = uncertainty.check_method(uncertainty_method, "uncertainty")
-  if method == "none":
+  dp = spatial_mesh(config) if method == "none" else None
+  if dp is not None:
+    predict, variables = make_predict_fn(model, dp), dp.replicate(variables)
+    predict_fn = lambda x: predict(variables, x)
+  elif method == "none":
+    variables = jax.device_put(variables, jax.local_devices()[0])
     predict = make_predict_fn(model)
     predict_fn = lambda x: predict(variables, x)
   else:
+    variables = jax.device_put(variables, jax.local_devices()[0])
     samples = int(ecfg.get("uncertainty_samples", 20) if samples is None else samples)
     predict_fn = uncertainty.window_moments_fn(
         model.apply, variables, method, samples=samples,
@@ -87,9 +95,30 @@ def window_predictor(config: ml_collections.ConfigDict, model: nn.Module, variab
     if method == "tta":
       axes = ()
   return inference.WindowPredictor(
-      predict_fn=predict_fn, roi_size=tuple(int(r) for r in config.patch_size),
+      predict_fn=predict_fn, roi_size=eval_window(config),
       overlap=float(ecfg.overlap), mode=ecfg.mode, batch_size=int(ecfg.batch_size),
       mirror_axes=axes, normalize=channel_normalizer(config))
+
+
+def eval_window(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """The sliding window of evaluation and prediction: `config.eval.roi_size` when set
+  (e.g. a whole volume, split over a spatial mesh), else the training patch."""
+  roi = config.eval.get("roi_size") or config.patch_size
+  return tuple(int(r) for r in roi)
+
+
+def spatial_mesh(config: ml_collections.ConfigDict) -> Optional[parallel.DataParallel]:
+  """A mesh of this process's devices with the spatial axis of `config.mesh`, when it has
+  one and the local devices can form it (windows then split along depth,
+  `make_predict_fn`; each process predicts its own cases), else None (one device: the
+  same probabilities; a run trained on 8 GPUs still predicts on a laptop)."""
+  mesh = parallel.config_mesh(config)
+  size = int((mesh or {}).get(parallel.SPATIAL, 1))
+  if size == 1 or jax.local_device_count() % size or config.get("parallel") == "pmap":
+    return None
+  return parallel.DataParallel("shard_map", devices=jax.local_devices(),
+                               mesh={parallel.AXIS: -1, parallel.SPATIAL: size},
+                               kernels=config.kernels)
 
 
 def channel_normalizer(config: ml_collections.ConfigDict) -> Callable[[np.ndarray], np.ndarray]:

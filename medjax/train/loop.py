@@ -124,10 +124,8 @@ def setup(config: ml_collections.ConfigDict, *, warm: bool = True) -> Setup:
     InputError: `config.global_batch_size` is not a multiple of the device count.
   """
   task = tasks.get_task(config.task)
-  dp = parallel.DataParallel(config.parallel)
-  if config.global_batch_size % dp.num_devices:
-    raise InputError(f"config.global_batch_size={config.global_batch_size}: expected a multiple "
-                     f"of the number of devices ({dp.num_devices})")
+  dp = parallel.DataParallel.from_config(config)
+  config_check.check_batch_split(config, dp)
   model = build_model(config, training=True)
   loss_fn = build_loss(config)
   augmentation = augment.from_config(config.get("augment"), spacing=config.spacing,
@@ -136,7 +134,7 @@ def setup(config: ml_collections.ConfigDict, *, warm: bool = True) -> Setup:
   state = init_state(config, model, tx, task.input_shape(config), warm=warm)
   train_step = dp.spmd(make_train_step(model, loss_fn, seed=config.seed,
                                        objective=task.objective(config, loss_fn),
-                                       augmentation=augmentation),
+                                       augmentation=augmentation, partition=dp.partition),
                        batch_argnums=(1,), donate_argnums=(0,))
   return Setup(task, dp, model, loss_fn, tx, schedule, augmentation, state, train_step)
 

@@ -11,6 +11,11 @@ With an `Augmentation` (`medjax.data.pipeline.augment`), the step first augments
 share of the batch on the device; sample i of the global batch of step t is
 augmented from `(seed, t, i)`, so the augmented global batch does not depend
 on the number of devices.
+
+With a spatial axis in the mesh (`partition`, `medjax.spatial`), each data
+group's share is whole along depth inside the step, and the model, the loss and
+their gradients run on the depth slabs of the group's devices
+(`spatial.on_slabs`): the same step, the same numbers.
 """
 from __future__ import annotations
 
@@ -20,9 +25,10 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from medjax import parallel
+from medjax import parallel, spatial
 from medjax.data.pipeline import augment as augment_lib
 from medjax.train.state import TrainState
 
@@ -87,7 +93,8 @@ def augment_batch(batch: dict, augmentation: augment_lib.Augmentation, *, seed: 
 
 def make_train_step(model: nn.Module, loss_fn: LossFn, *, seed: int,
                     objective: Optional[Objective] = None,
-                    augmentation: Optional[augment_lib.Augmentation] = None
+                    augmentation: Optional[augment_lib.Augmentation] = None,
+                    partition: Optional[spatial.Partition] = None
                     ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   """Returns the per-device `step(state, batch) -> (state, metrics)`.
 
@@ -95,34 +102,49 @@ def make_train_step(model: nn.Module, loss_fn: LossFn, *, seed: int,
   whatever fields `objective` reads); the loss is
   `supervised_loss(loss_fn, outputs, batch["label"])`, or `objective`'s when
   given. With `augmentation`, image and label are first augmented on the
-  device (`augment_batch`). The returned metrics (`loss`, `grad_norm`,
-  `finite`) are already averaged over devices.
+  device (`augment_batch`). With `partition` (`DataParallel.partition`: a mesh
+  with a spatial axis) the forward and backward passes run on depth slabs
+  (`spatial.on_slabs`); objectives, which reduce over voxels their own way,
+  are not split. The returned metrics (`loss`, `grad_norm`, `finite`) are
+  already averaged over devices.
   """
   apply_kwargs = dict(objective.apply_kwargs) if objective else {}
   base_key = jax.random.key(seed)
   if augmentation is not None and not augmentation.active:
     augmentation = None
+  if partition is not None and objective is not None:
+    raise ValueError("a spatial partition splits the supervised loss of batch['label'] only, "
+                     "not a task objective")
+
+  def compute_loss(params, batch_stats, batch, rng):
+    variables = {"params": params}
+    mutable = []
+    if batch_stats:
+      variables["batch_stats"] = batch_stats
+      mutable = ["batch_stats"]
+    outputs, updates = model.apply(variables, batch["image"], train=True,
+                                   rngs={"dropout": spatial.slab_key(rng)}, mutable=mutable,
+                                   **apply_kwargs)
+    if objective:
+      loss = objective.loss(outputs, batch)
+    else:
+      loss = supervised_loss(loss_fn, outputs, batch["label"])
+    return loss, updates.get("batch_stats", batch_stats)
+
+  def loss_and_grads(params, batch_stats, batch, rng):
+    (loss, batch_stats), grads = jax.value_and_grad(compute_loss, has_aux=True)(
+        params, batch_stats, batch, rng)
+    return loss, batch_stats, spatial.slab_mean(grads)
 
   def step(state: TrainState, batch: dict):
     rng = jax.random.fold_in(jax.random.fold_in(base_key, state.step), parallel.device_index())
     if augmentation is not None:
       batch = augment_batch(batch, augmentation, seed=seed, step=state.step)
-
-    def compute_loss(params):
-      variables = {"params": params}
-      mutable = []
-      if state.batch_stats:
-        variables["batch_stats"] = state.batch_stats
-        mutable = ["batch_stats"]
-      outputs, updates = model.apply(variables, batch["image"], train=True,
-                                     rngs={"dropout": rng}, mutable=mutable, **apply_kwargs)
-      if objective:
-        loss = objective.loss(outputs, batch)
-      else:
-        loss = supervised_loss(loss_fn, outputs, batch["label"])
-      return loss, updates.get("batch_stats", state.batch_stats)
-
-    (loss, batch_stats), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
+    voxels = batch["image"].shape[1:-1]
+    split = {k: spatial.is_voxel_field(v, voxels) for k, v in batch.items()}
+    loss, batch_stats, grads = spatial.on_slabs(
+        loss_and_grads, partition, (False, False, split, False), False)(
+            state.params, state.batch_stats, batch, rng)
     grads, loss, batch_stats = parallel.global_mean((grads, loss, batch_stats))
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -133,15 +155,26 @@ def make_train_step(model: nn.Module, loss_fn: LossFn, *, seed: int,
   return step
 
 
-def make_predict_fn(model: nn.Module) -> Callable[[dict, jax.Array], jax.Array]:
-  """`predict(variables, x) -> softmax probabilities (B, *S, K)`, jitted, eval mode."""
+def make_predict_fn(model: nn.Module, dp: Optional[parallel.DataParallel] = None
+                    ) -> Callable[[dict, jax.Array], jax.Array]:
+  """`predict(variables, x) -> softmax probabilities (B, *S, K)`, jitted, eval mode.
 
-  @jax.jit
-  def predict(variables, x):
+  With `dp` whose mesh has a spatial axis, the windows `x` (numpy, or placed by
+  `dp.shard_windows`) are split over the mesh: over 'data' when B divides, and
+  along depth over 'spatial' (`spatial.on_slabs`), so one window larger than a
+  device's memory (a whole 512^3 volume) is predicted by several devices at once;
+  the probabilities come back depth-sharded.
+  """
+
+  def probabilities(variables, x):
     out = model.apply(variables, x, train=False)
     return jax.nn.softmax(out.astype(jnp.float32), axis=-1)
 
-  return predict
+  if dp is None or dp.partition is None:
+    return jax.jit(probabilities)
+  mapped = dp.spmd_map(spatial.on_slabs(probabilities, dp.partition, (False, True), True))
+  return lambda variables, x: mapped(variables, dp.shard_windows(np.asarray(x))
+                                     if not isinstance(x, jax.Array) else x)
 
 
 __all__ = ["Objective", "make_train_step", "augment_batch", "make_predict_fn", "supervised_loss", "downsample_labels"]
