@@ -20,8 +20,9 @@
 * sliding-window inference on the test split (`window_predictor`, the
   config's overlap, blending and batch size): volumes per minute after one
   warm-up volume;
-* with `torch=True`, the same U-Net, loss and Adam step in PyTorch on a batch
-  of the same shape (`benchmarks.torch_unet`), and the ratio of the step times.
+* with `torch=True`, the same model (U-Net or ResNet), loss and Adam step in
+  PyTorch on a batch of the same shape (`benchmarks.torch_unet.build_model`),
+  and the ratio of the step times.
 
 Numbers from shared machines are noisy: compare ratios measured in one run.
 """
@@ -52,6 +53,7 @@ from medjax.train.optim import make_optimizer
 from medjax.train.step import make_train_step, supervised_loss
 
 spread = torch_unet.spread
+TORCH_MODELS = ("unet", "resnet")  # the models `torch_unet.build_model` transcribes
 
 
 def apply_sets(config: ml_collections.ConfigDict, sets: Sequence[str]) -> None:
@@ -240,9 +242,9 @@ def bench_train(config: ml_collections.ConfigDict, *, steps: int = 5, warmup: in
   tasks.get_task(config.task).validate(config)
   if torch:
     torch_unet.require_torch()
-    if config.model.name != "unet":
+    if config.model.name not in TORCH_MODELS:
       raise InputError(f"--torch: model.name={config.model.name!r} has no PyTorch baseline "
-                       "(only unet)")
+                       f"(expected one of {', '.join(TORCH_MODELS)})")
   device = jax.devices()[0]
   result: dict[str, Any] = {
       "command": command, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
@@ -273,7 +275,6 @@ def bench_train(config: ml_collections.ConfigDict, *, steps: int = 5, warmup: in
   result["torch"] = None
   if torch:
     model_cfg = config.model.to_dict()
-    model_cfg.pop("name")
     result["torch"] = torch_unet.time_training(
         model_cfg, config.loss.to_dict(), in_channels=int(config.get("in_channels", 1)),
         num_classes=int(config.num_classes),
