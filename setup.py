@@ -48,6 +48,9 @@ setup(
         # on a CUDA machine install it from https://download.pytorch.org/whl/cpu to avoid the CUDA wheels.
         "test": ["pytest==9.0.3", "pytest-xdist==3.8.0", "torch==2.13.0"],
         "gpu": ["jax[cuda12]==0.10.2"],
+        # `python -m benchmarks.vs_torch`: the PyTorch baselines, MONAI's sliding-window
+        # inference for `--preset=inference_ct` (benchmarks only; the library never imports them)
+        "benchmark": ["torch==2.13.0", "monai==1.6.1"],
         # `python -m benchmarks.compile_check` (compile the Pallas kernels for an H100 on a
         # CPU machine). Installed by `--install_tools` into a side folder, never into the
         # main environment (the CUDA plugin makes every CPU `import jax` print errors);

@@ -12,11 +12,11 @@ PyTorch is optional: it is imported when a function here is called, and
 """
 from __future__ import annotations
 
-import time
 from typing import Any, Sequence
 
 import numpy as np
 
+from benchmarks import usage
 from medjax.errors import InputError
 
 
@@ -153,7 +153,9 @@ def time_training(model_cfg: dict, loss_cfg: dict, *, in_channels: int, num_clas
   entropy for "dice_ce") on per-voxel labels, a classifier (ResNet) with cross
   entropy on per-image labels. Returns `{"first_step_s", "step_median_s",
   "step_p25_s", "step_p75_s", "step_min_s", "step_max_s", "steps", "params",
-  "threads", "torch_version", "loss"}`.
+  "threads", "torch_version", "loss"}` and the per-step counters of
+  `benchmarks.usage` (`user_s_median`, `sys_s_median`, `minor_faults_median`,
+  `rss_after_steps_mb`).
   """
   torch = require_torch()
   torch.manual_seed(seed)
@@ -175,23 +177,23 @@ def time_training(model_cfg: dict, loss_cfg: dict, *, in_channels: int, num_clas
   else:
     loss_fn = lambda logits, labels: soft_dice_ce(logits, labels, **kwargs)
 
-  def step() -> float:
-    t0 = time.perf_counter()
+  def step() -> None:
     opt.zero_grad(set_to_none=True)
     loss = loss_fn(model(x), y)
     loss.backward()
     opt.step()
     loss.detach().item()
-    return time.perf_counter() - t0
 
   model.train()
-  first = step()
+  first = usage.timed(step)["wall_s"]
   for _ in range(warmup):
     step()
-  times = np.asarray([step() for _ in range(steps)])
-  return dict(first_step_s=first, **spread(times), steps=steps,
-              params=count_parameters(model), threads=torch.get_num_threads(),
-              torch_version=torch.__version__, loss=name)
+  records = [usage.timed(step) for _ in range(steps)]
+  times = np.asarray([r["wall_s"] for r in records])
+  return dict(first_step_s=first, **spread(times), steps=steps, **usage.summary(records),
+              step_times_s=times.tolist(),
+              rss_after_steps_mb=usage.rss_mb(), params=count_parameters(model),
+              threads=torch.get_num_threads(), torch_version=torch.__version__, loss=name)
 
 
 def spread(times: np.ndarray, prefix: str = "step_") -> dict:

@@ -41,7 +41,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from benchmarks import torch_unet
+from benchmarks import torch_unet, usage
 from medjax import parallel
 from medjax.data.pipeline import augment
 from medjax.errors import InputError
@@ -124,8 +124,14 @@ def saved_residual_bytes(config: ml_collections.ConfigDict, model, loss_fn, vari
   return int(sum(np.prod(r.shape) * r.dtype.itemsize for r in jax.tree.leaves(residuals)))
 
 
-def time_train_step(config: ml_collections.ConfigDict, *, steps: int, warmup: int = 1) -> dict:
-  """Compile (cold, warm cache) and step times of the config's training step (see module doc)."""
+def time_train_step(config: ml_collections.ConfigDict, *, steps: int, warmup: int = 1,
+                    cache_timing: bool = True) -> dict:
+  """Compile (cold, warm cache) and step times of the config's training step (see module doc).
+
+  Each timed step also reports its CPU time and page faults (`benchmarks.usage`):
+  `user_s_median`, `sys_s_median`, `minor_faults_median`, and `rss_after_steps_mb`
+  (the memory the process keeps between steps). `cache_timing=False` compiles
+  once, without timing the persistent cache."""
   task = tasks.get_task(config.task)
   dp = parallel.DataParallel(config.parallel)
   if config.global_batch_size % dp.num_devices:
@@ -153,6 +159,37 @@ def time_train_step(config: ml_collections.ConfigDict, *, steps: int, warmup: in
     out["saved_residual_bytes"] = saved_residual_bytes(
         config, model, loss_fn, {"params": state.params, "batch_stats": state.batch_stats},
         one_device)
+  if cache_timing:
+    compiled = _compile_cold_and_warm(config, step_fn, (dstate, batch), out)
+  else:
+    t0 = time.perf_counter()
+    compiled = step_fn.lower(dstate, batch).compile()
+    out["compile_s"] = time.perf_counter() - t0
+  out["compiled_memory"] = _memory(compiled)
+
+  def run_step():
+    nonlocal dstate
+    dstate, metrics = compiled(dstate, batch)
+    jax.block_until_ready(metrics)
+
+  out["first_step_s"] = usage.timed(run_step)["wall_s"]
+  for _ in range(warmup):
+    run_step()
+  records = [usage.timed(run_step) for _ in range(steps)]
+  times = np.asarray([r["wall_s"] for r in records])
+  voxels = int(config.global_batch_size) * int(np.prod(config.patch_size))
+  out.update(spread(times), steps=steps, steps_per_s=1.0 / float(np.median(times)),
+             voxels_per_step=voxels, voxels_per_s=voxels / float(np.median(times)),
+             **usage.summary(records), rss_after_steps_mb=usage.rss_mb(),
+             step_times_s=times.tolist())
+  out["state"] = dp.unreplicate(dstate)
+  return out
+
+
+def _compile_cold_and_warm(config: ml_collections.ConfigDict, step_fn, args: tuple,
+                           out: dict):
+  """Compiles `step_fn(*args)` with an empty persistent cache, then again from that
+  cache after `jax.clear_caches()`; records both times in `out`."""
   previous = {"compilation_cache": config.get("compilation_cache", True),
               "compilation_cache_dir": config.get("compilation_cache_dir", "")}
   with tempfile.TemporaryDirectory() as cache:
@@ -162,28 +199,11 @@ def time_train_step(config: ml_collections.ConfigDict, *, steps: int, warmup: in
       if which == "warm":
         jax.clear_caches()  # a new process: nothing compiled in memory, the disk cache full
       t0 = time.perf_counter()
-      compiled = step_fn.lower(dstate, batch).compile()
+      compiled = step_fn.lower(*args).compile()
       out[f"compile_{which}_s"] = time.perf_counter() - t0
     out["cache_entries"] = len(compile_cache.cache_entries(cache))
   compile_cache.setup(ml_collections.ConfigDict(previous))
-  out["compiled_memory"] = _memory(compiled)
-
-  def run_step():
-    nonlocal dstate
-    t0 = time.perf_counter()
-    dstate, metrics = compiled(dstate, batch)
-    jax.block_until_ready(metrics)
-    return time.perf_counter() - t0
-
-  out["first_step_s"] = run_step()
-  for _ in range(warmup):
-    run_step()
-  times = np.asarray([run_step() for _ in range(steps)])
-  voxels = int(config.global_batch_size) * int(np.prod(config.patch_size))
-  out.update(spread(times), steps=steps, steps_per_s=1.0 / float(np.median(times)),
-             voxels_per_step=voxels, voxels_per_s=voxels / float(np.median(times)))
-  out["state"] = dp.unreplicate(dstate)
-  return out
+  return compiled
 
 
 def time_input(config: ml_collections.ConfigDict, *, batches: int) -> dict:

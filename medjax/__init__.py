@@ -15,5 +15,12 @@ Where things go (each a module with one job; nothing here reads flags):
 * a kernel: a folder in `kernels/` (`api.py`, `reference.py`, `pallas_gpu.py`,
   `pallas_tpu.py`, `bench_shapes.py`) dispatched by `medjax_kernels.dispatch`;
 * a workdir file: a name in `medjax/train/workdir.py`, the only place that spells them.
+
+Importing medjax sets glibc's allocator up for XLA's CPU buffers before JAX
+starts its threads (`medjax.host_memory`: freed step memory stays in the heap,
+no page faults per step); `MEDJAX_HOST_HEAP=0` in the environment turns it off.
 """
+from medjax import host_memory as _host_memory
+
 __version__ = "0.1.0"
+_host_memory.configure()
