@@ -53,8 +53,9 @@ setup(
                  "mlperf-logging==4.1.68"],
         "mlperf": ["mlperf-logging==4.1.68"],
         "gpu": ["jax[cuda12]==0.10.2"],
-        # `python -m benchmarks.bench_nms`: MONAI's `non_max_suppression`, the baseline the
-        # jit 3D NMS is timed against (MONAI pulls torch, as the test extra does).
+        # `python -m benchmarks.bench_nms` (MONAI's `non_max_suppression`) and
+        # `python -m benchmarks.vs_torch` (the PyTorch baselines, MONAI's sliding-window
+        # inference): benchmarks only, the library and the tests never import MONAI.
         "bench": ["monai==1.6.1", "torch==2.13.0"],
         # `python -m benchmarks.compile_check` (compile the Pallas kernels for an H100 on a
         # CPU machine). Installed by `--install_tools` into a side folder, never into the

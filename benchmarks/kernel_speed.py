@@ -248,4 +248,29 @@ def bench_kernels(ops: Sequence[str] = OPS, *, dtype: str = "float32", shapes: s
       bench_soft_dice(shapes, dtype, reps, peak, emit)
   if json_path:
     atomic_write_json(json_path, result())
+  if torch:
+    print_torch_ratios(rows)
   return result()
+
+
+def torch_ratios(rows: list[dict]) -> list[dict]:
+  """Per conv3d layer and direction: medjax's CPU/accelerator path ("xla" or "pallas")
+  against PyTorch's conv3d, `ratio` = medjax time / PyTorch time (below 1: faster)."""
+  out = []
+  for r in rows:
+    if r["op"] != "conv3d" or r["implementation"] != "torch":
+      continue
+    ours = [q for q in rows if q["op"] == "conv3d" and q["shape"] == r["shape"]
+            and q["direction"] == r["direction"] and q["implementation"] in ("xla", "pallas")]
+    if ours:
+      out.append(dict(shape=r["shape"], direction=r["direction"], ours_s=ours[0]["median_s"],
+                      torch_s=r["median_s"], ratio=ours[0]["median_s"] / r["median_s"]))
+  return out
+
+
+def print_torch_ratios(rows: list[dict]) -> None:
+  """The `torch_ratios` table, one markdown row per layer and direction."""
+  print("\n| layer | dir | medjax ms | PyTorch ms | medjax / PyTorch |\n|---|---|---|---|---|")
+  for r in torch_ratios(rows):
+    print(f"| {r['shape']} | {r['direction']} | {1e3 * r['ours_s']:.1f} "
+          f"| {1e3 * r['torch_s']:.1f} | {r['ratio']:.2f}x |", flush=True)

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from benchmarks import timing
+from benchmarks import timing, usage
 from medjax.errors import InputError
 
 
@@ -132,40 +132,66 @@ def soft_dice_ce(logits, labels, *, num_classes: int, name: str = "dice",
   return loss
 
 
+def build_model(model_cfg: dict, *, in_channels: int, num_classes: int) -> Any:
+  """The PyTorch twin of a medjax model config (`model_cfg["name"]`: "unet" or "resnet")."""
+  name = model_cfg.get("name", "unet")
+  cfg = {k: v for k, v in model_cfg.items() if k != "name"}
+  if name == "unet":
+    return build_unet(cfg, in_channels=in_channels, num_classes=num_classes)
+  if name == "resnet":
+    from benchmarks import torch_resnet  # pylint: disable=import-outside-toplevel
+    return torch_resnet.build_resnet(cfg, in_channels=in_channels, num_classes=num_classes)
+  raise InputError(f"--torch: model.name={name!r} has no PyTorch baseline (unet, resnet)")
+
+
 def time_training(model_cfg: dict, loss_cfg: dict, *, in_channels: int, num_classes: int,
                   batch_shape: Sequence[int], learning_rate: float, steps: int,
                   warmup: int = 1, seed: int = 0) -> dict:
-  """Times PyTorch training steps of `build_unet` on one random batch `(N, *S)`.
+  """Times PyTorch training steps of `build_model(model_cfg)` on one random batch `(N, *S)`.
 
-  Returns `{"first_step_s", "step_median_s", "step_p25_s", "step_p75_s",
-  "step_min_s", "step_max_s", "steps", "params", "threads", "torch_version",
-  "loss"}` (the loss: "dice" or "dice_ce", the same statistics as medjax's).
+  A segmentation model (U-Net) is trained with medjax's soft Dice (+ cross
+  entropy for "dice_ce") on per-voxel labels, a classifier (ResNet) with cross
+  entropy on per-image labels. Returns `{"first_step_s", "step_median_s",
+  "step_p25_s", "step_p75_s", "step_min_s", "step_max_s", "steps", "params",
+  "threads", "torch_version", "loss"}` and the per-step counters of
+  `benchmarks.usage` (`user_s_median`, `sys_s_median`, `minor_faults_median`,
+  `rss_after_steps_mb`).
   """
   torch = require_torch()
   torch.manual_seed(seed)
-  model = build_unet(model_cfg, in_channels=in_channels, num_classes=num_classes)
+  model = build_model(model_cfg, in_channels=in_channels, num_classes=num_classes)
   opt = torch.optim.Adam(model.parameters(), lr=learning_rate)
   rng = np.random.default_rng(seed)
   n, spatial = int(batch_shape[0]), tuple(int(s) for s in batch_shape[1:])
   x = torch.from_numpy(rng.normal(size=(n, in_channels) + spatial).astype(np.float32))
-  y = torch.from_numpy(rng.integers(0, num_classes, size=(n,) + spatial).astype(np.int64))
+  classifier = model_cfg.get("name", "unet") != "unet"
+  label_shape = (n,) if classifier else (n,) + spatial
+  y = torch.from_numpy(rng.integers(0, num_classes, size=label_shape).astype(np.int64))
   name = "dice_ce" if loss_cfg.get("name") == "dice_ce" else "dice"
   kwargs = dict(num_classes=num_classes, name=name,
                 include_background=bool(loss_cfg.get("include_background", True)),
                 batch=bool(loss_cfg.get("batch", False)))
+  if classifier:
+    name = "ce"
+    loss_fn = lambda logits, labels: torch.nn.functional.cross_entropy(logits, labels)
+  else:
+    loss_fn = lambda logits, labels: soft_dice_ce(logits, labels, **kwargs)
 
-  def step():
+  def step() -> None:
     opt.zero_grad(set_to_none=True)
-    loss = soft_dice_ce(model(x), y, **kwargs)
+    loss = loss_fn(model(x), y)
     loss.backward()
     opt.step()
-    return loss.detach().item()  # waits for the step
+    loss.detach().item()
 
   model.train()
-  # the first step, then `warmup` more, untimed (timing.measure reports the first alone)
-  measured = timing.measure(step, reps=steps, warmup=1 + warmup, sync=timing.torch_sync(torch),
-                            prefix="step_")
-  return dict(**measured, steps=steps,
-              params=count_parameters(model), threads=torch.get_num_threads(),
-              torch_version=torch.__version__, loss=name)
+  first = usage.timed(step)["wall_s"]
+  for _ in range(warmup):
+    step()
+  records = [usage.timed(step) for _ in range(steps)]
+  times = np.asarray([r["wall_s"] for r in records])
+  return dict(first_step_s=first, **timing.spread(times, prefix="step_"), steps=steps, **usage.summary(records),
+              step_times_s=times.tolist(),
+              rss_after_steps_mb=usage.rss_mb(), params=count_parameters(model),
+              threads=torch.get_num_threads(), torch_version=torch.__version__, loss=name)
 

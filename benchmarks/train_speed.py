@@ -20,8 +20,9 @@
 * sliding-window inference on the test split (`window_predictor`, the
   config's overlap, blending and batch size): volumes per minute after one
   warm-up volume;
-* with `torch=True`, the same U-Net, loss and Adam step in PyTorch on a batch
-  of the same shape (`benchmarks.torch_unet`), and the ratio of the step times.
+* with `torch=True`, the same model (U-Net or ResNet), loss and Adam step in
+  PyTorch on a batch of the same shape (`benchmarks.torch_unet.build_model`),
+  and the ratio of the step times.
 
 Numbers from shared machines are noisy: compare ratios measured in one run.
 """
@@ -40,13 +41,15 @@ import jax
 import ml_collections
 import numpy as np
 
-from benchmarks import timing, torch_unet
+from benchmarks import timing, torch_unet, usage
 from medjax.errors import InputError
 from medjax.inference.run_predictor import window_predictor
 from medjax.train import compile_cache, config_check, loop, tasks
 from medjax.train.config_data import load_split
 from medjax.train.model_factory import build_model
 from medjax.train.step import supervised_loss
+
+TORCH_MODELS = ("unet", "resnet")  # the models `torch_unet.build_model` transcribes
 
 
 def apply_sets(config: ml_collections.ConfigDict, sets: Sequence[str]) -> None:
@@ -117,11 +120,16 @@ def saved_residual_bytes(config: ml_collections.ConfigDict, model, loss_fn, vari
   return int(sum(np.prod(r.shape) * r.dtype.itemsize for r in jax.tree.leaves(residuals)))
 
 
-def time_train_step(config: ml_collections.ConfigDict, *, steps: int, warmup: int = 1) -> dict:
+def time_train_step(config: ml_collections.ConfigDict, *, steps: int, warmup: int = 1,
+                    cache_timing: bool = True) -> dict:
   """Compile (cold, warm cache) and step times of the config's training step (see module doc).
 
   The model, loss, optimizer, augmentation, initial state and SPMD step are the
-  training loop's own (`medjax.train.loop.setup`)."""
+  training loop's own (`medjax.train.loop.setup`). Each timed step also reports
+  its CPU time and page faults (`benchmarks.usage`): `user_s_median`,
+  `sys_s_median`, `minor_faults_median`, and `rss_after_steps_mb` (the memory the
+  process keeps between steps). `cache_timing=False` compiles once, without
+  timing the persistent cache."""
   t0 = time.perf_counter()
   run = loop.setup(config)
   init_s = time.perf_counter() - t0  # parameter initialisation, its compile included
@@ -137,6 +145,37 @@ def time_train_step(config: ml_collections.ConfigDict, *, steps: int, warmup: in
     out["saved_residual_bytes"] = saved_residual_bytes(
         config, model, loss_fn, {"params": state.params, "batch_stats": state.batch_stats},
         one_device)
+  if cache_timing:
+    compiled = _compile_cold_and_warm(config, step_fn, (dstate, batch), out)
+  else:
+    t0 = time.perf_counter()
+    compiled = step_fn.lower(dstate, batch).compile()
+    out["compile_s"] = time.perf_counter() - t0
+  out["compiled_memory"] = _memory(compiled)
+
+  def run_step():
+    nonlocal dstate
+    dstate, metrics = compiled(dstate, batch)
+    jax.block_until_ready(metrics)
+
+  out["first_step_s"] = usage.timed(run_step)["wall_s"]
+  for _ in range(warmup):
+    run_step()
+  records = [usage.timed(run_step) for _ in range(steps)]
+  times = np.asarray([r["wall_s"] for r in records])
+  voxels = int(config.global_batch_size) * int(np.prod(config.patch_size))
+  out.update(timing.spread(times, prefix="step_"), steps=steps, steps_per_s=1.0 / float(np.median(times)),
+             voxels_per_step=voxels, voxels_per_s=voxels / float(np.median(times)),
+             **usage.summary(records), rss_after_steps_mb=usage.rss_mb(),
+             step_times_s=times.tolist())
+  out["state"] = dp.unreplicate(dstate)
+  return out
+
+
+def _compile_cold_and_warm(config: ml_collections.ConfigDict, step_fn, args: tuple,
+                           out: dict):
+  """Compiles `step_fn(*args)` with an empty persistent cache, then again from that
+  cache after `jax.clear_caches()`; records both times in `out`."""
   previous = {"compilation_cache": config.get("compilation_cache", True),
               "compilation_cache_dir": config.get("compilation_cache_dir", "")}
   with tempfile.TemporaryDirectory() as cache:
@@ -146,25 +185,11 @@ def time_train_step(config: ml_collections.ConfigDict, *, steps: int, warmup: in
       if which == "warm":
         jax.clear_caches()  # a new process: nothing compiled in memory, the disk cache full
       t0 = time.perf_counter()
-      compiled = step_fn.lower(dstate, batch).compile()
+      compiled = step_fn.lower(*args).compile()
       out[f"compile_{which}_s"] = time.perf_counter() - t0
     out["cache_entries"] = len(compile_cache.cache_entries(cache))
   compile_cache.setup(ml_collections.ConfigDict(previous))
-  out["compiled_memory"] = _memory(compiled)
-
-  def run_step():
-    nonlocal dstate
-    dstate, metrics = compiled(dstate, batch)
-    return metrics
-
-  # the first step, then `warmup` more, untimed; `measure` waits for each step's metrics
-  out.update(timing.measure(run_step, reps=steps, warmup=1 + warmup, prefix="step_"))
-  median = out["step_median_s"]
-  voxels = int(config.global_batch_size) * int(np.prod(config.patch_size))
-  out.update(steps=steps, steps_per_s=1.0 / median, voxels_per_step=voxels,
-             voxels_per_s=voxels / median)
-  out["state"] = dp.unreplicate(dstate)
-  return out
+  return compiled
 
 
 def time_input(config: ml_collections.ConfigDict, *, batches: int) -> dict:
@@ -224,9 +249,9 @@ def bench_train(config: ml_collections.ConfigDict, *, steps: int = 5, warmup: in
   tasks.get_task(config.task).validate(config)
   if torch:
     torch_unet.require_torch()
-    if config.model.name != "unet":
+    if config.model.name not in TORCH_MODELS:
       raise InputError(f"--torch: model.name={config.model.name!r} has no PyTorch baseline "
-                       "(only unet)")
+                       f"(expected one of {', '.join(TORCH_MODELS)})")
   device = jax.devices()[0]
   result: dict[str, Any] = {
       "command": command, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
@@ -257,7 +282,6 @@ def bench_train(config: ml_collections.ConfigDict, *, steps: int = 5, warmup: in
   result["torch"] = None
   if torch:
     model_cfg = config.model.to_dict()
-    model_cfg.pop("name")
     result["torch"] = torch_unet.time_training(
         model_cfg, config.loss.to_dict(), in_channels=int(config.get("in_channels", 1)),
         num_classes=int(config.num_classes),

@@ -182,6 +182,96 @@ def conv_outshift(x, w, strides, pads):
   return y.astype(x.dtype)
 
 
+def conv_depth2d(x, w, strides, pads):
+  """A 3D convolution as ONE 2D convolution: the `window[0]` depth-shifted (and
+  depth-strided) views of the padded input are stacked on the channel axis,
+  `(N, D_out, H, W, window[0]*C_in)`, the depth becomes part of the batch, and
+  XLA's 2D convolution `(N*D_out, H, W, window[0]*C_in) * (kh, kw, window[0]*C_in, C_out)`
+  does the rest.
+
+  XLA's CPU backend has a fast 2D convolution (Eigen's spatial convolution packs
+  its patches block by block in cache, forward and both gradients) and a slow 3D
+  one; this keeps the 3D models on the 2D path. The stacked input is
+  `window[0]` times the input (3x for a 3x3x3 conv), against the 9x-wide partial
+  output of `outshift`. Its autodiff gradients are again 2D convolutions (input
+  gradient, then the transpose of the stacking: a sum of `window[0]` shifted
+  slices; weight gradient from the re-stacked input), so `conv_mixed` takes them
+  by `jax.vjp`. A 1xkxk window is a plain 2D convolution over `N*D` slices.
+  """
+  if x.ndim != 5:
+    raise ValueError(f"depth2d: 3D convolutions only, got input of rank {x.ndim}")
+  n, _, h, wd, c_in = x.shape
+  kd, kh, kw, _, c_out = w.shape
+  sd = strides[0]
+  d_out = _out_shape(x.shape, w.shape[:3], strides, pads)[0]
+  xp = jnp.pad(x, ((0, 0), pads[0], (0, 0), (0, 0), (0, 0))) if pads[0] != (0, 0) else x
+  views = [lax.slice_in_dim(xp, t, t + (d_out - 1) * sd + 1, sd, axis=1) for t in range(kd)]
+  stack = views[0] if kd == 1 else jnp.concatenate(views, axis=-1)
+  w2 = jnp.moveaxis(w, 0, 2).reshape(kh, kw, kd * c_in, c_out)  # channel index = tap*C_in + c
+  y = conv_lax(stack.reshape(n * d_out, h, wd, kd * c_in), w2, tuple(strides[1:]),
+               tuple(pads[1:]))
+  return y.reshape((n, d_out) + y.shape[1:])
+
+
+def _conv2d_nhwc(x, w, pads) -> jax.Array:
+  """A stride-1 2D convolution in the one layout XLA's CPU backend hands to Eigen:
+  input `(B, H, W, C)`, kernel `(kh, kw, C, O)`, output `(B, H', W', O)`."""
+  return lax.conv_general_dilated(x, w, (1, 1), tuple(pads),
+                                  dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                  preferred_element_type=jnp.float32)
+
+
+def depth2d_input_grad(x, w, strides, pads, dy):
+  """dL/dx of a stride-1 `conv_depth2d`: the 2D convolution of `dy` with the flipped,
+  transposed stacked kernel (dL/d stack), then the transpose of the stacking: the
+  `window[0]` channel groups summed back at their depth offsets.
+
+  Written out rather than left to autodiff so that every convolution keeps the
+  NHWC/HWIO layout: autodiff's transposed convolutions carry permuted dimension
+  numbers, which XLA's CPU backend computes with a naive loop nest when they are
+  not rewritten (inside a U-Net's training step they were not: 10-20x slower)."""
+  if any(s != 1 for s in strides):
+    raise ValueError(f"depth2d input gradient: stride 1 only, got strides={strides}")
+  n, d, h, wd, c_in = x.shape
+  kd, kh, kw, _, c_out = w.shape
+  d_out = dy.shape[1]
+  w2t = jnp.flip(jnp.moveaxis(w, 0, 2).reshape(kh, kw, kd * c_in, c_out), (0, 1))
+  tpads = tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip((kh, kw), pads[1:]))
+  ds = _conv2d_nhwc(dy.reshape((n * d_out,) + dy.shape[2:]).astype(w.dtype),
+                    jnp.swapaxes(w2t, 2, 3).astype(dy.dtype), tpads)
+  ds = ds.reshape(n, d_out, h, wd, kd, c_in)
+  lo, hi = pads[0]
+  dxp = None  # gradient of the depth-padded input, (N, d_out + kd - 1, H, W, C_in)
+  for t in range(kd):
+    part = lax.pad(ds[..., t, :], jnp.zeros((), ds.dtype),
+                   ((0, 0, 0), (t, kd - 1 - t, 0), (0, 0, 0), (0, 0, 0), (0, 0, 0)))
+    dxp = part if dxp is None else dxp + part
+  # crop the depth padding (a negative `hi` pad: rows no window reached get zeros)
+  dx = lax.pad(dxp, jnp.zeros((), dxp.dtype),
+               ((0, 0, 0), (-lo, -hi, 0), (0, 0, 0), (0, 0, 0), (0, 0, 0)))
+  return dx.astype(x.dtype)
+
+
+def depth2d_weight_grad(x, w, strides, pads, dy):
+  """dL/dw of a stride-1 `conv_depth2d` as one NHWC/HWIO 2D convolution: the stacked
+  input with its channels as the batch and the `N*D` slices as features, convolved
+  with `dy` whose `(H, W)` is the window: `(kd*C_in, kh, kw, C_out)`, rearranged
+  to `(kd, kh, kw, C_in, C_out)` (see `depth2d_input_grad` for why it is written out)."""
+  if any(s != 1 for s in strides):
+    raise ValueError(f"depth2d weight gradient: stride 1 only, got strides={strides}")
+  n = x.shape[0]
+  kd, kh, kw, c_in, c_out = w.shape
+  d_out = dy.shape[1]
+  xp = jnp.pad(x, ((0, 0), pads[0], (0, 0), (0, 0), (0, 0))) if pads[0] != (0, 0) else x
+  views = [lax.slice_in_dim(xp, t, t + d_out, axis=1) for t in range(kd)]
+  stack = views[0] if kd == 1 else jnp.concatenate(views, axis=-1)  # (N, D', H, W, kd*C_in)
+  lhs = jnp.transpose(stack.reshape((n * d_out,) + stack.shape[2:]), (3, 1, 2, 0))
+  rhs = jnp.transpose(dy.reshape((n * d_out,) + dy.shape[2:]), (1, 2, 0, 3)).astype(x.dtype)
+  g = _conv2d_nhwc(lhs, rhs, pads[1:])  # (kd*C_in, kh, kw, C_out)
+  g = jnp.transpose(g.reshape(kd, c_in, kh, kw, c_out), (0, 2, 3, 1, 4))
+  return g.astype(w.dtype)
+
+
 def outshift_input_grad(x, w, strides, pads, dy):
   """dL/dx of a stride-1 convolution, as the `conv_outshift` convolution of
   `dy` with the flipped kernel (channels swapped) and the complementary padding."""
@@ -229,13 +319,16 @@ FORMULATIONS: dict[str, Callable] = {
     "im2col_last": conv_im2col_last,
     "shifted": conv_shifted,
     "outshift": conv_outshift,
+    "depth2d": conv_depth2d,
 }
 
 # Gradients written directly instead of by `jax.vjp` of a formulation (the
 # autodiff transpose of `conv_outshift` would scatter `dy` into T zero-filled
 # copies of the partial outputs and add them).
-INPUT_GRADIENTS: dict[str, Callable] = {"outshift": outshift_input_grad}
-WEIGHT_GRADIENTS: dict[str, Callable] = {"outshift": outshift_weight_grad}
+INPUT_GRADIENTS: dict[str, Callable] = {"outshift": outshift_input_grad,
+                                         "depth2d": depth2d_input_grad}
+WEIGHT_GRADIENTS: dict[str, Callable] = {"outshift": outshift_weight_grad,
+                                          "depth2d": depth2d_weight_grad}
 
 
 class Plan(NamedTuple):

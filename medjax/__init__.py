@@ -15,5 +15,12 @@ modules. Nothing in the library reads flags (the launchers are in `experiments/`
 * `errors`: `InputError`, the one-line error for bad input.
 
 The Pallas kernels are the separate package `medjax_kernels` (folder `kernels/`).
+
+Importing medjax sets glibc's allocator up for XLA's CPU buffers before JAX
+starts its threads (`medjax.host_memory`: freed step memory stays in the heap,
+no page faults per step); `MEDJAX_HOST_HEAP=0` in the environment turns it off.
 """
+from medjax import host_memory as _host_memory
+
 __version__ = "0.1.0"
+_host_memory.configure()

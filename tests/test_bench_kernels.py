@@ -61,3 +61,19 @@ def test_bench_kernels_times_the_torch_baseline(tmp_path):
     assert 0 < torch_row["min_s"] <= torch_row["median_s"] <= torch_row["max_s"]
     assert np.isclose(torch_row["speedup_vs_xla"], base["median_s"] / torch_row["median_s"])
   assert "| torch | fwd+bwd |" in proc.stdout
+  # the closing table: medjax's path against PyTorch per layer and direction
+  ours = {r["direction"]: r for r in rows if r["implementation"] == "xla"}
+  torch_rows = {r["direction"]: r for r in rows if r["implementation"] == "torch"}
+  ratio = ours["fwd+bwd"]["median_s"] / torch_rows["fwd+bwd"]["median_s"]
+  assert f"| cpu_unet_l2_64to64_8x16x16 | fwd+bwd | {1e3 * ours['fwd+bwd']['median_s']:.1f} " \
+         f"| {1e3 * torch_rows['fwd+bwd']['median_s']:.1f} | {ratio:.2f}x |" in proc.stdout
+
+
+def test_torch_ratios_pair_each_torch_row_with_the_medjax_row():
+  from benchmarks import kernel_speed
+  row = lambda impl, d, t: dict(op="conv3d", shape="s", implementation=impl, direction=d,
+                                median_s=t)
+  rows = [row("lax", "fwd", 4.0), row("xla", "fwd", 2.0), row("torch", "fwd", 1.0),
+          row("xla", "fwd+bwd", 3.0), row("torch", "fwd+bwd", 6.0)]
+  got = kernel_speed.torch_ratios(rows)
+  assert [(r["direction"], r["ratio"]) for r in got] == [("fwd", 2.0), ("fwd+bwd", 0.5)]

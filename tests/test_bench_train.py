@@ -76,3 +76,34 @@ def test_set_overrides_parse_literals_and_name_bad_fields():
   assert c.optimizer.learning_rate == 1.0 and c.dtype == "bfloat16"
   with pytest.raises(InputError, match="--set='model.nope=3'"):
     train_speed.apply_sets(c, ["model.nope=3"])
+
+
+@pytest.mark.parametrize("variant", ["", "3d", "smoke"])
+def test_resnet_patch_classifier_has_the_same_parameters_in_both_frameworks(variant):
+  pytest.importorskip("torch")
+  from experiments.configs import resnet_patches2d
+  from medjax.models import ResNet
+  c = resnet_patches2d.get_config(variant)
+  model_cfg = c.model.to_dict()
+  kwargs = {k: v for k, v in model_cfg.items() if k != "name"}
+  x = jax.ShapeDtypeStruct((1,) + tuple(c.patch_size) + (1,), np.float32)
+  variables = jax.eval_shape(
+      lambda x: ResNet(num_classes=c.num_classes, **kwargs).init(jax.random.key(0), x), x)
+  medjax_count = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(variables["params"]))
+  net = torch_unet.build_model(model_cfg, in_channels=1, num_classes=c.num_classes)
+  assert medjax_count == torch_unet.count_parameters(net) > 0
+  y = net(__import__("torch").zeros((2, 1) + tuple(c.patch_size)))
+  assert tuple(y.shape) == (2, c.num_classes)
+
+
+def test_unet2d_has_the_same_parameters_in_both_frameworks():
+  pytest.importorskip("torch")
+  from experiments.configs import unet2d_synthetic
+  c = unet2d_synthetic.get_config()
+  kwargs = {k: v for k, v in c.model.to_dict().items() if k != "name"}
+  x = jax.ShapeDtypeStruct((1, 32, 32, 1), np.float32)
+  variables = jax.eval_shape(
+      lambda x: UNet(num_classes=c.num_classes, **kwargs).init(jax.random.key(0), x), x)
+  medjax_count = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(variables["params"]))
+  net = torch_unet.build_model(c.model.to_dict(), in_channels=1, num_classes=c.num_classes)
+  assert medjax_count == torch_unet.count_parameters(net)
