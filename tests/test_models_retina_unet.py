@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from conftest import _abstract_init, _init, _key, _normal
+from helpers import abstract_init, init, key, normal
 
 from medjax.detection import DetectionLossConfig, detection_loss
 from medjax.detection.objective import semantic_from_instances
@@ -16,7 +16,7 @@ from medjax.train import model_factory
 def test_shapes_and_anchor_counts_3d():
   model = RetinaUNet(spatial_dims=3, features=(4, 8, 16), head_levels=(1, 2), num_classes=2,
                      head_features=8, norm="instance", head_norm="instance")
-  variables, out = _abstract_init(model, (2, 16, 16, 16, 1))
+  variables, out = abstract_init(model, (2, 16, 16, 16, 1))
   assert "norm0" in variables["params"]["class_head"]  # instance norm in the shared head
   anchors = anchors_for(model, (2, 16, 16, 16, 1))
   # level 1: 8^3 cells, level 2: 4^3 cells, 2 x 2 x 2 anchor shapes each
@@ -33,19 +33,19 @@ def test_shapes_anisotropic_2d_baseline_and_config_sizes():
   model = RetinaUNet(spatial_dims=2, features=(4, 8, 16), head_levels=(2,),
                      pool_sizes=((1, 2), (2, 2)), segmentation_head=False,
                      anchor_sizes=[[[2, 4], [6]]])  # lists, as from a config
-  _, out = _abstract_init(model, (1, 8, 32, 1))
+  _, out = abstract_init(model, (1, 8, 32, 1))
   anchors = anchors_for(model, (8, 32))
   assert model.level_strides() == ((1, 1), (1, 2), (2, 4))
   assert anchors.per_level == (4 * 8 * 2,) and out["class_logits"].shape == (1, 64, 1)
   assert "seg_logits" not in out
   with pytest.raises(ValueError, match="divisible"):
-    _abstract_init(model, (1, 9, 32, 1))
+    abstract_init(model, (1, 9, 32, 1))
   uneven = RetinaUNet(spatial_dims=2, features=(4, 8, 16), head_levels=(1, 2),
                       anchor_sizes=(((2,), (2,)), ((4, 6), (4,))))
   with pytest.raises(ValueError, match="same number"):
-    _abstract_init(uneven, (1, 16, 16, 1))
+    abstract_init(uneven, (1, 16, 16, 1))
   with pytest.raises(ValueError, match="head_norm"):
-    _abstract_init(RetinaUNet(spatial_dims=2, features=(4, 8), head_levels=(1,),
+    abstract_init(RetinaUNet(spatial_dims=2, features=(4, 8), head_levels=(1,),
                               head_norm="batch"), (1, 8, 8, 1))
 
 
@@ -56,7 +56,7 @@ def test_model_factory_builds_retina_unet():
       "num_classes": 1, "kernels": "xla", "dtype": "float32"})
   model = model_factory.build_model(config, training=False)
   assert isinstance(model, RetinaUNet)
-  _, out = _abstract_init(model, (1, 8, 8, 8, 1))
+  _, out = abstract_init(model, (1, 8, 8, 8, 1))
   assert out["box_deltas"].shape == (1, (64 + 8) * 8, 6)
   config.model.bogus = 1
   with pytest.raises(InputError, match="bogus"):
@@ -87,8 +87,8 @@ def _batch(shape, with_boxes=True):
 
 
 def _train_step_is_finite(model, shape, config):
-  x = _normal((2,) + shape + (1,))
-  variables = _init(model, x)
+  x = normal((2,) + shape + (1,))
+  variables = init(model, x)
   anchors = anchors_for(model, x.shape)
 
   @jax.jit
@@ -99,7 +99,7 @@ def _train_step_is_finite(model, shape, config):
     return jax.value_and_grad(loss_fn, has_aux=True)(params)
 
   for with_boxes in (True, False):
-    (loss, parts), grads = step(variables["params"], anchors, _batch(shape, with_boxes), _key(3))
+    (loss, parts), grads = step(variables["params"], anchors, _batch(shape, with_boxes), key(3))
     norm = jnp.sqrt(sum(jnp.sum(g ** 2) for g in jax.tree.leaves(grads)))
     assert np.isfinite(float(loss)) and np.isfinite(float(norm)) and float(norm) > 0
     assert all(np.isfinite(float(v)) for v in parts.values())
@@ -130,7 +130,7 @@ def test_loss_config_errors():
   with pytest.raises(ValueError, match="matcher"):
     DetectionLossConfig(matcher="hungarian")
   model = RetinaUNet(spatial_dims=2, features=(4, 8), head_levels=(1,), head_convs=1)
-  _, out = _abstract_init(model, (1, 8, 8, 1))
+  _, out = abstract_init(model, (1, 8, 8, 1))
   fake = {k: jnp.zeros(v.shape, v.dtype) for k, v in out.items()}
   gt = _batch((8, 8))
   gt = {k: v[:1] for k, v in gt.items()}
