@@ -37,7 +37,7 @@ def require_monai() -> Any:
     from monai.inferers import sliding_window_inference  # pylint: disable=import-outside-toplevel
   except ImportError:
     raise InputError("the inference baseline needs MONAI: pip install monai==1.6.1 "
-                     "(the `benchmark` extra of setup.py)") from None
+                     "(the `bench` extra of setup.py)") from None
   return sliding_window_inference
 
 

@@ -18,7 +18,7 @@ sliding-window inference of one random `(D, H, W)` volume (default
 random weights, its patch size as the window), Gaussian blending, overlap 0.5,
 `--batch_size` windows per call: `medjax.inference.sliding_window` against
 MONAI's `sliding_window_inference` (`pip install monai==1.6.1`, the
-`benchmark` extra) with the same network in PyTorch, both returning float32
+`bench` extra) with the same network in PyTorch, both returning float32
 softmax probabilities.
 
 Every measurement is a fresh `python -c` process (never `python -m`, so no
