@@ -184,10 +184,15 @@ def test_the_tree_trains_as_a_plain_classifier(runs, tmp_path):
   assert len(rows) == 2 and all(np.isfinite(r["loss"]) for r in rows)
 
 
+def _empty_folder(path) -> str:
+  os.makedirs(path, exist_ok=True)
+  return str(path)
+
+
 @pytest.mark.e2e
 @pytest.mark.parametrize("make_teacher, student_change, expected", [
     (lambda root: str(root / "no_such_run"), {}, "no such folder"),
-    (lambda root: str(root / "datasets"), {}, "config.json: missing"),
+    (lambda root: _empty_folder(root / "not_a_run"), {}, "config.json: missing"),
     (lambda root: str(root / "tree"), {}, "a 'distillation' run"),
     (lambda root: str(root / "teacher"), {"intensity_stats": (0.0, 100.0)},
      "the teacher has intensity_stats=(50.0, 125.0), the student (0.0, 100.0)"),

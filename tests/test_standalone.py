@@ -4,7 +4,7 @@ import re
 import subprocess
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# a `shared/` folder beside or above the checkout (`../shared/PERF.md`, `shared/tools/...`)
+# a folder named `shared` beside or above the checkout, spelt with its slash (a path into it)
 OUTSIDE = re.compile(r"(?<![\w-])" + "shared" + r"/")
 
 

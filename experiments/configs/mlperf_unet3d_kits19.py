@@ -48,6 +48,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c = common.base_config()
   c.task = "mlperf_unet3d"
   c.dataset = "kits19"
+  c.dataset_kwargs = common.dataset_options("kits19")  # None: the builder's value (min_shape 128^3)
   c.dataset_kwargs.manual_dir = ""
   c.dataset_kwargs.allow_missing_cases = False
   c.num_classes = 3
