@@ -106,6 +106,27 @@ def test_outshift_equals_lax(x_shape, window, cout, strides, padding):
   _check_fwd_grads(f, x, w, strides, pads, kd)
 
 
+DEPTH2D_CASES = [c for c in OUTSHIFT_CASES if len(c[0]) == 5]
+
+
+@pytest.mark.parametrize("x_shape,window,cout,strides,padding",
+                         DEPTH2D_CASES[:2] + DEPTH2D_CASES[-3:])
+def test_depth2d_equals_lax(x_shape, window, cout, strides, padding):
+  """`depth2d` (a 3D conv as one 2D conv over depth-stacked channels) forward and its two
+  hand-written gradients, stride 1 (asymmetric and even windows included)."""
+  x, w, kd = _inputs(x_shape, window + (x_shape[-1], cout))
+  pads = conv_xla_lib.explicit_padding(x_shape[1:-1], window, strides, padding)
+  plan = conv_xla_lib.Plan("depth2d", "depth2d", "depth2d")
+  f = lambda x, w: conv_xla_lib.conv_mixed(x, w, strides, pads, plan)
+  _check_fwd_grads(f, x, w, strides, pads, kd)
+
+
+def test_depth2d_forward_strided():
+  x, w, _ = _inputs((2, 7, 6, 8, 5), (3, 3, 3, 5, 4))
+  pads = conv_xla_lib.explicit_padding((7, 6, 8), (3, 3, 3), (2, 2, 2), "SAME")
+  _close(conv_xla_lib.conv_depth2d(x, w, (2, 2, 2), pads), _lax_conv(x, w, (2, 2, 2), pads))
+
+
 def test_outshift_forward_strided():
   x, w, _ = _inputs((2, 7, 6, 8, 5), (3, 3, 3, 5, 4))
   pads = conv_xla_lib.explicit_padding((7, 6, 8), (3, 3, 3), (2, 2, 2), "SAME")
