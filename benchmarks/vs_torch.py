@@ -32,6 +32,8 @@ environments:
   (`medjax.host_memory`);
 * medjax, path "launcher": `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, as
   `python -m experiments.main` runs;
+* medjax, path "heap_off": the library path with `MEDJAX_HOST_HEAP=0` (glibc's
+  default allocator: what the library path was before `medjax.host_memory`);
 * PyTorch: a plain process, what a PyTorch user gets; the twin imports a few
   medjax names, so `MEDJAX_HOST_HEAP=0` keeps medjax's allocator settings out.
 
@@ -71,7 +73,7 @@ PRESETS = {
 }
 INFERENCE_PRESETS = ("inference_ct",)
 HUGE_PAGES = "glibc.malloc.hugetlb=1"
-PATHS = ("library", "launcher")
+PATHS = ("library", "launcher", "heap_off")
 RESULT_TAG = "VS_TORCH_RESULT "
 
 FLAGS = flags.FLAGS
@@ -155,7 +157,7 @@ def child_env(framework: str, path: str, environ: Optional[dict] = None) -> dict
     tunables.append(HUGE_PAGES)
   if tunables:
     env["GLIBC_TUNABLES"] = ":".join(tunables)
-  if framework == "torch":
+  if framework == "torch" or path == "heap_off":
     env["MEDJAX_HOST_HEAP"] = "0"
   env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH", "")) if p)
   return env

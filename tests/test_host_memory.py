@@ -113,3 +113,20 @@ def test_this_process_reports_what_import_did():
     assert status["settings"]["M_ARENA_MAX"] == 1 and status["reason"] == ""
   else:
     assert status["reason"]
+
+
+def test_vs_torch_environments():
+  """Each measured path of `benchmarks.vs_torch` gets its own allocator settings: the library
+  path as a plain process, `heap_off` without medjax's settings, the launcher's huge pages only
+  on the launcher path, PyTorch never with medjax's settings."""
+  from benchmarks import vs_torch
+  base = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1:glibc.cpu.x=1", "PATH": "/bin"}
+  library = vs_torch.child_env("medjax", "library", base)
+  assert library["GLIBC_TUNABLES"] == "glibc.cpu.x=1" and "MEDJAX_HOST_HEAP" not in library
+  heap_off = vs_torch.child_env("medjax", "heap_off", base)
+  assert heap_off["MEDJAX_HOST_HEAP"] == "0" and "hugetlb" not in heap_off["GLIBC_TUNABLES"]
+  launcher = vs_torch.child_env("medjax", "launcher", base)
+  assert launcher["GLIBC_TUNABLES"].split(":") == ["glibc.cpu.x=1", "glibc.malloc.hugetlb=1"]
+  assert "MEDJAX_HOST_HEAP" not in launcher
+  torch_env = vs_torch.child_env("torch", "torch", base)
+  assert torch_env["MEDJAX_HOST_HEAP"] == "0" and "hugetlb" not in torch_env["GLIBC_TUNABLES"]
