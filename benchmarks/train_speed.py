@@ -42,6 +42,7 @@ import ml_collections
 import numpy as np
 
 from benchmarks import timing, torch_unet, usage
+from medjax import host_memory
 from medjax.errors import InputError
 from medjax.inference.run_predictor import window_predictor
 from medjax.train import compile_cache, config_check, loop, tasks
@@ -259,7 +260,9 @@ def bench_train(config: ml_collections.ConfigDict, *, steps: int = 5, warmup: in
       "machine": {"platform": device.platform, "device": str(getattr(device, "device_kind", device)),
                   "cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                   "jax": jax.__version__,
-                  # experiments/host_allocator.py sets glibc.malloc.hugetlb=1 (or not)
+                  # medjax.host_memory's heap settings, else experiments/host_allocator.py's
+                  # glibc.malloc.hugetlb=1 (or neither)
+                  "host_memory": host_memory.status(),
                   "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")},
       "config": {"model": config.model.to_dict(), "kernels": config.kernels,
                  "dtype": config.get("dtype", "float32"), "remat": bool(config.get("remat", False)),

@@ -30,8 +30,10 @@ environments:
   `GLIBC_TUNABLES` huge-page tunable (dropped if this launcher re-executed
   itself with it), medjax's import-time allocator settings at their default
   (`medjax.host_memory`);
-* medjax, path "launcher": `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, as
-  `python -m experiments.main` runs;
+* medjax, path "launcher": glibc's huge pages (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`)
+  with medjax's heap settings off (`MEDJAX_HOST_HEAP=0`): what `python -m experiments.main`
+  runs with when those settings are off (`experiments.host_allocator`; by default a launcher
+  runs as the library path does);
 * medjax, path "heap_off": the library path with `MEDJAX_HOST_HEAP=0` (glibc's
   default allocator: what the library path was before `medjax.host_memory`);
 * PyTorch: a plain process, what a PyTorch user gets; the twin imports a few
@@ -155,6 +157,7 @@ def child_env(framework: str, path: str, environ: Optional[dict] = None) -> dict
               if t and not t.startswith("glibc.malloc.hugetlb")]
   if framework == "medjax" and path == "launcher":
     tunables.append(HUGE_PAGES)
+    env["MEDJAX_HOST_HEAP"] = "0"
   if tunables:
     env["GLIBC_TUNABLES"] = ":".join(tunables)
   if framework == "torch" or path == "heap_off":
