@@ -28,16 +28,12 @@ environments:
 
 * medjax, path "library": what a user's own `python script.py` gets: no
   `GLIBC_TUNABLES` huge-page tunable (dropped if this launcher re-executed
-  itself with it), medjax's import-time allocator settings at their default
-  (`medjax.host_memory`);
-* medjax, path "launcher": glibc's huge pages (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`)
-  with medjax's heap settings off (`MEDJAX_HOST_HEAP=0`): what `python -m experiments.main`
-  runs with when those settings are off (`experiments.host_allocator`; by default a launcher
-  runs as the library path does);
-* medjax, path "heap_off": the library path with `MEDJAX_HOST_HEAP=0` (glibc's
-  default allocator: what the library path was before `medjax.host_memory`);
-* PyTorch: a plain process, what a PyTorch user gets; the twin imports a few
-  medjax names, so `MEDJAX_HOST_HEAP=0` keeps medjax's allocator settings out.
+  itself with it), glibc's default allocator (`medjax.host_memory` is opt-in);
+* medjax, path "launcher": glibc's huge pages (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`),
+  as `python -m experiments.main` runs (`experiments.host_allocator`);
+* medjax, path "heap_on": the library path with `MEDJAX_HOST_HEAP=1` (`medjax.host_memory`'s
+  heap settings);
+* PyTorch: a plain process, what a PyTorch user gets (no `MEDJAX_HOST_HEAP`).
 
 Besides wall time (noisy on a shared machine), every step reports counters that
 load does not change much: CPU seconds (user, sys) and minor page faults per
@@ -75,7 +71,7 @@ PRESETS = {
 }
 INFERENCE_PRESETS = ("inference_ct",)
 HUGE_PAGES = "glibc.malloc.hugetlb=1"
-PATHS = ("library", "launcher", "heap_off")
+PATHS = ("library", "launcher", "heap_on")
 RESULT_TAG = "VS_TORCH_RESULT "
 
 FLAGS = flags.FLAGS
@@ -157,11 +153,11 @@ def child_env(framework: str, path: str, environ: Optional[dict] = None) -> dict
               if t and not t.startswith("glibc.malloc.hugetlb")]
   if framework == "medjax" and path == "launcher":
     tunables.append(HUGE_PAGES)
-    env["MEDJAX_HOST_HEAP"] = "0"
   if tunables:
     env["GLIBC_TUNABLES"] = ":".join(tunables)
-  if framework == "torch" or path == "heap_off":
-    env["MEDJAX_HOST_HEAP"] = "0"
+  env.pop("MEDJAX_HOST_HEAP", None)
+  if framework == "medjax" and path == "heap_on":
+    env["MEDJAX_HOST_HEAP"] = "1"
   env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH", "")) if p)
   return env
 

@@ -11,20 +11,17 @@ misses in the strided slices of the convolutions; the same step takes 1.18 s
 (`benchmarks/RESULTS.md`). Memory is still returned to the system after each
 step, so peak and idle RSS do not change.
 
-This is the fallback for when `import medjax` does not set the allocator up
-(`medjax.host_memory`, on unless `MEDJAX_HOST_HEAP=0`): its settings keep the
-step's memory in glibc's heap, so no step faults its working set in again
-(0 faults and ~0.01 s of kernel time per step of the same U-Net, against
-~3,000 faults and 0.7-0.8 s with huge pages alone), and huge pages on top of it
-only cost memory (the never-trimmed heap in 2 MiB pages: 8.4 GB resident
-against 2.9 GB, and 2.5 s of kernel time per step; `benchmarks/RESULTS.md`,
+With `MEDJAX_HOST_HEAP=1` (`medjax.host_memory`'s opt-in heap settings: 0 faults
+and ~0.01 s of kernel time per step of the same U-Net, against ~3,000 faults and
+0.7-0.8 s with huge pages alone) the launchers leave huge pages out: on top of
+those settings they only cost memory (the never-trimmed heap in 2 MiB pages:
+8.4 GB resident, 2.5 s of kernel time per step; `benchmarks/RESULTS.md`,
 "Library path").
 
 Tunables are read only when a process starts, so `python -m experiments.<launcher>`
 re-executes itself once, before importing anything heavy, with the tunable
-appended to `GLIBC_TUNABLES` (`experiments/__init__.py`). Nothing happens when
-medjax's heap settings are on (the default), when the tunable is already
-there, off Linux/glibc, on glibc < 2.35, when the kernel's transparent huge
+appended to `GLIBC_TUNABLES` (`experiments/__init__.py`). Nothing happens with
+`MEDJAX_HOST_HEAP=1`, when the tunable is already there, off Linux/glibc, on glibc < 2.35, when the kernel's transparent huge
 pages are `never`, or with `MEDJAX_HUGEPAGES=0`.
 """
 from __future__ import annotations
@@ -34,7 +31,7 @@ import sys
 from typing import Mapping, Optional
 
 OPT_OUT = "MEDJAX_HUGEPAGES"
-HOST_HEAP_SWITCH = "MEDJAX_HOST_HEAP"  # medjax.host_memory.OPT_OUT (not imported: too early)
+HOST_HEAP_SWITCH = "MEDJAX_HOST_HEAP"  # medjax.host_memory.SWITCH (not imported: too early)
 TUNABLE = "glibc.malloc.hugetlb=1"
 THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
 
@@ -62,7 +59,7 @@ def thp_mode(path: str = THP_SETTING) -> str:
 def tuned_environment(environ: Mapping[str, str], glibc: Optional[tuple[int, int]],
                       thp: str) -> Optional[dict]:
   """The environment to re-execute with, or None when nothing is to change."""
-  if environ.get(HOST_HEAP_SWITCH, "1") != "0":  # medjax.host_memory keeps the heap instead
+  if environ.get(HOST_HEAP_SWITCH, "0") == "1":  # medjax.host_memory keeps the heap instead
     return None
   if environ.get(OPT_OUT, "1") == "0" or glibc is None or glibc < (2, 35) or thp == "never":
     return None

@@ -16,9 +16,10 @@ modules. Nothing in the library reads flags (the launchers are in `experiments/`
 
 The Pallas kernels are the separate package `medjax_kernels` (folder `kernels/`).
 
-Importing medjax sets glibc's allocator up for XLA's CPU buffers before JAX
-starts its threads (`medjax.host_memory`: freed step memory stays in the heap,
-no page faults per step); `MEDJAX_HOST_HEAP=0` in the environment turns it off.
+With `MEDJAX_HOST_HEAP=1` in the environment, importing medjax sets glibc's
+allocator up for XLA's CPU buffers before JAX starts its threads
+(`medjax.host_memory`: freed step memory stays in the heap, no page faults per
+step; opt-in, since the heap can grow from step to step).
 """
 from medjax import host_memory as _host_memory
 

@@ -1,4 +1,5 @@
-"""glibc allocator settings for XLA's CPU buffers, applied once by `import medjax`.
+"""glibc allocator settings for XLA's CPU buffers, applied by `import medjax` when
+`MEDJAX_HOST_HEAP=1` is in the environment (off by default: see "Memory" below).
 
 XLA's CPU runtime allocates a program's temporaries with `malloc` at every
 execution and frees them when it ends: ~2 GB per training step of a 3D U-Net
@@ -11,7 +12,7 @@ a time, zeroed by the kernel (measured in `benchmarks/RESULTS.md`, "Library
 path").
 
 `configure()` (run by `medjax/__init__.py`, before JAX starts its CPU client
-and its threads) sets, through glibc's `mallopt`:
+and its threads) sets, with `MEDJAX_HOST_HEAP=1`, through glibc's `mallopt`:
 
 * `M_ARENA_MAX` = 1: every thread allocates from the main heap, so no request
   is forced into its own mapping (threads created later never get an arena);
@@ -20,15 +21,21 @@ and its threads) sets, through glibc's `mallopt`:
   at the end of a step stays in the heap for the next one instead of going
   back to the kernel.
 
-Steps then reuse resident memory: no page faults and no kernel time per step.
-The cost is memory: the heap keeps its high-water mark resident between
-steps (about the peak of the largest program run so far) instead of
-returning to the idle size; `release()` (`malloc_trim`) hands the free part
-back on demand. The arithmetic is untouched: results are bitwise the same.
+Steps then reuse resident memory: no page faults and no kernel time per step
+(the reference U-Net step: 0 faults and 0.006 s of kernel time against 556,000
+faults and 1.2-1.6 s; `benchmarks/RESULTS.md`, "Library path"). The arithmetic
+is untouched: results are bitwise the same.
 
-Switch it off with `MEDJAX_HOST_HEAP=0` in the environment before `import
-medjax`. Nothing is changed off Linux/glibc, or when the environment already
-tunes these `malloc` parameters (`MALLOC_ARENA_MAX`, `MALLOC_MMAP_MAX_`,
+Memory: the heap never shrinks, and on some programs it does not even hold at
+their high-water mark: the MLPerf 3D U-Net step (64^3, full widths) grew the
+process by ~2.2 GB per step (the same program without these settings: 4.1 GB
+after every step), and the reference U-Net's process ended 5 steps at 8.5 GB
+(2.9 GB in another run of 4 steps). Until that growth is understood the
+settings are opt-in: `MEDJAX_HOST_HEAP=1` in the environment before `import
+medjax` turns them on; `release()` (`malloc_trim`) hands the free part of the
+heap back on demand.
+
+Nothing is changed off Linux/glibc, or when the environment already tunes these `malloc` parameters (`MALLOC_ARENA_MAX`, `MALLOC_MMAP_MAX_`,
 `MALLOC_TRIM_THRESHOLD_`, `MALLOC_TOP_PAD_`, `MALLOC_MMAP_THRESHOLD_`, or
 the matching `glibc.malloc.*` entries of `GLIBC_TUNABLES`): the user's
 settings win. Threads that allocated before `import medjax` keep their
@@ -41,7 +48,7 @@ import os
 import sys
 from typing import Mapping, Optional
 
-OPT_OUT = "MEDJAX_HOST_HEAP"
+SWITCH = "MEDJAX_HOST_HEAP"
 
 # glibc's malloc.h parameter numbers for mallopt
 M_TRIM_THRESHOLD = -1
@@ -84,8 +91,8 @@ def _backend_started() -> bool:
 
 def skip_reason(environ: Mapping[str, str], libc_found: bool) -> Optional[str]:
   """Why `configure` leaves the allocator alone, or None when it applies the settings."""
-  if environ.get(OPT_OUT, "1") == "0":
-    return f"{OPT_OUT}=0"
+  if environ.get(SWITCH, "0") != "1":
+    return f"off by default ({SWITCH}=1 turns it on)"
   if not libc_found:
     return "not glibc"
   user = [k for k in USER_MALLOC_ENV if k in environ]

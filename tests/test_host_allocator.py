@@ -10,26 +10,24 @@ from experiments import host_allocator as ha
 GLIBC = (2, 36)
 
 
-HEAP_OFF = {"MEDJAX_HOST_HEAP": "0"}
+HEAP_ON = {"MEDJAX_HOST_HEAP": "1"}
 
 
-def test_tuned_environment_adds_the_tunable_when_the_host_heap_is_off():
-  assert (ha.tuned_environment(HEAP_OFF, GLIBC, "madvise")["GLIBC_TUNABLES"]
-          == "glibc.malloc.hugetlb=1")
-  env = ha.tuned_environment({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2", "X": "1", **HEAP_OFF},
-                             GLIBC, "always")
-  assert env == {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1", "X": "1",
-                 **HEAP_OFF}
+def test_tuned_environment_adds_the_tunable():
+  assert ha.tuned_environment({}, GLIBC, "madvise")["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
+  env = ha.tuned_environment({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2", "X": "1"}, GLIBC,
+                             "always")
+  assert env == {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1", "X": "1"}
 
 
 def test_tuned_environment_leaves_alone():
-  assert ha.tuned_environment({}, GLIBC, "madvise") is None  # medjax.host_memory's heap is on
-  assert ha.tuned_environment({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0", **HEAP_OFF}, GLIBC,
+  assert ha.tuned_environment(HEAP_ON, GLIBC, "madvise") is None  # medjax.host_memory's heap
+  assert ha.tuned_environment({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, GLIBC,
                               "madvise") is None
-  assert ha.tuned_environment({"MEDJAX_HUGEPAGES": "0", **HEAP_OFF}, GLIBC, "madvise") is None
-  assert ha.tuned_environment(HEAP_OFF, None, "madvise") is None  # not glibc
-  assert ha.tuned_environment(HEAP_OFF, (2, 31), "madvise") is None  # no tunable before 2.35
-  assert ha.tuned_environment(HEAP_OFF, GLIBC, "never") is None
+  assert ha.tuned_environment({"MEDJAX_HUGEPAGES": "0"}, GLIBC, "madvise") is None
+  assert ha.tuned_environment({}, None, "madvise") is None  # not glibc
+  assert ha.tuned_environment({}, (2, 31), "madvise") is None  # no tunable before 2.35
+  assert ha.tuned_environment({}, GLIBC, "never") is None
 
 
 def test_thp_mode_reads_the_bracketed_choice(tmp_path):
@@ -51,9 +49,8 @@ def _launcher_tunables(**env):
 def test_a_launcher_runs_with_the_tunable_on_this_machine():
   clean = {k: v for k, v in os.environ.items()
            if k not in ("GLIBC_TUNABLES", "MEDJAX_HUGEPAGES", "MEDJAX_HOST_HEAP")}
-  assert _launcher_tunables() == ""  # the default: medjax.host_memory's heap, no huge pages
-  expected = ha.tuned_environment({**clean, **HEAP_OFF}, ha.glibc_version(), ha.thp_mode())
-  assert (_launcher_tunables(**HEAP_OFF)
-          == ("" if expected is None else expected["GLIBC_TUNABLES"]))
-  assert _launcher_tunables(MEDJAX_HUGEPAGES="0", **HEAP_OFF) == ""
+  expected = ha.tuned_environment(clean, ha.glibc_version(), ha.thp_mode())
+  assert _launcher_tunables() == ("" if expected is None else expected["GLIBC_TUNABLES"])
+  assert _launcher_tunables(MEDJAX_HUGEPAGES="0") == ""
+  assert _launcher_tunables(**HEAP_ON) == ""  # medjax.host_memory's heap instead
   assert _launcher_tunables(GLIBC_TUNABLES="glibc.malloc.hugetlb=0") == "glibc.malloc.hugetlb=0"

@@ -1,5 +1,6 @@
-"""`import medjax` sets glibc's allocator up (`medjax.host_memory`) in a plain process,
-`MEDJAX_HOST_HEAP=0` turns it off, and neither changes a computed number."""
+"""With `MEDJAX_HOST_HEAP=1`, `import medjax` sets glibc's allocator up (`medjax.host_memory`)
+in a plain process; by default (or with `MEDJAX_HOST_HEAP=0`) it does not; neither changes a
+computed number."""
 import json
 import os
 import subprocess
@@ -57,7 +58,7 @@ print(hashlib.sha256(b"".join(np.asarray(a).tobytes() for a in (value, gx, gw)))
 
 def _clean_env(**extra) -> dict:
   env = {k: v for k, v in os.environ.items()
-         if k not in ("GLIBC_TUNABLES", host_memory.OPT_OUT) and not k.startswith("MALLOC_")}
+         if k not in ("GLIBC_TUNABLES", host_memory.SWITCH) and not k.startswith("MALLOC_")}
   env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)
   env.update(extra)
   return env
@@ -72,8 +73,8 @@ def _run(code: str, env: dict) -> str:
 
 @pytest.mark.e2e
 @pytest.mark.skipif(not GLIBC, reason="the settings are glibc mallopt parameters")
-def test_import_medjax_keeps_thread_allocations_in_the_heap_and_the_switch_turns_it_off():
-  on = json.loads(_run(PROBE, _clean_env()))
+def test_import_medjax_keeps_thread_allocations_in_the_heap_when_switched_on():
+  on = json.loads(_run(PROBE, _clean_env(MEDJAX_HOST_HEAP="1")))
   assert on["status"]["applied"] and on["status"]["settings"] == {
       "M_ARENA_MAX": 1, "M_MMAP_MAX": 0, "M_TRIM_THRESHOLD": -1, "M_TOP_PAD": 64 << 20}
   assert on["status"]["backend_started_first"] is False
@@ -81,28 +82,32 @@ def test_import_medjax_keeps_thread_allocations_in_the_heap_and_the_switch_turns
   assert on["faults"] < 2000  # reused resident memory (96 MiB = 24,576 pages of 4 KiB)
   assert on["released"]  # malloc_trim handed the free 96 MiB back
 
-  off = json.loads(_run(PROBE, _clean_env(MEDJAX_HOST_HEAP="0")))
-  assert off["status"] == {"applied": False, "reason": "MEDJAX_HOST_HEAP=0"}
+  off = json.loads(_run(PROBE, _clean_env()))  # the default
+  assert off["status"] == {"applied": False,
+                           "reason": "off by default (MEDJAX_HOST_HEAP=1 turns it on)"}
   assert not off["in_heap"]  # glibc's default: its own mmap, unmapped again on free
+  assert json.loads(_run(PROBE, _clean_env(MEDJAX_HOST_HEAP="0")))["status"] == off["status"]
 
 
 @pytest.mark.e2e
 def test_results_are_bitwise_the_same_with_and_without_the_allocator_settings():
-  on = _run(NUMBERS, _clean_env())
-  off = _run(NUMBERS, _clean_env(MEDJAX_HOST_HEAP="0"))
+  on = _run(NUMBERS, _clean_env(MEDJAX_HOST_HEAP="1"))
+  off = _run(NUMBERS, _clean_env())
   assert len(on) == 64 and on == off
 
 
 def test_skip_reasons():
-  assert host_memory.skip_reason({}, True) is None
-  assert host_memory.skip_reason({"MEDJAX_HOST_HEAP": "1"}, True) is None
-  assert host_memory.skip_reason({"MEDJAX_HOST_HEAP": "0"}, True) == "MEDJAX_HOST_HEAP=0"
-  assert host_memory.skip_reason({}, False) == "not glibc"
-  # the launchers' huge-page tunable is no malloc parameter of ours: combined
-  assert host_memory.skip_reason({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}, True) is None
-  user = host_memory.skip_reason({"GLIBC_TUNABLES": "glibc.malloc.arena_max=4"}, True)
+  on = {"MEDJAX_HOST_HEAP": "1"}
+  assert host_memory.skip_reason(on, True) is None
+  default = "off by default (MEDJAX_HOST_HEAP=1 turns it on)"
+  assert host_memory.skip_reason({}, True) == default
+  assert host_memory.skip_reason({"MEDJAX_HOST_HEAP": "0"}, True) == default
+  assert host_memory.skip_reason(on, False) == "not glibc"
+  # a huge-page tunable is no malloc parameter of ours: combined
+  assert host_memory.skip_reason({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1", **on}, True) is None
+  user = host_memory.skip_reason({"GLIBC_TUNABLES": "glibc.malloc.arena_max=4", **on}, True)
   assert user == "the environment sets malloc already (glibc.malloc.arena_max)"
-  assert "MALLOC_ARENA_MAX" in host_memory.skip_reason({"MALLOC_ARENA_MAX": "2"}, True)
+  assert "MALLOC_ARENA_MAX" in host_memory.skip_reason({"MALLOC_ARENA_MAX": "2", **on}, True)
 
 
 def test_this_process_reports_what_import_did():
@@ -117,16 +122,17 @@ def test_this_process_reports_what_import_did():
 
 def test_vs_torch_environments():
   """Each measured path of `benchmarks.vs_torch` gets its own allocator settings: the library
-  path as a plain process, `heap_off` without medjax's settings, the launchers' fallback (huge
-  pages, heap settings off) on the launcher path, PyTorch never with medjax's settings."""
+  path and PyTorch as plain processes, `heap_on` with medjax's heap settings, the launchers'
+  huge pages only on the launcher path."""
   from benchmarks import vs_torch
-  base = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1:glibc.cpu.x=1", "PATH": "/bin"}
+  base = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1:glibc.cpu.x=1", "PATH": "/bin",
+          "MEDJAX_HOST_HEAP": "1"}
   library = vs_torch.child_env("medjax", "library", base)
   assert library["GLIBC_TUNABLES"] == "glibc.cpu.x=1" and "MEDJAX_HOST_HEAP" not in library
-  heap_off = vs_torch.child_env("medjax", "heap_off", base)
-  assert heap_off["MEDJAX_HOST_HEAP"] == "0" and "hugetlb" not in heap_off["GLIBC_TUNABLES"]
+  heap_on = vs_torch.child_env("medjax", "heap_on", base)
+  assert heap_on["MEDJAX_HOST_HEAP"] == "1" and "hugetlb" not in heap_on["GLIBC_TUNABLES"]
   launcher = vs_torch.child_env("medjax", "launcher", base)
   assert launcher["GLIBC_TUNABLES"].split(":") == ["glibc.cpu.x=1", "glibc.malloc.hugetlb=1"]
-  assert launcher["MEDJAX_HOST_HEAP"] == "0"  # huge pages are the fallback without the heap
+  assert "MEDJAX_HOST_HEAP" not in launcher
   torch_env = vs_torch.child_env("torch", "torch", base)
-  assert torch_env["MEDJAX_HOST_HEAP"] == "0" and "hugetlb" not in torch_env["GLIBC_TUNABLES"]
+  assert "MEDJAX_HOST_HEAP" not in torch_env and "hugetlb" not in torch_env["GLIBC_TUNABLES"]
