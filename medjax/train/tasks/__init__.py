@@ -10,6 +10,7 @@ from __future__ import annotations
 from medjax.errors import InputError
 from medjax.train.tasks.base import Task
 from medjax.train.tasks.classification import ClassificationTask
+from medjax.train.tasks.detection import DetectionTask
 from medjax.train.tasks.distillation import DistillationTask
 from medjax.train.tasks.mlperf import MLPerfUNet3DTask
 from medjax.train.tasks.segmentation import SegmentationTask
@@ -22,6 +23,7 @@ TASKS: dict[str, type[Task]] = {
     "linear_probe": LinearProbeTask,
     "distillation": DistillationTask,
     "mlperf_unet3d": MLPerfUNet3DTask,
+    "detection": DetectionTask,
 }
 
 
@@ -34,4 +36,4 @@ def get_task(name: str) -> Task:
 
 
 __all__ = ["Task", "TASKS", "get_task", "SegmentationTask", "ClassificationTask",
-           "DistillationTask", "FinetuneTask", "LinearProbeTask", "MLPerfUNet3DTask"]
+           "DistillationTask", "DetectionTask", "FinetuneTask", "LinearProbeTask", "MLPerfUNet3DTask"]
