@@ -157,7 +157,8 @@ def test_smoke_run_predicts_files_into_json_and_a_luna16_candidates_csv(tmp_path
   import csv
   from medjax.data.builders import datasets
   from medjax.inference import predict_detections
-  config = _smoke_config(data_dir)
+  config = retina_unet_nodules.get_config("smoke")
+  config.data_dir = data_dir
   config.num_steps = 1
   config.eval.detection.bootstrap = 0
   loop.train_and_evaluate(config, str(tmp_path / "run"))

@@ -25,7 +25,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from medjax.data.pipeline import loaders, transforms
+from medjax.data.pipeline import case_cache, loaders, transforms
 from medjax.detection import boxes as box_ops
 from medjax.errors import InputError
 
@@ -47,13 +47,13 @@ class DetectionCases:
     """`(image (*S, C) float32, instances (*S,) int32, boxes (M, 2n), classes (M,))`."""
     if index not in self._cases:
       example = self.source[index]
-      name = loaders.case_cache.case_id(example, index)
+      name = case_cache.case_id(example, index)
       for key in ("image", "instances", "boxes", "classes", "num_boxes"):
         if key not in example:
           raise InputError(f"case {name}: no {key!r} feature; a detection dataset is expected "
                            "(medjax.data.builders.detection_examples)")
       instances = np.asarray(example["instances"]).astype(np.int32)
-      image = loaders.case_cache.channels_last(
+      image = case_cache.channels_last(
           transforms.check_image(np.asarray(example["image"]), name), instances,
           self.normalize, name)
       count = int(example["num_boxes"])
