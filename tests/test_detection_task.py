@@ -195,6 +195,7 @@ def test_smoke_run_predicts_files_into_json_and_a_luna16_candidates_csv(tmp_path
   from medjax.data import io
   boxes = io.read_image(str(tmp_path / "out" / "scan_a_boxes.nii.gz")).array
   assert list(boxes.shape) == summary["shape"]
+  assert {"score_std", "agreement", "box_std_voxels"} <= set(first)  # 2 mirror samples
   assert boxes.max() == sum(d["finding"] for d in detections)
 
 
@@ -210,3 +211,18 @@ def test_predict_refuses_a_run_that_is_not_a_detection_run(tmp_path):
   workdir.write_config(config)
   with pytest.raises(InputError, match="expected a detection run"):
     predict_detections.load_detector(str(tmp_path))
+
+
+def test_detection_spread_over_samples():
+  from medjax import uncertainty
+  final = np.array([[0, 0, 0, 4, 4, 4], [10, 10, 10, 12, 12, 12]], np.float64)
+  samples = [np.array([[0, 0, 0, 4, 4, 4]]), np.array([[0, 0, 0, 4, 4, 6], [10, 10, 10, 12, 12, 12]]),
+             np.zeros((0, 6))]
+  scores = [np.array([0.9]), np.array([0.6, 0.3]), np.zeros(0)]
+  out = uncertainty.detection_spread(final, samples, scores, iou_threshold=0.1)
+  np.testing.assert_allclose(out["agreement"], [2 / 3, 1 / 3])
+  np.testing.assert_allclose(out["score_mean"], [0.5, 0.1])
+  np.testing.assert_allclose(out["score_std"], [np.std([0.9, 0.6, 0.0]), np.std([0, 0.3, 0])])
+  # the first box's two matches differ in x2 only (4 vs 6): std sqrt(2) in 1 of 6 coordinates
+  np.testing.assert_allclose(out["box_std"][0], np.sqrt(2) / 6)
+  assert np.isnan(out["box_std"][1])

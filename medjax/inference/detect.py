@@ -276,3 +276,30 @@ def finish(raw: WindowBoxes, spacing: Sequence[float], post: Postprocessing) -> 
   n = int(post.max_detections)
   timings = dict(raw.timings, clustering=time.perf_counter() - t0)
   return Detections(boxes[:n].astype(np.float32), scores[:n], classes[:n], timings)
+
+
+def sample_groups(raw: WindowBoxes) -> list[WindowBoxes]:
+  """`raw` split into its `n_expected` samples (one per mirror variant and ensemble member),
+  each as the boxes one deterministic pass over the windows gives (`n_expected` 1)."""
+  groups = int(round(raw.n_expected))
+  out = []
+  for g in range(groups):
+    keep = raw.patch_ids % groups == g
+    out.append(WindowBoxes(raw.boxes[keep], raw.scores[keep], raw.classes[keep],
+                           raw.patch_ids[keep], raw.center_factors[keep], raw.n_overlaps[keep],
+                           1.0, {}))
+  return out
+
+
+def detection_uncertainty(raw: WindowBoxes, found: Detections, spacing: Sequence[float],
+                          post: Postprocessing) -> Optional[dict]:
+  """`medjax.uncertainty.detection_spread` of `found` over the samples of `raw` (mirror
+  variants x ensemble members, each clustered alone with `post`); None with one sample."""
+  from medjax import uncertainty  # pylint: disable=import-outside-toplevel
+  groups = sample_groups(raw)
+  if len(groups) < 2:
+    return None
+  samples = [finish(g, spacing, post) for g in groups]
+  return uncertainty.detection_spread(found.boxes, [s.boxes for s in samples],
+                                      [s.scores for s in samples],
+                                      iou_threshold=min(post.iou_threshold, 0.5))

@@ -10,6 +10,8 @@ detections, written as:
   operating threshold), `box_voxel` (`(z1, y1, x1, z2, y2, x2)` half-open array
   indices), `box_world_mm` (the world (RAS) hull of the box), `center_voxel`,
   `center_world_mm` (RAS), `diameter_mm` (the mean of the box's sides in mm),
+  with several samples (mirror variants, ensemble members) its uncertainty
+  (`score_std`, `agreement`, `box_std_voxels`: `medjax.uncertainty.detection_spread`),
   and the seconds spent reading, in the network, NMS and clustering;
 * `DIR/candidates.csv`: every candidate of every case in the LUNA16 format
   (`seriesuid,coordX,coordY,coordZ,probability`; the coordinates in world mm
@@ -53,9 +55,10 @@ def ras_to_lps(points: np.ndarray) -> np.ndarray:
   return points * np.array([-1.0, -1.0, 1.0])
 
 
-def detection_rows(found: detect.Detections, affine: np.ndarray, spacing,
-                   threshold: float) -> list[dict]:
-  """The JSON records of one case's detections (module docstring)."""
+def detection_rows(found: detect.Detections, affine: np.ndarray, spacing, threshold: float,
+                   spread: Optional[dict] = None) -> list[dict]:
+  """The JSON records of one case's detections (module docstring); with `spread`
+  (`detect.detection_uncertainty`), also `score_std`, `agreement` and `box_std_voxels`."""
   rows = []
   if not len(found.boxes):
     return rows
@@ -72,6 +75,11 @@ def detection_rows(found: detect.Detections, affine: np.ndarray, spacing,
                  "center_voxel": [round(float(v), 3) for v in centers_voxel[i]],
                  "center_world_mm": [round(float(v), 3) for v in centers_world[i]],
                  "diameter_mm": round(float(diameters[i]), 3)})
+    if spread is not None:
+      box_std = float(spread["box_std"][i])
+      rows[-1].update(score_std=round(float(spread["score_std"][i]), 4),
+                      agreement=round(float(spread["agreement"][i]), 4),
+                      box_std_voxels=round(box_std, 3) if np.isfinite(box_std) else None)
   return rows
 
 
@@ -119,8 +127,10 @@ def predict_case(detector: detect.WindowDetector, post: detect.Postprocessing, p
     raise InputError(f"{path}: NaN or infinite intensities")
   seconds = {"read": time.perf_counter() - start}
   affine = array_axes_affine(volume.affine)
-  found = detector(image[..., None], volume.spacing, post)
+  raw = detector.detect_windows(image[..., None])
+  found = detect.finish(raw, volume.spacing, post)
   seconds.update(found.timings)
+  spread = detect.detection_uncertainty(raw, found, volume.spacing, post)
   os.makedirs(output, exist_ok=True)
   written = []
   if boxes_nifti:
@@ -131,7 +141,8 @@ def predict_case(detector: detect.WindowDetector, post: detect.Postprocessing, p
   written.append(os.path.join(output, name + DETECTIONS_SUFFIX))
   summary = {"case": name, "input": os.path.abspath(path), "shape": list(image.shape),
              "spacing": [float(s) for s in volume.spacing], "thresholds": post.to_json(),
-             "detections": detection_rows(found, affine, volume.spacing, post.score_threshold),
+             "detections": detection_rows(found, affine, volume.spacing, post.score_threshold,
+                                          spread),
              "seconds": {k: round(float(v), 4) for k, v in seconds.items()},
              "outputs": written}
   atomic_write_json(written[-1], summary)
