@@ -3,6 +3,7 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -226,3 +227,23 @@ def test_detection_spread_over_samples():
   # the first box's two matches differ in x2 only (4 vs 6): std sqrt(2) in 1 of 6 coordinates
   np.testing.assert_allclose(out["box_std"][0], np.sqrt(2) / 6)
   assert np.isnan(out["box_std"][1])
+
+
+def test_a_detection_is_explained_by_integrated_gradients_with_completeness():
+  from medjax import explain
+  from medjax.models import RetinaUNet, anchors_for
+  model = RetinaUNet(features=(4, 8), head_levels=(1,), head_features=4, head_convs=1,
+                     anchor_sizes=(((2.0,), (2.0,), (2.0,)),))
+  x = jax.random.normal(jax.random.key(0), (1, 8, 8, 8, 1))
+  variables = model.init(jax.random.key(1), x)
+  anchors = anchors_for(model, x.shape).boxes
+  anchor = detect.anchor_of_box(model, variables, x, anchors, anchors[5], min_iou=0.0)
+  assert 0 <= anchor < len(anchors)
+  attribution = explain.explain_detection(model, variables, x, anchor, steps=64)
+  assert attribution.shape == x.shape
+  wrapped = explain.AnchorLogits(model, anchor)
+  wv = explain.anchor_variables(variables)
+  f = lambda v: float(wrapped.apply(wv, v)[0, 0])
+  assert float(attribution.sum()) == pytest.approx(f(x) - f(jnp.zeros_like(x)), rel=0.05, abs=1e-3)
+  with pytest.raises(InputError, match="method='lime'"):
+    explain.explain_detection(model, variables, x, anchor, method="lime")

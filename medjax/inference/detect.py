@@ -303,3 +303,17 @@ def detection_uncertainty(raw: WindowBoxes, found: Detections, spacing: Sequence
   return uncertainty.detection_spread(found.boxes, [s.boxes for s in samples],
                                       [s.scores for s in samples],
                                       iou_threshold=min(post.iou_threshold, 0.5))
+
+
+def anchor_of_box(model, variables, window: np.ndarray, anchors: np.ndarray, box: np.ndarray,
+                  *, min_iou: float = 0.3, coder_weights: Optional[tuple] = None) -> int:
+  """The anchor whose decoded box overlaps `box` (window coordinates) with IoU >= `min_iou`
+  and has the highest score for the normalised `window` `(1, *roi, C)`: the anchor to
+  explain for a detection (`medjax.explain.explain_detection`); -1 when none overlaps."""
+  out = model.apply(variables, jnp.asarray(window, jnp.float32), train=False)
+  scores = np.asarray(jax.nn.sigmoid(out["class_logits"][0]).max(-1))
+  decoded = np.asarray(coder.decode_boxes(jnp.asarray(anchors, jnp.float32),
+                                          out["box_deltas"][0], coder_weights))
+  iou = box_ops.box_iou(decoded.astype(np.float64), np.asarray(box, np.float64)[None])[:, 0]
+  candidates = np.nonzero(iou >= min_iou)[0]
+  return int(candidates[np.argmax(scores[candidates])]) if len(candidates) else -1
