@@ -247,3 +247,35 @@ def test_a_detection_is_explained_by_integrated_gradients_with_completeness():
   assert float(attribution.sum()) == pytest.approx(f(x) - f(jnp.zeros_like(x)), rel=0.05, abs=1e-3)
   with pytest.raises(InputError, match="method='lime'"):
     explain.explain_detection(model, variables, x, anchor, method="lime")
+
+
+def test_connected_components_become_boxes_scored_by_their_best_probability():
+  from medjax.detection.components import component_detections
+  labels = np.zeros((4, 8, 8), np.uint8)
+  labels[0:2, 0:2, 0:2] = 1
+  labels[3, 6, 6] = 1  # a single voxel, diagonal neighbour of nothing
+  labels[3, 7, 7] = 1  # touches (3, 6, 6) diagonally: the same 26-connected component
+  probs = np.zeros((4, 8, 8, 2))
+  probs[..., 1] = 0.2
+  probs[1, 1, 1, 1] = 0.9
+  probs[3, 7, 7, 1] = 0.7
+  probs[..., 0] = 1 - probs[..., 1]
+  boxes, scores, classes = component_detections(labels, probs)
+  np.testing.assert_array_equal(boxes, [[0, 0, 0, 2, 2, 2], [3, 6, 6, 4, 8, 8]])
+  np.testing.assert_allclose(scores, [0.9, 0.7])
+  np.testing.assert_array_equal(classes, [0, 0])
+  boxes, _, _ = component_detections(labels, probs, min_voxels=3)
+  assert len(boxes) == 1
+
+
+@pytest.mark.e2e
+def test_unet_components_smoke_config_trains_and_scores_its_components(tmp_path, data_dir):
+  from experiments.configs import unet_components_nodules
+  config = unet_components_nodules.get_config("smoke")
+  config.data_dir = data_dir
+  config.num_steps = 2
+  results = loop.train_and_evaluate(config, str(tmp_path))
+  assert 0.0 <= results["cpm/nodule"] <= 1.0
+  assert results["thresholds"]["min_voxels"] in (1, 4)
+  assert Workdir(str(tmp_path)).read_detection_thresholds() is not None
+  assert "froc.png" in os.listdir(tmp_path / "report")

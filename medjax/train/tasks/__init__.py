@@ -10,6 +10,7 @@ from __future__ import annotations
 from medjax.errors import InputError
 from medjax.train.tasks.base import Task
 from medjax.train.tasks.classification import ClassificationTask
+from medjax.train.tasks.components_detection import ComponentsDetectionTask
 from medjax.train.tasks.detection import DetectionTask
 from medjax.train.tasks.distillation import DistillationTask
 from medjax.train.tasks.mlperf import MLPerfUNet3DTask
@@ -24,6 +25,7 @@ TASKS: dict[str, type[Task]] = {
     "distillation": DistillationTask,
     "mlperf_unet3d": MLPerfUNet3DTask,
     "detection": DetectionTask,
+    "detection_components": ComponentsDetectionTask,
 }
 
 
@@ -36,4 +38,4 @@ def get_task(name: str) -> Task:
 
 
 __all__ = ["Task", "TASKS", "get_task", "SegmentationTask", "ClassificationTask",
-           "DistillationTask", "DetectionTask", "FinetuneTask", "LinearProbeTask", "MLPerfUNet3DTask"]
+           "DistillationTask", "DetectionTask", "ComponentsDetectionTask", "FinetuneTask", "LinearProbeTask", "MLPerfUNet3DTask"]
