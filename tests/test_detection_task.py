@@ -217,8 +217,8 @@ def test_predict_refuses_a_run_that_is_not_a_detection_run(tmp_path):
 def test_detection_spread_over_samples():
   from medjax import uncertainty
   final = np.array([[0, 0, 0, 4, 4, 4], [10, 10, 10, 12, 12, 12]], np.float64)
-  samples = [np.array([[0, 0, 0, 4, 4, 4]]), np.array([[0, 0, 0, 4, 4, 6], [10, 10, 10, 12, 12, 12]]),
-             np.zeros((0, 6))]
+  samples = [np.array([[0, 0, 0, 4, 4, 4]]),
+             np.array([[0, 0, 0, 4, 4, 6], [10, 10, 10, 12, 12, 12]]), np.zeros((0, 6))]
   scores = [np.array([0.9]), np.array([0.6, 0.3]), np.zeros(0)]
   out = uncertainty.detection_spread(final, samples, scores, iou_threshold=0.1)
   np.testing.assert_allclose(out["agreement"], [2 / 3, 1 / 3])

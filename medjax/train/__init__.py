@@ -10,7 +10,8 @@
 * `warm_start` (`config.init_from`) and `optim` (frozen stages and their
   BatchNorm, per-stage learning rates): transfer learning.
 * `evaluate` scores, `report` / `tree_report` draw (`detection_scores` /
-  `detection_report` for detection runs: FROC, CPM, mAP; froc.png, box slices); `workdir` owns every file name and write.
+  `detection_report` for detection runs: FROC, CPM, mAP; froc.png, box slices);
+  `workdir` owns every file name and write.
 * `step` (the SPMD step, `Objective` for task-specific losses), `state`,
   `checkpoint` (orbax), `writer` (metrics.jsonl + TensorBoard), `config_check`,
   `model_factory`, `config_data` (the data a config names: splits, plan, normalisation).

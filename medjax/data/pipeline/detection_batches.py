@@ -64,7 +64,8 @@ class DetectionCases:
 
 def _start(rng: np.random.Generator, size: int, patch: int, low: float, high: float,
            margin: int) -> int:
-  """A patch start in `[0, size - patch]` keeping the point range `[low, high]` inside when it can."""
+  """A patch start in `[0, size - patch]` keeping the point range `[low, high]` inside
+  (with `margin`, else without) when it can."""
   last = max(size - patch, 0)
   for m in (margin, 0):
     lo = max(int(np.ceil(high + m - patch + 1)), 0)

@@ -38,4 +38,5 @@ def get_task(name: str) -> Task:
 
 
 __all__ = ["Task", "TASKS", "get_task", "SegmentationTask", "ClassificationTask",
-           "DistillationTask", "DetectionTask", "ComponentsDetectionTask", "FinetuneTask", "LinearProbeTask", "MLPerfUNet3DTask"]
+           "DistillationTask", "DetectionTask",
+           "ComponentsDetectionTask", "FinetuneTask", "LinearProbeTask", "MLPerfUNet3DTask"]

@@ -90,7 +90,8 @@ def class_key(config: ml_collections.ConfigDict) -> str:
   return names[0] if len(names) == 1 else "all"
 
 
-def cached_windows(detector: detect.WindowDetector, source) -> list[tuple[dict, detect.WindowBoxes]]:
+def cached_windows(detector: detect.WindowDetector, source
+                   ) -> list[tuple[dict, detect.WindowBoxes]]:
   """`(example, WindowBoxes)` of every case of `source` (the network runs once per case)."""
   return [(source[i], detector.detect_windows(np.asarray(source[i]["image"], np.float32)))
           for i in range(len(source))]
