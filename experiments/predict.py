@@ -54,6 +54,14 @@ their probabilities, `--uncertainty` its entropy. The members must share classes
 dimensions, input channels and preprocessing plan; an ensemble has no post-processing
 rules (`--postprocess` is refused).
 The work is done by `medjax.inference.predict_files.predict_folder`.
+
+A detection run (`config.task="detection"`, e.g. `retina_unet_nodules.py`) detects
+lesions instead (`medjax.inference.predict_detections`): per case
+`DIR/<case>_detections.json` (boxes in voxels and world mm, centres, diameters,
+scores, whether each is above the operating threshold the run chose on its
+validation split) and one `DIR/candidates.csv` in the LUNA16 format
+(`seriesuid,coordX,coordY,coordZ,probability`, LPS mm); `--boxes_nifti` also
+writes `DIR/<case>_boxes.nii.gz` (the boxes above the threshold, numbered).
 """
 from __future__ import annotations
 
@@ -63,7 +71,8 @@ from absl import app, flags, logging
 
 from experiments import cli
 from medjax.errors import InputError
-from medjax.inference import predict_files
+from medjax.inference import predict_detections, predict_files
+from medjax.train.workdir import Workdir
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Workdir of a trained run (or of a cascade); several, "
@@ -82,7 +91,17 @@ flags.DEFINE_bool("postprocess", None, "Apply the run's post-processing rules "
                   "(postprocessing.json). Default: when the workdir has them.")
 flags.DEFINE_enum("format", "nifti", predict_files.FORMATS, "nifti: NIfTI outputs; dicom-seg: also a "
                   "DICOM Segmentation <case>_seg.dcm for each DICOM series input.")
+flags.DEFINE_bool("boxes_nifti", False, "Detection runs: also write <case>_boxes.nii.gz (the "
+                  "boxes above the operating threshold, box i filled with i).")
 flags.mark_flags_as_required(["workdir", "input", "output"])
+
+
+def is_detection_run(workdir: str) -> bool:
+  """One workdir whose run is a detection task (a comma-separated list is an ensemble of
+  segmentation runs)."""
+  if "," in workdir:
+    return False
+  return Workdir(workdir).read_config_json().get("task") == "detection"
 
 
 def main(argv):
@@ -91,10 +110,15 @@ def main(argv):
   if not FLAGS["verbosity"].present:  # orbax logs at INFO
     logging.set_verbosity(logging.WARNING)
   try:
-    failed = predict_files.predict_folder(FLAGS.workdir, FLAGS.input, FLAGS.output, mirror=FLAGS.mirror,
-                                    probabilities=FLAGS.probabilities,
-                                    uncertainty=FLAGS.uncertainty, samples=FLAGS.samples,
-                                    postprocess=FLAGS.postprocess, output_format=FLAGS.format)
+    if is_detection_run(FLAGS.workdir):
+      failed = predict_detections.predict_folder(FLAGS.workdir, FLAGS.input, FLAGS.output,
+                                                 mirror=FLAGS.mirror,
+                                                 boxes_nifti=FLAGS.boxes_nifti)
+    else:
+      failed = predict_files.predict_folder(
+          FLAGS.workdir, FLAGS.input, FLAGS.output, mirror=FLAGS.mirror,
+          probabilities=FLAGS.probabilities, uncertainty=FLAGS.uncertainty,
+          samples=FLAGS.samples, postprocess=FLAGS.postprocess, output_format=FLAGS.format)
   except InputError as e:
     cli.exit_with_error(e)
   if failed:

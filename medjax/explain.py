@@ -515,3 +515,37 @@ def _occlusion(model, patch, variables, x, value, classes, weights, o_chunks, w_
 __all__ = ["METHODS", "saliency", "smoothgrad", "integrated_gradients", "grad_cam", "occlusion",
            "target_score", "predicted_region", "spatial_layers", "default_layer", "check_layer",
            "resize_map"]
+
+
+# --- detections ----------------------------------------------------------------------------
+class AnchorLogits(nn.Module):
+  """A detector's class logits at one anchor, `(N, K)`: the detection score explained as a
+  classifier's logit, so every method above applies to one detection of a RetinaNet /
+  Retina U-Net (`medjax.models.RetinaUNet`, outputs `{"class_logits": (N, A, K), ...}`).
+
+  Its variables are the detector's under `detector` (`anchor_variables`)."""
+  detector: nn.Module
+  anchor: int
+
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    return self.detector(x, train=train)["class_logits"][:, self.anchor, :]
+
+
+def anchor_variables(variables: Any) -> dict:
+  """The detector's `variables` as `AnchorLogits`'s (every collection nested under `detector`)."""
+  return {collection: {"detector": tree} for collection, tree in dict(variables).items()}
+
+
+def explain_detection(model: nn.Module, variables: Any, x: jax.Array, anchor: int, *,
+                      method: str = "integrated_gradients", target_class: int = 0,
+                      **options) -> jax.Array:
+  """Attribution `(N, *S, C)` (Grad-CAM: `(N, *S_layer)`) of the class-`target_class` logit of
+  the detection at `anchor` (`medjax.inference.detect.anchor_of_box` finds the anchor of a
+  detected box) by `method` (one of `METHODS`, with its keyword `options`)."""
+  methods = {"saliency": saliency, "smoothgrad": smoothgrad,
+             "integrated_gradients": integrated_gradients, "grad_cam": grad_cam,
+             "occlusion": occlusion}
+  if method not in methods:
+    raise InputError(f"method={method!r}: expected one of {', '.join(METHODS)}")
+  return methods[method](AnchorLogits(model, int(anchor)), anchor_variables(variables), x,
+                         target_class=target_class, **options)

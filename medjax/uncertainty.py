@@ -256,3 +256,45 @@ __all__ = ["METHODS", "MAP_NAMES", "check_method", "predictive_entropy", "moment
            "maps_from_moments", "summarize_samples", "prediction_maps", "stochastic_dropout", "mc_dropout",
            "mc_dropout_fn", "mc_dropout_samples", "tta_samples", "flip_combinations",
            "window_moments_fn"]
+
+
+def detection_spread(boxes: np.ndarray, sample_boxes: Sequence[np.ndarray],
+                     sample_scores: Sequence[np.ndarray], *, iou_threshold: float = 0.1) -> dict:
+  """Per-detection uncertainty from `T` detection samples (ensemble members, MC-dropout
+  passes or test-time mirror variants), as the Retina U-Net's ensembles report it
+  (Jaeger et al. 2018): each final box is matched in every sample to that sample's box of
+  highest IoU, a match when the IoU is > `iou_threshold` (score 0 otherwise).
+
+  Args:
+    boxes: `(K, 2n)` the final detections (e.g. clustered over all samples).
+    sample_boxes, sample_scores: per sample, `(B_t, 2n)` boxes and `(B_t,)` scores.
+  Returns:
+    `{"score_mean", "score_std": (K,) over the T samples (unmatched = 0),
+    "agreement": (K,) fraction of samples with a match, "box_std": (K,) the mean over the
+    2n coordinates of the standard deviation of the matched boxes (voxels; NaN with fewer
+    than two matches)}`.
+  """
+  from medjax.detection import boxes as box_ops  # pylint: disable=import-outside-toplevel
+  boxes = np.asarray(boxes, np.float64).reshape(len(boxes), -1)
+  k, t = len(boxes), len(sample_boxes)
+  if t == 0:
+    raise ValueError("detection_spread of no samples")
+  scores = np.zeros((t, k))
+  matched = np.zeros((t, k), bool)
+  coords = np.full((t, k, boxes.shape[1]), np.nan)
+  for s, (b, p) in enumerate(zip(sample_boxes, sample_scores)):
+    b = np.asarray(b, np.float64).reshape(-1, boxes.shape[1])
+    if not (len(b) and k):
+      continue
+    iou = box_ops.box_iou(boxes, b)  # (K, B_t)
+    best = iou.argmax(axis=1)
+    hit = iou[np.arange(k), best] > iou_threshold
+    matched[s] = hit
+    scores[s] = np.where(hit, np.asarray(p, np.float64)[best], 0.0)
+    coords[s][hit] = b[best[hit]]
+  count = matched.sum(axis=0)
+  box_std = np.full(k, np.nan)
+  for i in np.nonzero(count >= 2)[0]:
+    box_std[i] = float(np.mean(np.std(coords[matched[:, i], i], axis=0, ddof=1)))
+  return {"score_mean": scores.mean(axis=0), "score_std": scores.std(axis=0),
+          "agreement": count / t, "box_std": box_std}

@@ -66,5 +66,5 @@ def test_names_live_in_the_workdir(tmp_path):
 
 def test_unknown_task_is_named():
   assert {"segmentation", "classification"} <= set(tasks.TASKS)
-  with pytest.raises(InputError, match="config.task='detection'"):
-    tasks.get_task("detection")
+  with pytest.raises(InputError, match="config.task='lesion_tracking'"):
+    tasks.get_task("lesion_tracking")

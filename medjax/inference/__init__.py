@@ -14,6 +14,11 @@ Which module does what, from the array to the file:
   evaluation and `experiments.predict` share it.
 * `predict_files` (file side): image files and DICOM series in, NIfTI / DICOM SEG
   segmentations and summaries out (`predict_folder`, `experiments.predict`).
+* `detect`: lesion detection with a RetinaNet / Retina U-Net (`WindowDetector`):
+  windows, per-window decoding, top-k and jit NMS, mirror TTA, ensemble members,
+  weighted box clustering, the thresholds of `detection_thresholds.json`.
+* `predict_detections` (file side of `detect`): per-case detection JSON, the LUNA16
+  `candidates.csv` and a boxes NIfTI (`experiments.predict` on a detection run).
 
 The array-level names of `windows` and `cascade` are re-exported here
 (`medjax.inference.sliding_window`); `run_predictor`, `restore` and

@@ -30,7 +30,9 @@ def input_normalizer(config: ml_collections.ConfigDict) -> transforms.Normalize:
   clipped to [-200, 300] and `(x - mean) / std` (`transforms.fixed_window`).
   Else `config.normalization` (`transforms.NORMALIZATIONS`): "ct_window"
   (default) clips each image to [-200, 300] HU and z-scores it with its own
-  statistics; "none" takes images normalised already (a folder dataset's, by
+  statistics; "lung_window" clips to [-1000, 400] HU and scales it with fixed
+  statistics (chest-CT detection: lung, ground-glass and solid nodules keep
+  their contrast); "none" takes images normalised already (a folder dataset's, by
   its plan at prepare time).
 
   Raises:

@@ -12,6 +12,7 @@ A workdir holds everything about one run:
 | `report/*.png` | `medjax.train.report` | learning curves, case slices, metric box plots |
 | `eval.csv` | the segmentation task | one row per test case and class |
 | `postprocessing.json` | the segmentation task | rules chosen on validation (`medjax.postprocess`) |
+| `detection_thresholds.json` | the detection task | clustering IoU, minimum size and score threshold chosen on validation (`medjax.inference.detect.Postprocessing`) |
 | `plan.json` | `config_data.load_split` (folder datasets) | the dataset's preprocessing plan (`medjax.data.preprocessing.planning`), applied by `predictor` |
 | `splits.json` | `config_data.load_split` (folder datasets) | the case ids of train / validation / test (fold, num_folds) |
 | `skipped_cases.json` | `config_data.load_split` (folder datasets) | the bad cases left out (`skip_bad_cases`): `[{"case", "reason"}]` |
@@ -46,6 +47,7 @@ PLAN = "plan.json"
 SPLITS = "splits.json"
 SKIPPED_CASES = "skipped_cases.json"
 POSTPROCESSING = "postprocessing.json"
+DETECTION_THRESHOLDS = "detection_thresholds.json"
 EVAL_CSV = "eval.csv"
 STOPPED = "stopped.json"
 MLPERF_LOG = "mlperf.log"
@@ -225,6 +227,29 @@ class Workdir:
     if not os.path.exists(path):
       return None
     return postprocess.rules_from_json(_read_json(path, "post-processing rules"), path=path)
+
+  @property
+  def detection_thresholds_path(self) -> str:
+    return self.file(DETECTION_THRESHOLDS)
+
+  def write_detection_thresholds(self, record: dict) -> str:
+    """`detection_thresholds.json`: `{"postprocessing": {...}, "validation": {...}}` of a
+    detection run (`medjax.train.tasks.detection`)."""
+    return atomic_write_json(self.detection_thresholds_path, record)
+
+  def read_detection_thresholds(self):
+    """The `medjax.inference.detect.Postprocessing` stored here, or None if there is none."""
+    from medjax.inference import detect  # pylint: disable=import-outside-toplevel
+    path = self.detection_thresholds_path
+    if not os.path.exists(path):
+      return None
+    raw = _read_json(path, "detection thresholds")
+    try:
+      return detect.Postprocessing.from_json(raw["postprocessing"])
+    except (KeyError, TypeError, ValueError) as e:
+      raise InputError(f"{path}: not a detection thresholds file ({_first_line(e)}); expected "
+                       "{\"postprocessing\": {\"iou_threshold\", \"min_size_mm\", "
+                       "\"score_threshold\", \"max_detections\"}}") from None
 
   def write_eval_csv(self, text: str) -> str:
     return atomic_write_text(self.eval_csv_path, text)

@@ -35,8 +35,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
-from scipy import ndimage
 
+from medjax.detection import boxes as box_ops
 from medjax.errors import InputError
 
 MAX_BOXES = 16
@@ -71,35 +71,14 @@ def array_axes_affine(file_affine: np.ndarray) -> np.ndarray:
   return affine[:, [2, 1, 0, 3]]
 
 
-# TODO(detect-task): use medjax.detection.boxes for the box, centre and world conversions below.
-
-def _instance_boxes(instances: np.ndarray, count: int) -> np.ndarray:
-  """`(count, 6)` half-open voxel boxes of instances 1..count (min .. max + 1 per axis)."""
-  boxes = np.zeros((count, 6), np.float32)
-  for number, found in enumerate(ndimage.find_objects(instances, max_label=count), start=1):
-    if found is None:
-      continue
-    boxes[number - 1] = [s.start for s in found] + [s.stop for s in found]
-  return boxes
-
-
-def _voxel_to_world(points: np.ndarray, affine: np.ndarray) -> np.ndarray:
-  """`(N, 3)` array indices -> `(N, 3)` RAS mm (`affine`: array-axis, see the module docstring)."""
-  points = np.asarray(points, np.float64).reshape(-1, 3)
-  return points @ np.asarray(affine, np.float64)[:3, :3].T + np.asarray(affine)[:3, 3]
-
-
-def _world_to_voxel(points: np.ndarray, affine: np.ndarray) -> np.ndarray:
-  """`(N, 3)` RAS mm -> `(N, 3)` array indices (float), the inverse of the array-axis affine."""
-  points = np.asarray(points, np.float64).reshape(-1, 3)
-  inverse = np.linalg.inv(np.asarray(affine, np.float64))
-  return points @ inverse[:3, :3].T + inverse[:3, 3]
-
-
-def _box_centers(boxes: np.ndarray) -> np.ndarray:
-  """Centres `(N, 3)` in array indices of half-open boxes `(N, 6)`: `(z1 + z2) / 2 - 0.5`."""
-  boxes = np.asarray(boxes, np.float64).reshape(-1, 6)
-  return (boxes[:, :3] + boxes[:, 3:]) / 2 - 0.5
+def instance_boxes(instances: np.ndarray, count: int) -> np.ndarray:
+  """`(count, 6)` half-open voxel boxes of instances 1..count (`boxes.boxes_from_instances`;
+  an id without voxels keeps a zero row)."""
+  found, ids = box_ops.boxes_from_instances(instances)
+  out = np.zeros((count, 6), np.float32)
+  keep = (ids >= 1) & (ids <= count)
+  out[ids[keep] - 1] = found[keep]
+  return out
 
 
 def equivalent_diameters(instances: np.ndarray, count: int,
@@ -160,7 +139,7 @@ def make_example(case: str, image: np.ndarray, instances: np.ndarray, classes: S
   missing = sorted(set(range(1, count + 1)) - {int(v) for v in present})
   if missing:
     raise InputError(f"{prefix}: lesion(s) {missing} have no voxel in the instance map")
-  boxes = _instance_boxes(instances.astype(np.int32, copy=False), count)
+  boxes = instance_boxes(instances.astype(np.int32, copy=False), count)
   shape = np.asarray(instances.shape, np.float32)
   outside = [i + 1 for i, b in enumerate(boxes) if np.any(b[:3] < 0) or np.any(b[3:] > shape)]
   if outside:
@@ -172,7 +151,7 @@ def make_example(case: str, image: np.ndarray, instances: np.ndarray, classes: S
     raise InputError(f"{prefix}: diameters {diameters_mm.round(3).tolist()} must be "
                      f"{count} positive numbers")
   if centers_world is None:
-    centers_world = _voxel_to_world(_box_centers(boxes), affine)
+    centers_world = box_ops.centers_to_world(boxes, affine)
   centers_world = np.asarray(centers_world, np.float64).reshape(-1, 3)
   excluded = np.asarray(excluded_world, np.float64).reshape(-1, 4)
 

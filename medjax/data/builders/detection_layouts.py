@@ -62,7 +62,8 @@ from scipy import ndimage
 
 from medjax.data import io
 from medjax.data.builders import raw_layouts
-from medjax.data.builders.detection_examples import _world_to_voxel, array_axes_affine
+from medjax.data.builders.detection_examples import array_axes_affine
+from medjax.detection import boxes as box_ops
 from medjax.errors import InputError
 
 LAYOUTS = ("nndetection_raw", "luna16", "label_components")
@@ -403,7 +404,7 @@ def _spheres(shape: Sequence[int], affine: np.ndarray, centres_world: np.ndarray
   columns = np.linalg.norm(affine[:3, :3], axis=0)  # mm per array axis
   for number, (centre, diameter) in enumerate(zip(centres_world, diameters), start=1):
     radius = diameter / 2
-    index = _world_to_voxel(centre, affine)[0]
+    index = box_ops.world_to_voxel(np.reshape(centre, (-1, 3)), affine)[0]
     reach = np.ceil(radius / columns) + 1
     box = tuple(slice(int(max(np.floor(i - r), 0)), int(min(np.ceil(i + r) + 1, n)))
                 for i, r, n in zip(index, reach, shape))
@@ -432,7 +433,7 @@ def read_luna16(case: DetectionCase, folder: DetectionFolder) -> LoadedCase:
   def inside(rows: Sequence[tuple], what: str) -> np.ndarray:
     rows = np.asarray(rows, np.float64).reshape(-1, 4)
     ras = _lps_to_ras(rows[:, :3])
-    voxels = _world_to_voxel(ras, affine)
+    voxels = box_ops.world_to_voxel(np.reshape(ras, (-1, 3)), affine)
     for (x, y, z, _), voxel in zip(rows, voxels):
       if np.any(voxel < -0.5) or np.any(voxel > np.asarray(shape) - 0.5):
         raise InputError(f"case {case.case_id}: {what} at ({x:g}, {y:g}, {z:g}) mm (LPS) lies "

@@ -40,8 +40,15 @@ def keep_intensities(image: np.ndarray) -> np.ndarray:
 # One channel `(*S)` -> float32 `(*S)`.
 Normalize = Callable[[np.ndarray], np.ndarray]
 
+# The lung window of chest-CT detection: air to bone, so that lung (-850 HU), ground-glass
+# (-650..-300 HU) and solid (-100..100 HU) nodules keep their contrast; fixed statistics
+# (the window's centre and half width), so every patch keeps its HU level.
+LUNG_WINDOW = (-1000.0, 400.0)
+normalize_lung = functools.partial(normalize_ct, clip=LUNG_WINDOW, mean=-300.0, std=700.0)
+
 # `config.normalization` -> the per-channel normalisation of training and prediction.
-NORMALIZATIONS = {"ct_window": normalize_ct, "none": keep_intensities}
+NORMALIZATIONS = {"ct_window": normalize_ct, "lung_window": normalize_lung,
+                  "none": keep_intensities}
 
 
 def fixed_window(mean: float, std: float, clip: tuple[float, float] = (-200.0, 300.0)) -> Normalize:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from medjax.errors import InputError
 from medjax.train.tasks.base import Task
 from medjax.train.tasks.classification import ClassificationTask
+from medjax.train.tasks.components_detection import ComponentsDetectionTask
+from medjax.train.tasks.detection import DetectionTask
 from medjax.train.tasks.distillation import DistillationTask
 from medjax.train.tasks.mlperf import MLPerfUNet3DTask
 from medjax.train.tasks.segmentation import SegmentationTask
@@ -22,6 +24,8 @@ TASKS: dict[str, type[Task]] = {
     "linear_probe": LinearProbeTask,
     "distillation": DistillationTask,
     "mlperf_unet3d": MLPerfUNet3DTask,
+    "detection": DetectionTask,
+    "detection_components": ComponentsDetectionTask,
 }
 
 
@@ -34,4 +38,5 @@ def get_task(name: str) -> Task:
 
 
 __all__ = ["Task", "TASKS", "get_task", "SegmentationTask", "ClassificationTask",
-           "DistillationTask", "FinetuneTask", "LinearProbeTask", "MLPerfUNet3DTask"]
+           "DistillationTask", "DetectionTask",
+           "ComponentsDetectionTask", "FinetuneTask", "LinearProbeTask", "MLPerfUNet3DTask"]
