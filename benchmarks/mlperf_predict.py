@@ -53,8 +53,8 @@ TARGETS = {
 }
 # Peaks per chip: (bf16 FLOP/s, HBM bytes/s, source).
 PEAKS = {
-    "cuda": (8.0e14, 3.0e12, "H100 SXM measured by the device library (KINDS.md, 2026-11-13): "
-             "bf16 matmul 798 TFLOP/s, copy 3.0 TB/s (datasheet: 989 TFLOP/s dense, 3.35 TB/s)"),
+    "cuda": (8.0e14, 3.0e12, "H100 SXM as measured on an H100 machine (bf16 matmul 798 TFLOP/s, "
+             "copy 3.0 TB/s; datasheet: 989 TFLOP/s dense, 3.35 TB/s)"),
     "tpu": (1.97e14, 8.19e11, "TPU v5e datasheet (cloud.google.com/tpu/docs/v5e): 197 TFLOP/s "
             "bf16, 819 GB/s HBM"),
 }
