@@ -166,7 +166,8 @@ def test_the_task_checks_the_label_range_against_the_config(cases):
                                        process_count=1)))
   assert batch["label"].max() <= 1
   config.normalization = "minmax"
-  with pytest.raises(InputError, match="config.normalization='minmax': expected one of 'ct_window', 'none'"):
+  with pytest.raises(InputError, match="config.normalization='minmax': expected one of "
+                                       "'ct_window', 'lung_window', 'none'"):
     config_check.validate(config)
   config.normalization = "none"
   assert config_data.input_normalizer(config) is transforms.keep_intensities

@@ -120,19 +120,26 @@ def test_this_process_reports_what_import_did():
     assert status["reason"]
 
 
+VS_TORCH_ENVIRONMENTS = r"""
+import json
+from benchmarks import vs_torch
+base = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1:glibc.cpu.x=1", "PATH": "/bin",
+        "MEDJAX_HOST_HEAP": "1"}
+print(json.dumps({path: vs_torch.child_env("torch" if path == "torch" else "medjax", path, base)
+                  for path in ("library", "heap_on", "launcher", "torch")}))
+"""
+
+
 def test_vs_torch_environments():
   """Each measured path of `benchmarks.vs_torch` gets its own allocator settings: the library
   path and PyTorch as plain processes, `heap_on` with medjax's heap settings, the launchers'
-  huge pages only on the launcher path."""
-  from benchmarks import vs_torch
-  base = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1:glibc.cpu.x=1", "PATH": "/bin",
-          "MEDJAX_HOST_HEAP": "1"}
-  library = vs_torch.child_env("medjax", "library", base)
+  huge pages only on the launcher path. (In its own process: the benchmark's absl flags would
+  collide with another benchmark's imported by the same test worker.)"""
+  env = json.loads(_run(VS_TORCH_ENVIRONMENTS, _clean_env()))
+  library, heap_on, launcher, torch_env = (env[p] for p in ("library", "heap_on", "launcher",
+                                                            "torch"))
   assert library["GLIBC_TUNABLES"] == "glibc.cpu.x=1" and "MEDJAX_HOST_HEAP" not in library
-  heap_on = vs_torch.child_env("medjax", "heap_on", base)
   assert heap_on["MEDJAX_HOST_HEAP"] == "1" and "hugetlb" not in heap_on["GLIBC_TUNABLES"]
-  launcher = vs_torch.child_env("medjax", "launcher", base)
   assert launcher["GLIBC_TUNABLES"].split(":") == ["glibc.cpu.x=1", "glibc.malloc.hugetlb=1"]
   assert "MEDJAX_HOST_HEAP" not in launcher
-  torch_env = vs_torch.child_env("torch", "torch", base)
   assert "MEDJAX_HOST_HEAP" not in torch_env and "hugetlb" not in torch_env["GLIBC_TUNABLES"]

@@ -208,13 +208,10 @@ def train(config: ml_collections.ConfigDict, workdir, *,
   """
   workdir = Workdir.of(workdir)
   is_writer = jax.process_index() == 0
+  # everything a bad config can fail on comes before the checkpointer (orbax) is opened
+  run = setup(config, warm=not workdir.has_checkpoint())
   ckpt = workdir.checkpointer(every=config.checkpoint_every)
   start = ckpt.latest_step() or 0
-  try:
-    run = setup(config, warm=not start)
-  except BaseException:
-    ckpt.close()
-    raise
   task, dp, state = run.task, run.dp, run.state
   if start:
     state = ckpt.restore(state)

@@ -321,6 +321,15 @@ class Workdir:
     return self.file(f"mlperf_resumed_at_{int(start_step)}.log")
 
   # --- checkpoints -----------------------------------------------------------
+  def has_checkpoint(self) -> bool:
+    """Whether `checkpoints/` holds a finished checkpoint (a step folder: orbax names them by
+    the step and renames a temporary folder to that name only when the save is complete);
+    read without starting orbax, so a bad config stops before anything is opened."""
+    try:
+      return any(name.isdigit() for name in os.listdir(self.checkpoint_dir))
+    except OSError:
+      return False
+
   def checkpointer(self, *, every: int, max_to_keep: int = 2):
     """A `checkpoint.Checkpointer` writing to `checkpoints/` (created)."""
     from medjax.train.checkpoint import Checkpointer  # orbax is slow to import
