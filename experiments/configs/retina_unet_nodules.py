@@ -49,19 +49,25 @@ def detection_eval(c: ml_collections.ConfigDict) -> None:
   c.eval.detection.bootstrap = 1000  # resamples of the scans for the FROC CIs
 
 
-def get_config(variant: str = "") -> ml_collections.ConfigDict:
-  c = common.base_config()
-  c.task = "detection"
+def nodule_data(c: ml_collections.ConfigDict) -> None:
+  """The data, input window and patch sampling of every nodule config, so that the detectors
+  and the U-Net + components baseline are compared on the same inputs."""
   c.dataset = "synthetic_nodules"
   c.dataset_kwargs = common.dataset_options("synthetic_nodules")
-  c.num_classes = 1  # foreground classes of the detector
-  c.class_names = ("nodule",)
   c.normalization = "lung_window"
   c.spacing = (2.0, 1.5, 1.5)
   c.patch_size = (32, 48, 48)
   c.flip_axes = (0, 1, 2)
   c.foreground_fraction = 0.5
   c.global_batch_size = 2
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+  c = common.base_config()
+  c.task = "detection"
+  nodule_data(c)
+  c.num_classes = 1  # foreground classes of the detector
+  c.class_names = ("nodule",)
 
   c.model.name = "retina_unet"
   c.model.spatial_dims = 3

@@ -25,16 +25,9 @@ from experiments.configs import common, retina_unet_nodules
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
   c = common.base_config()
   c.task = "detection_components"
-  c.dataset = "synthetic_nodules"
-  c.dataset_kwargs = common.dataset_options("synthetic_nodules")
+  retina_unet_nodules.nodule_data(c)
   c.num_classes = 2
   c.class_names = ("background", "nodule")
-  c.normalization = "lung_window"
-  c.spacing = (2.0, 1.5, 1.5)
-  c.patch_size = (32, 48, 48)
-  c.flip_axes = (0, 1, 2)
-  c.foreground_fraction = 0.5
-  c.global_batch_size = 2
 
   c.model.name = "unet"
   c.model.spatial_dims = 3
